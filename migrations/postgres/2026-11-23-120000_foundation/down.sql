@@ -1,0 +1,9 @@
+DROP TABLE login_failures;
+DROP TABLE signing_keys;
+DROP TABLE refresh_tokens;
+DROP TABLE sessions;
+DROP TABLE enrollment_codes;
+DROP TABLE devices;
+DROP TABLE grid_roles;
+DROP TABLE users;
+DROP TABLE grids;

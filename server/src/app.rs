@@ -1,0 +1,304 @@
+//! Building and launching the HTTP application. Routes are registered once, in [`routes`]; the
+//! served app and `openapi.yaml` both come from it.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, from_fn};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, get, http::StatusCode, web};
+use tracing_actix_web::TracingLogger;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::AppExt;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use crate::auth::tokens::{Keys, TokenSettings};
+use crate::config::{Config, ServeConfig};
+use crate::db::{Backend, Db};
+use crate::error::{ApiError, ErrorBody, Kind, StartupError};
+use crate::grids::SharedIndex;
+use crate::metrics::Metrics;
+use crate::policy::Policies;
+
+pub use actix_web::web::Json;
+
+/// Everything a handler may need, shared by all workers.
+pub struct AppState {
+    pub db: Db,
+    pub index: SharedIndex,
+    pub keys: Keys,
+    pub token_settings: TokenSettings,
+    pub policies: Policies,
+    pub timezone: chrono_tz::Tz,
+    pub metrics: Metrics,
+    pub openapi: utoipa::openapi::OpenApi,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "GridPatrol API",
+        description = "Offline-first eco-environment grid supervision (生态环境监管网格化管理): grids, \
+                       people, devices, sign-in. Errors are `{\"error\": \"<stable_code>\", \"message\": \"…\"}`; \
+                       see docs/API_ERRORS.md.",
+        license(name = "MIT OR Apache-2.0"),
+        version = "0.1.0"
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Sign-in, device enrollment, tokens"),
+        (name = "grids", description = "The grid tree (网格) and locating points in it"),
+        (name = "people", description = "People (人员), their roles in grids, devices, staffing"),
+        (name = "ops", description = "Health, metrics, this specification"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Registers every route; the one place that knows them all.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(healthz)
+        .service(metrics)
+        .service(openapi_json)
+        .configure(crate::auth::api::configure)
+        .configure(crate::grids::api::configure)
+        .configure(crate::people::api::configure);
+}
+
+/// The OpenAPI document of [`routes`], as served at `/openapi.json` and written to `openapi.yaml`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(routes)
+        .split_for_parts();
+    api
+}
+
+/// Opens the database, migrates (SQLite always; PostgreSQL only when asked, since many processes
+/// may share it), loads keys, rules and the grid index.
+pub async fn build_state(
+    config: &Config,
+    serve: &ServeConfig,
+    migrate: bool,
+) -> Result<Arc<AppState>, StartupError> {
+    let timezone = config.timezone()?;
+    let db = Db::open(&config.database_url(), config.db_pool_size)?;
+    if migrate || db.backend() == Backend::Sqlite {
+        let applied = db.migrate()?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+    } else if db.has_pending_migrations()? {
+        return Err(StartupError::Migration(
+            "the PostgreSQL database has pending migrations: run `gridpatrol migrate` first".into(),
+        ));
+    }
+    let secret = serve.jwt_secret.clone();
+    let keys = db.run_blocking(|conn| Keys::load(conn, secret.as_deref()))?;
+    let index = SharedIndex::default();
+    db.run_blocking(|conn| index.refresh(conn).map_err(|e| StartupError::Database(e.to_string())))?;
+    Ok(Arc::new(AppState {
+        db,
+        index,
+        keys,
+        token_settings: TokenSettings {
+            access_ttl_secs: serve.access_token_ttl_secs,
+            refresh_days: serve.refresh_token_days,
+        },
+        policies: Policies::builtin(),
+        timezone,
+        metrics: Metrics::default(),
+        openapi: openapi(),
+    }))
+}
+
+/// Starts serving on `listener` (bind port 0 in tests). The returned server runs until stopped
+/// through its handle or until the process gets SIGINT/SIGTERM.
+pub fn launch(state: Arc<AppState>, listener: TcpListener, serve: &ServeConfig) -> std::io::Result<Server> {
+    let data = web::Data::from(state.clone());
+    let json_limit = serve.max_json_bytes;
+    let geojson_limit = serve.max_geojson_bytes;
+    let mut server = HttpServer::new(move || {
+        let (app, _) = App::new()
+            .into_utoipa_app()
+            .app_data(data.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(json_limit)
+                    .error_handler(|e, _| json_error(e).into()),
+            )
+            .app_data(web::PayloadConfig::new(geojson_limit))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
+            .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
+            .configure(routes)
+            .default_service(web::to(not_found))
+            .split_for_parts();
+        app.wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
+            .wrap(from_fn(crate::metrics::record))
+            .wrap(TracingLogger::default())
+    })
+    .listen(listener)?
+    .shutdown_timeout(10);
+    if let Some(workers) = serve.workers {
+        server = server.workers(workers);
+    }
+    let server = server.run();
+    // Other server processes on the same database may import grids: notice it.
+    let handle = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let index = handle.index.clone();
+            let result = handle
+                .db
+                .run(move |conn| index.refresh(conn).map_err(|e| crate::db::DbError::Pool(e.to_string())))
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "grid index refresh failed");
+            }
+        }
+    });
+    Ok(server)
+}
+
+fn json_error(error: JsonPayloadError) -> ApiError {
+    match error {
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::new(
+                Kind::PayloadTooLarge,
+                "payload_too_large",
+                format!("the request body is larger than the {limit} bytes accepted here"),
+            )
+        }
+        JsonPayloadError::ContentType => ApiError::new(
+            Kind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            ApiError::unprocessable("invalid_request", format!("the request does not fit: {e}"))
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request("malformed_json", format!("the request body is not valid JSON: {e}"))
+        }
+        other => ApiError::bad_request("malformed_json", format!("could not read the request body: {other}")),
+    }
+}
+
+fn query_error(error: QueryPayloadError) -> ApiError {
+    ApiError::bad_request("invalid_query", format!("the query string does not fit: {error}"))
+}
+
+fn path_error(error: PathError) -> ApiError {
+    ApiError::not_found("not_found", format!("no such resource: {error}"))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+/// Errors raised by actix itself (e.g. 405, payload errors of other extractors) get our body too.
+fn json_for_bare_errors<B: actix_web::body::MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .response()
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(res.status().is_client_error() || res.status().is_server_error()) {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "that method is not allowed here".to_string()),
+        s if s.is_server_error() => ("internal_error", "the server failed to handle this request".to_string()),
+        s => ("bad_request", s.canonical_reason().unwrap_or("bad request").to_string()),
+    };
+    let (req, _) = res.into_parts();
+    let response = HttpResponse::build(status).json(ErrorBody {
+        error: code.into(),
+        message,
+        details: None,
+    });
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` when the database answers.
+    pub status: String,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+    /// Grids in the in-memory index.
+    pub grids: usize,
+}
+
+/// Liveness and readiness: answers 200 when the database answers, 503 otherwise.
+#[utoipa::path(tag = "ops", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+#[get("/healthz")]
+async fn healthz(state: web::Data<AppState>) -> Result<web::Json<Health>, ApiError> {
+    use diesel::RunQueryDsl;
+    state
+        .db
+        .run(|conn| {
+            diesel::sql_query("SELECT 1").execute(conn).map_err(|e| {
+                tracing::error!(error = %e, "health check failed");
+                ApiError::new(Kind::Unavailable, "database_unavailable", "the database does not answer")
+            })
+        })
+        .await?;
+    Ok(web::Json(Health {
+        status: "ok".into(),
+        database: match state.db.backend() {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+        .into(),
+        grids: state.index.current().len(),
+    }))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[get("/metrics")]
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render(state.index.current().len()))
+}
+
+/// This API's OpenAPI 3.1 document (equal to `openapi.yaml` in the repository).
+#[utoipa::path(tag = "ops", responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
+#[get("/openapi.json")]
+async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.openapi)
+}

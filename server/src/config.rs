@@ -1,0 +1,171 @@
+//! One typed configuration for the server, read from flags and `GRIDPATROL_*` environment variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::StartupError;
+
+/// Settings shared by every command that touches the database.
+#[derive(Args, Clone)]
+pub struct Config {
+    /// Directory for the SQLite file, photos and generated secrets.
+    #[arg(long, env = "GRIDPATROL_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// `sqlite://PATH` (default: `sqlite://<data dir>/gridpatrol.sqlite3`) or `postgres://…`.
+    #[arg(long, env = "GRIDPATROL_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// IANA time zone of the jurisdiction's calendar (weekly records, deadlines).
+    #[arg(long, env = "GRIDPATROL_TIMEZONE", default_value = "Asia/Shanghai", global = true)]
+    pub timezone: String,
+
+    /// Connections in the database pool.
+    #[arg(long, env = "GRIDPATROL_DB_POOL_SIZE", default_value_t = 8, global = true)]
+    pub db_pool_size: u32,
+}
+
+/// Settings of the HTTP server (`serve`).
+#[derive(Args, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "GRIDPATROL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Secret for signing access tokens (at least 32 bytes). When absent, a key is generated on
+    /// first start and kept in the database, so every server process on one database shares it.
+    #[arg(long, env = "GRIDPATROL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "GRIDPATROL_ACCESS_TOKEN_TTL", default_value_t = 900)]
+    pub access_token_ttl_secs: i64,
+
+    /// Lifetime of a refresh token, in days.
+    #[arg(long, env = "GRIDPATROL_REFRESH_TOKEN_DAYS", default_value_t = 60)]
+    pub refresh_token_days: i64,
+
+    /// Largest accepted JSON body, in bytes (bigger bodies get 413 `payload_too_large`).
+    #[arg(long, env = "GRIDPATROL_MAX_JSON_BYTES", default_value_t = 256 * 1024)]
+    pub max_json_bytes: usize,
+
+    /// Largest accepted GeoJSON upload, in bytes.
+    #[arg(long, env = "GRIDPATROL_MAX_GEOJSON_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_geojson_bytes: usize,
+
+    /// Worker threads for HTTP (default: one per core).
+    #[arg(long, env = "GRIDPATROL_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// A configuration for the given database, with defaults everywhere else (tests, tools).
+    pub fn for_database(data_dir: PathBuf, database_url: String) -> Self {
+        Config {
+            data_dir,
+            database_url: Some(database_url),
+            timezone: "Asia/Shanghai".into(),
+            db_pool_size: 8,
+        }
+    }
+
+    /// The database URL, with the SQLite default filled in.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join("gridpatrol.sqlite3").display()
+            ),
+        }
+    }
+
+    pub fn timezone(&self) -> Result<chrono_tz::Tz, StartupError> {
+        self.timezone
+            .parse()
+            .map_err(|_| StartupError::Config(format!("unknown time zone {:?}", self.timezone)))
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: None,
+            access_token_ttl_secs: 900,
+            refresh_token_days: 60,
+            max_json_bytes: 256 * 1024,
+            max_geojson_bytes: 32 * 1024 * 1024,
+            workers: None,
+        }
+    }
+}
+
+/// Hides the password of a database URL (`postgres://user:secret@host` → `postgres://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+    {
+        let user = userinfo.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url()))
+            .field("timezone", &self.timezone)
+            .field("db_pool_size", &self.db_pool_size)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
+            .field("access_token_ttl_secs", &self.access_token_ttl_secs)
+            .field("refresh_token_days", &self.refresh_token_days)
+            .field("max_json_bytes", &self.max_json_bytes)
+            .field("max_geojson_bytes", &self.max_geojson_bytes)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let config = Config::for_database("d".into(), "postgres://gp:hunter2@db:5432/gp".into());
+        let serve = ServeConfig {
+            jwt_secret: Some("super-secret-signing-key-0123456789".into()),
+            ..ServeConfig::default()
+        };
+        let text = format!("{config:?} {serve:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("super-secret"), "{text}");
+        assert!(text.contains("postgres://gp:***@db:5432/gp"), "{text}");
+    }
+
+    #[test]
+    fn sqlite_is_the_default_database() {
+        let config = Config {
+            data_dir: "/var/lib/gp".into(),
+            database_url: None,
+            timezone: "Asia/Shanghai".into(),
+            db_pool_size: 4,
+        };
+        assert_eq!(config.database_url(), "sqlite:///var/lib/gp/gridpatrol.sqlite3");
+        assert!(config.timezone().is_ok());
+    }
+}

@@ -1,0 +1,292 @@
+//! One database code path over SQLite (embedded default) and PostgreSQL (scale).
+//!
+//! Every query goes through [`Db::run`] (reads) or [`Db::write`] (one write transaction), which take a
+//! pooled connection and run on tokio's blocking pool. On SQLite, write transactions start with
+//! `BEGIN IMMEDIATE`: the write lock is taken up front, so concurrent writers queue on the busy
+//! timeout instead of failing with `SQLITE_BUSY` when a read transaction tries to upgrade.
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, Connection, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection, R2D2Connection};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::redact_url;
+use crate::error::StartupError;
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+
+/// How long a SQLite connection waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 15_000;
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database URL whose backend was chosen explicitly from its scheme.
+#[derive(Clone)]
+pub struct DbUrl {
+    pub backend: Backend,
+    /// What the driver is given: a file path for SQLite, the whole URL for PostgreSQL.
+    target: String,
+}
+
+impl DbUrl {
+    pub fn parse(url: &str) -> Result<Self, StartupError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StartupError::Config("sqlite:// URL has no file path".into()));
+            }
+            Ok(DbUrl {
+                backend: Backend::Sqlite,
+                target: path.to_string(),
+            })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DbUrl {
+                backend: Backend::Postgres,
+                target: url.to_string(),
+            })
+        } else {
+            Err(StartupError::Config(format!(
+                "unsupported database URL {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(url)
+            )))
+        }
+    }
+
+    fn connect(&self) -> diesel::ConnectionResult<DbConnection> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::establish(&self.target)?;
+                conn.batch_execute(&format!(
+                    "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
+                     PRAGMA synchronous = NORMAL;"
+                ))
+                .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            Backend::Postgres => Ok(DbConnection::Postgres(PgConnection::establish(
+                &self.target,
+            )?)),
+        }
+    }
+}
+
+/// r2d2 manager that connects to the backend named by the URL's scheme (diesel's own manager would
+/// try each backend in turn, and SQLite happily opens a file named `postgres://…`).
+pub struct Manager {
+    url: DbUrl,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
+        self.url.connect().map_err(r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        conn.ping().map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error("blocking task was canceled")]
+    Canceled,
+}
+
+/// The database handle every part of the server uses.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Opens the pool (creating the SQLite file and its directory if needed) without migrating.
+    pub fn open(url: &str, pool_size: u32) -> Result<Db, StartupError> {
+        let url = DbUrl::parse(url)?;
+        if url.backend == Backend::Sqlite {
+            if let Some(dir) = Path::new(&url.target).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            // WAL is a property of the file: set it once, before the pool opens its connections.
+            let mut conn = url
+                .connect()
+                .map_err(|e| StartupError::Database(e.to_string()))?;
+            conn.batch_execute("PRAGMA journal_mode = WAL;")
+                .map_err(|e| StartupError::Database(e.to_string()))?;
+        }
+        let backend = url.backend;
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(Manager { url })
+            .map_err(|e| StartupError::Database(e.to_string()))?;
+        Ok(Db { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies every pending migration of this backend's tree.
+    pub fn migrate(&self) -> Result<Vec<String>, StartupError> {
+        let mut conn = self.get().map_err(|e| StartupError::Database(e.to_string()))?;
+        let applied = match &mut *conn {
+            DbConnection::Sqlite(c) => c
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|v| v.iter().map(|m| m.to_string()).collect()),
+            DbConnection::Postgres(c) => c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.iter().map(|m| m.to_string()).collect()),
+        };
+        applied.map_err(|e| StartupError::Migration(e.to_string()))
+    }
+
+    /// True when this backend's tree has migrations the database has not run yet.
+    pub fn has_pending_migrations(&self) -> Result<bool, StartupError> {
+        let mut conn = self.get()?;
+        let pending = match &mut *conn {
+            DbConnection::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
+            DbConnection::Postgres(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
+        };
+        pending.map_err(|e| StartupError::Migration(e.to_string()))
+    }
+
+    /// Reverts every migration (used by the up → down → up test).
+    pub fn revert_all(&self) -> Result<(), StartupError> {
+        let mut conn = self.get().map_err(|e| StartupError::Database(e.to_string()))?;
+        let result = match &mut *conn {
+            DbConnection::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+            DbConnection::Postgres(c) => c.revert_all_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
+        };
+        result.map_err(|e| StartupError::Migration(e.to_string()))
+    }
+
+    fn get(&self) -> Result<r2d2::PooledConnection<Manager>, DbError> {
+        self.pool.get().map_err(|e| DbError::Pool(e.to_string()))
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|_| DbError::Canceled)?
+    }
+
+    /// Runs `f` inside one write transaction (see [`write_transaction`]).
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        self.run(move |conn| write_transaction(conn, f)).await
+    }
+
+    /// Synchronous access for command-line tools and benchmarks.
+    pub fn run_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E>,
+        E: From<DbError>,
+    {
+        let mut conn = self.get()?;
+        f(&mut conn)
+    }
+
+    /// Synchronous write transaction for command-line tools.
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E>,
+        E: From<DbError> + From<diesel::result::Error>,
+    {
+        self.run_blocking(|conn| write_transaction(conn, f))
+    }
+}
+
+/// One write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL. Commits when
+/// `f` succeeds, rolls back when it fails; nested `conn.transaction(…)` calls become savepoints.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    match conn {
+        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConnection::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
+    }
+    type Tm = <DbConnection as Connection>::TransactionManager;
+    match f(conn) {
+        Ok(value) => match Tm::commit_transaction(conn) {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                let _ = Tm::rollback_transaction(conn);
+                Err(error.into())
+            }
+        },
+        Err(error) => {
+            Tm::rollback_transaction(conn)?;
+            Err(error)
+        }
+    }
+}
+
+/// Current time in UTC, at the precision both backends store (microseconds).
+pub fn now() -> chrono::NaiveDateTime {
+    let now = chrono::Utc::now().naive_utc();
+    chrono::DurationRound::duration_trunc(now, chrono::Duration::microseconds(1)).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_chosen_by_scheme() {
+        assert_eq!(DbUrl::parse("sqlite:///tmp/x.db").map(|u| u.backend).ok(), Some(Backend::Sqlite));
+        assert_eq!(
+            DbUrl::parse("postgres://u@h/db").map(|u| u.backend).ok(),
+            Some(Backend::Postgres)
+        );
+        let err = DbUrl::parse("mysql://root:pw@h/db").err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("unsupported database URL"), "{err}");
+        assert!(!err.contains("pw@"), "password leaked: {err}");
+        assert!(DbUrl::parse("/plain/path.db").is_err());
+        assert!(DbUrl::parse("sqlite://").is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! In-memory spatial index of the grid polygons, answering "which grids contain this point?".
+//!
+//! An R-tree over the grids' bounding boxes narrows a point to a handful of candidates; the
+//! candidates are then tested deepest first, and the first territorial grid that contains the point
+//! gives the whole chain through its parent links (import guarantees children lie inside parents).
+//! Key areas and department grids are overlays tested on their own.
+
+use std::collections::HashMap;
+
+use geo::{BoundingRect, Intersects, MultiPolygon, Point};
+use rstar::{AABB, RTree, RTreeObject};
+
+use super::GridKind;
+
+/// What the index needs to know about one grid.
+#[derive(Debug, Clone)]
+pub struct IndexedGrid {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub kind: GridKind,
+    pub level: String,
+    pub depth: i32,
+    pub parent_id: Option<i64>,
+    pub shape: MultiPolygon<f64>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    slot: usize,
+    envelope: AABB<[f64; 2]>,
+}
+
+impl RTreeObject for Entry {
+    type Envelope = AABB<[f64; 2]>;
+    fn envelope(&self) -> Self::Envelope {
+        self.envelope
+    }
+}
+
+/// Answer of [`GridIndex::locate`]: the territorial chain from root to leaf, and overlays.
+#[derive(Debug, Default)]
+pub struct Located<'a> {
+    pub chain: Vec<&'a IndexedGrid>,
+    pub overlays: Vec<&'a IndexedGrid>,
+}
+
+#[derive(Default)]
+pub struct GridIndex {
+    grids: Vec<IndexedGrid>,
+    tree: RTree<Entry>,
+    slot_of: HashMap<i64, usize>,
+}
+
+impl GridIndex {
+    pub fn build(grids: Vec<IndexedGrid>) -> Self {
+        let entries = grids
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, grid)| {
+                grid.shape.bounding_rect().map(|rect| Entry {
+                    slot,
+                    envelope: AABB::from_corners(
+                        [rect.min().x, rect.min().y],
+                        [rect.max().x, rect.max().y],
+                    ),
+                })
+            })
+            .collect();
+        let slot_of = grids.iter().enumerate().map(|(slot, g)| (g.id, slot)).collect();
+        GridIndex {
+            grids,
+            tree: RTree::bulk_load(entries),
+            slot_of,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.grids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grids.is_empty()
+    }
+
+    pub fn get(&self, id: i64) -> Option<&IndexedGrid> {
+        self.slot_of.get(&id).map(|&slot| &self.grids[slot])
+    }
+
+    /// The deepest territorial grid containing the point (boundary inclusive), if any.
+    pub fn locate_leaf(&self, lon: f64, lat: f64) -> Option<&IndexedGrid> {
+        let point = Point::new(lon, lat);
+        let mut best: Option<&IndexedGrid> = None;
+        for entry in self.tree.locate_in_envelope_intersecting(&AABB::from_point([lon, lat])) {
+            let grid = &self.grids[entry.slot];
+            if grid.kind != GridKind::Territorial {
+                continue;
+            }
+            if best.is_some_and(|b| b.depth >= grid.depth) {
+                continue;
+            }
+            if grid.shape.intersects(&point) {
+                best = Some(grid);
+            }
+        }
+        best
+    }
+
+    /// The full answer: territorial chain root → leaf, then overlays (key areas, department grids).
+    pub fn locate(&self, lon: f64, lat: f64) -> Located<'_> {
+        let mut located = Located::default();
+        if let Some(leaf) = self.locate_leaf(lon, lat) {
+            let mut cursor = Some(leaf);
+            while let Some(grid) = cursor {
+                located.chain.push(grid);
+                cursor = grid.parent_id.and_then(|id| self.get(id));
+            }
+            located.chain.reverse();
+        }
+        let point = Point::new(lon, lat);
+        for entry in self.tree.locate_in_envelope_intersecting(&AABB::from_point([lon, lat])) {
+            let grid = &self.grids[entry.slot];
+            if grid.kind != GridKind::Territorial && grid.shape.intersects(&point) {
+                located.overlays.push(grid);
+            }
+        }
+        located.overlays.sort_by_key(|g| (g.depth, g.id));
+        located
+    }
+
+    /// Baseline for the benchmark and an oracle for tests: test every grid of one level, no index.
+    pub fn locate_brute_force(&self, lon: f64, lat: f64, level: &str) -> Option<&IndexedGrid> {
+        let point = Point::new(lon, lat);
+        self.grids
+            .iter()
+            .find(|g| g.level == level && g.shape.intersects(&point))
+    }
+
+    pub fn grids(&self) -> &[IndexedGrid] {
+        &self.grids
+    }
+}

@@ -1,0 +1,129 @@
+//! Portable diesel schema: the same tables on SQLite and PostgreSQL (see `migrations/`).
+
+diesel::table! {
+    grids (id) {
+        id -> BigInt,
+        code -> Text,
+        name -> Text,
+        kind -> Text,
+        level -> Text,
+        parent_id -> Nullable<BigInt>,
+        path -> Text,
+        depth -> Integer,
+        geometry -> Text,
+        min_lon -> Double,
+        min_lat -> Double,
+        max_lon -> Double,
+        max_lat -> Double,
+        area_km2 -> Double,
+        properties -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        username -> Text,
+        display_name -> Text,
+        phone -> Nullable<Text>,
+        password_hash -> Nullable<Text>,
+        is_superuser -> Bool,
+        disabled -> Bool,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    grid_roles (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        grid_id -> BigInt,
+        role -> Text,
+        employment -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    devices (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        name -> Text,
+        actor_id -> Text,
+        enrolled_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+        revoked_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    enrollment_codes (id) {
+        id -> BigInt,
+        code_hash -> Text,
+        user_id -> BigInt,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        device_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        device_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+        revoked_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (id) {
+        id -> BigInt,
+        session_id -> BigInt,
+        token_hash -> Text,
+        issued_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        replaced_by -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    signing_keys (kid) {
+        kid -> Text,
+        secret -> Text,
+        created_at -> Timestamp,
+        retired_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    login_failures (id) {
+        id -> BigInt,
+        username -> Text,
+        failed_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(grid_roles -> users (user_id));
+diesel::joinable!(grid_roles -> grids (grid_id));
+diesel::joinable!(devices -> users (user_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(refresh_tokens -> sessions (session_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    grids,
+    users,
+    grid_roles,
+    devices,
+    enrollment_codes,
+    sessions,
+    refresh_tokens,
+    signing_keys,
+    login_failures,
+);
