@@ -117,7 +117,11 @@ pub async fn build_state(
     let secret = serve.jwt_secret.clone();
     let keys = db.run_blocking(|conn| Keys::load(conn, secret.as_deref()))?;
     let index = SharedIndex::default();
-    db.run_blocking(|conn| index.refresh(conn).map_err(|e| StartupError::Database(e.to_string())))?;
+    db.run_blocking(|conn| {
+        index
+            .refresh(conn)
+            .map_err(|e| StartupError::Database(e.to_string()))
+    })?;
     Ok(Arc::new(AppState {
         db,
         index,
@@ -135,7 +139,11 @@ pub async fn build_state(
 
 /// Starts serving on `listener` (bind port 0 in tests). The returned server runs until stopped
 /// through its handle or until the process gets SIGINT/SIGTERM.
-pub fn launch(state: Arc<AppState>, listener: TcpListener, serve: &ServeConfig) -> std::io::Result<Server> {
+pub fn launch(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    serve: &ServeConfig,
+) -> std::io::Result<Server> {
     let data = web::Data::from(state.clone());
     let json_limit = serve.max_json_bytes;
     let geojson_limit = serve.max_geojson_bytes;
@@ -173,7 +181,11 @@ pub fn launch(state: Arc<AppState>, listener: TcpListener, serve: &ServeConfig) 
             let index = handle.index.clone();
             let result = handle
                 .db
-                .run(move |conn| index.refresh(conn).map_err(|e| crate::db::DbError::Pool(e.to_string())))
+                .run(move |conn| {
+                    index
+                        .refresh(conn)
+                        .map_err(|e| crate::db::DbError::Pool(e.to_string()))
+                })
                 .await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "grid index refresh failed");
@@ -185,13 +197,12 @@ pub fn launch(state: Arc<AppState>, listener: TcpListener, serve: &ServeConfig) 
 
 fn json_error(error: JsonPayloadError) -> ApiError {
     match error {
-        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
-            ApiError::new(
-                Kind::PayloadTooLarge,
-                "payload_too_large",
-                format!("the request body is larger than the {limit} bytes accepted here"),
-            )
-        }
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            Kind::PayloadTooLarge,
+            "payload_too_large",
+            format!("the request body is larger than the {limit} bytes accepted here"),
+        ),
         JsonPayloadError::ContentType => ApiError::new(
             Kind::UnsupportedMediaType,
             "unsupported_media_type",
@@ -200,15 +211,22 @@ fn json_error(error: JsonPayloadError) -> ApiError {
         JsonPayloadError::Deserialize(e) if e.is_data() => {
             ApiError::unprocessable("invalid_request", format!("the request does not fit: {e}"))
         }
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request("malformed_json", format!("the request body is not valid JSON: {e}"))
-        }
-        other => ApiError::bad_request("malformed_json", format!("could not read the request body: {other}")),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request(
+            "malformed_json",
+            format!("the request body is not valid JSON: {e}"),
+        ),
+        other => ApiError::bad_request(
+            "malformed_json",
+            format!("could not read the request body: {other}"),
+        ),
     }
 }
 
 fn query_error(error: QueryPayloadError) -> ApiError {
-    ApiError::bad_request("invalid_query", format!("the query string does not fit: {error}"))
+    ApiError::bad_request(
+        "invalid_query",
+        format!("the query string does not fit: {error}"),
+    )
 }
 
 fn path_error(error: PathError) -> ApiError {
@@ -236,10 +254,22 @@ fn json_for_bare_errors<B: actix_web::body::MessageBody + 'static>(
     }
     let status = res.status();
     let (code, message) = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".to_string()),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "that method is not allowed here".to_string()),
-        s if s.is_server_error() => ("internal_error", "the server failed to handle this request".to_string()),
-        s => ("bad_request", s.canonical_reason().unwrap_or("bad request").to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is too large".to_string(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "that method is not allowed here".to_string(),
+        ),
+        s if s.is_server_error() => (
+            "internal_error",
+            "the server failed to handle this request".to_string(),
+        ),
+        s => (
+            "bad_request",
+            s.canonical_reason().unwrap_or("bad request").to_string(),
+        ),
     };
     let (req, _) = res.into_parts();
     let response = HttpResponse::build(status).json(ErrorBody {
@@ -272,7 +302,11 @@ async fn healthz(state: web::Data<AppState>) -> Result<web::Json<Health>, ApiErr
         .run(|conn| {
             diesel::sql_query("SELECT 1").execute(conn).map_err(|e| {
                 tracing::error!(error = %e, "health check failed");
-                ApiError::new(Kind::Unavailable, "database_unavailable", "the database does not answer")
+                ApiError::new(
+                    Kind::Unavailable,
+                    "database_unavailable",
+                    "the database does not answer",
+                )
             })
         })
         .await?;

@@ -12,7 +12,12 @@ use crate::error::StartupError;
 #[derive(Args, Clone)]
 pub struct Config {
     /// Directory for the SQLite file, photos and generated secrets.
-    #[arg(long, env = "GRIDPATROL_DATA_DIR", default_value = "data", global = true)]
+    #[arg(
+        long,
+        env = "GRIDPATROL_DATA_DIR",
+        default_value = "data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// `sqlite://PATH` (default: `sqlite://<data dir>/gridpatrol.sqlite3`) or `postgres://…`.
@@ -20,11 +25,21 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// IANA time zone of the jurisdiction's calendar (weekly records, deadlines).
-    #[arg(long, env = "GRIDPATROL_TIMEZONE", default_value = "Asia/Shanghai", global = true)]
+    #[arg(
+        long,
+        env = "GRIDPATROL_TIMEZONE",
+        default_value = "Asia/Shanghai",
+        global = true
+    )]
     pub timezone: String,
 
     /// Connections in the database pool.
-    #[arg(long, env = "GRIDPATROL_DB_POOL_SIZE", default_value_t = 8, global = true)]
+    #[arg(
+        long,
+        env = "GRIDPATROL_DB_POOL_SIZE",
+        default_value_t = 8,
+        global = true
+    )]
     pub db_pool_size: u32,
 }
 
@@ -165,7 +180,10 @@ mod tests {
             timezone: "Asia/Shanghai".into(),
             db_pool_size: 4,
         };
-        assert_eq!(config.database_url(), "sqlite:///var/lib/gp/gridpatrol.sqlite3");
+        assert_eq!(
+            config.database_url(),
+            "sqlite:///var/lib/gp/gridpatrol.sqlite3"
+        );
         assert!(config.timezone().is_ok());
     }
 }

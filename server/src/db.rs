@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, Connection, SimpleConnection, TransactionManager};
+use diesel::connection::{
+    AnsiTransactionManager, Connection, SimpleConnection, TransactionManager,
+};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
@@ -47,7 +49,9 @@ impl DbUrl {
     pub fn parse(url: &str) -> Result<Self, StartupError> {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(StartupError::Config("sqlite:// URL has no file path".into()));
+                return Err(StartupError::Config(
+                    "sqlite:// URL has no file path".into(),
+                ));
             }
             Ok(DbUrl {
                 backend: Backend::Sqlite,
@@ -156,7 +160,9 @@ impl Db {
 
     /// Applies every pending migration of this backend's tree.
     pub fn migrate(&self) -> Result<Vec<String>, StartupError> {
-        let mut conn = self.get().map_err(|e| StartupError::Database(e.to_string()))?;
+        let mut conn = self
+            .get()
+            .map_err(|e| StartupError::Database(e.to_string()))?;
         let applied = match &mut *conn {
             DbConnection::Sqlite(c) => c
                 .run_pending_migrations(SQLITE_MIGRATIONS)
@@ -180,7 +186,9 @@ impl Db {
 
     /// Reverts every migration (used by the up → down → up test).
     pub fn revert_all(&self) -> Result<(), StartupError> {
-        let mut conn = self.get().map_err(|e| StartupError::Database(e.to_string()))?;
+        let mut conn = self
+            .get()
+            .map_err(|e| StartupError::Database(e.to_string()))?;
         let result = match &mut *conn {
             DbConnection::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS).map(|_| ()),
             DbConnection::Postgres(c) => c.revert_all_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
@@ -246,7 +254,9 @@ where
     E: From<diesel::result::Error>,
 {
     match conn {
-        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConnection::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+        }
         DbConnection::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
     }
     type Tm = <DbConnection as Connection>::TransactionManager;
@@ -277,12 +287,17 @@ mod tests {
 
     #[test]
     fn backend_is_chosen_by_scheme() {
-        assert_eq!(DbUrl::parse("sqlite:///tmp/x.db").map(|u| u.backend).ok(), Some(Backend::Sqlite));
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x.db").map(|u| u.backend).ok(),
+            Some(Backend::Sqlite)
+        );
         assert_eq!(
             DbUrl::parse("postgres://u@h/db").map(|u| u.backend).ok(),
             Some(Backend::Postgres)
         );
-        let err = DbUrl::parse("mysql://root:pw@h/db").err().map(|e| e.to_string());
+        let err = DbUrl::parse("mysql://root:pw@h/db")
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("unsupported database URL"), "{err}");
         assert!(!err.contains("pw@"), "password leaked: {err}");

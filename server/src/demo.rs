@@ -19,16 +19,21 @@ pub const ADMIN: &str = "admin-522632";
 pub const DEMO_TOWNSHIP: &str = "522632100";
 
 const SURNAMES: [&str; 20] = [
-    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "林", "罗", "高",
+    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
+    "何", "林", "罗", "高",
 ];
 const GIVEN: [&str; 24] = [
-    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英", "霞", "平",
-    "刚", "桂英", "建华", "志强",
+    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明",
+    "超", "秀英", "霞", "平", "刚", "桂英", "建华", "志强",
 ];
 
 /// A believable, deterministic Chinese name for the n-th demo person.
 pub fn person_name(n: usize) -> String {
-    format!("{}{}", SURNAMES[n % SURNAMES.len()], GIVEN[(n / SURNAMES.len() + n * 7) % GIVEN.len()])
+    format!(
+        "{}{}",
+        SURNAMES[n % SURNAMES.len()],
+        GIVEN[(n / SURNAMES.len() + n * 7) % GIVEN.len()]
+    )
 }
 
 #[derive(Debug)]
@@ -46,29 +51,31 @@ pub fn load_if_empty(conn: &mut DbConnection) -> Result<Option<DemoSummary>, Api
     if count > 0 {
         return Ok(None);
     }
-    let report = import::import(conn, GRIDS, &Importer::Operator).map_err(crate::grids::api::import_error)?;
+    let report = import::import(conn, GRIDS, &Importer::Operator)
+        .map_err(crate::grids::api::import_error)?;
     // One hash for all demo accounts: hashing hundreds of passwords would slow the first start.
     let hash = credentials::hash_password(PASSWORD)?;
     let mut person = 0usize;
-    let mut new_person = |conn: &mut DbConnection, username: &str, with_password: bool| -> Result<i64, ApiError> {
-        person += 1;
-        let id = create_user(
-            conn,
-            &NewUser {
-                username,
-                display_name: &person_name(person),
-                phone: Some(&format!("1390855{:04}", person % 10_000)),
-                password: None,
-                is_superuser: false,
-            },
-        )?;
-        if with_password {
-            diesel::update(users::table.find(id))
-                .set(users::password_hash.eq(&hash))
-                .execute(conn)?;
-        }
-        Ok(id)
-    };
+    let mut new_person =
+        |conn: &mut DbConnection, username: &str, with_password: bool| -> Result<i64, ApiError> {
+            person += 1;
+            let id = create_user(
+                conn,
+                &NewUser {
+                    username,
+                    display_name: &person_name(person),
+                    phone: Some(&format!("1390855{:04}", person % 10_000)),
+                    password: None,
+                    is_superuser: false,
+                },
+            )?;
+            if with_password {
+                diesel::update(users::table.find(id))
+                    .set(users::password_hash.eq(&hash))
+                    .execute(conn)?;
+            }
+            Ok(id)
+        };
 
     let all: Vec<(i64, String, String)> = grids::table
         .order(grids::path.asc())
@@ -95,7 +102,11 @@ pub fn load_if_empty(conn: &mut DbConnection) -> Result<Option<DemoSummary>, Api
                     let username = format!("inspector-{code}-{n}");
                     let id = new_person(conn, &username, false)?;
                     // Seed 001: one of the three is the grid's full-time responsible cadre.
-                    let employment = if n == 1 { Employment::FullTime } else { Employment::PartTime };
+                    let employment = if n == 1 {
+                        Employment::FullTime
+                    } else {
+                        Employment::PartTime
+                    };
                     grant_role(conn, id, *grid_id, Role::Inspector, Some(employment))?;
                     inspectors += 1;
                     if sample.is_none() && code.starts_with(DEMO_TOWNSHIP) {

@@ -22,5 +22,7 @@ pub use config::{Config, ServeConfig};
 
 /// The OpenAPI document as YAML, as written to the repository's `openapi.yaml`.
 pub fn openapi_yaml() -> String {
-    openapi().to_yaml().unwrap_or_else(|e| panic!("OpenAPI document does not serialize: {e}"))
+    openapi()
+        .to_yaml()
+        .unwrap_or_else(|e| panic!("OpenAPI document does not serialize: {e}"))
 }

@@ -17,12 +17,21 @@ use gridpatrol_server::schema::{grids, users};
 use gridpatrol_server::{build_state, demo, launch};
 
 #[derive(Parser)]
-#[command(name = "gridpatrol", version, about = "GridPatrol: eco-environment grid supervision server")]
+#[command(
+    name = "gridpatrol",
+    version,
+    about = "GridPatrol: eco-environment grid supervision server"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
     /// Log format: `text` or `json`.
-    #[arg(long, env = "GRIDPATROL_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "GRIDPATROL_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -107,7 +116,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -122,7 +133,11 @@ fn open(config: &Config) -> anyhow::Result<Db> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command {
-        Command::Serve { serve, demo: with_demo, migrate } => serve_command(config, serve, with_demo, migrate),
+        Command::Serve {
+            serve,
+            demo: with_demo,
+            migrate,
+        } => serve_command(config, serve, with_demo, migrate),
         Command::Migrate => {
             let db = open(&config)?;
             let applied = db.migrate()?;
@@ -130,10 +145,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ImportGrids { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let db = open(&config)?;
             db.migrate()?;
-            let result = db.write_blocking(|conn| import::import(conn, &bytes, &Importer::Operator));
+            let result =
+                db.write_blocking(|conn| import::import(conn, &bytes, &Importer::Operator));
             match result {
                 Ok(report) => {
                     println!(
@@ -211,7 +228,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             .first(conn)
                             .optional()?;
                         let grid_id = grid_id.ok_or_else(|| {
-                            gridpatrol_server::error::ApiError::not_found("grid_not_found", format!("no grid with code {code}"))
+                            gridpatrol_server::error::ApiError::not_found(
+                                "grid_not_found",
+                                format!("no grid with code {code}"),
+                            )
                         })?;
                         people::grant_role(conn, id, grid_id, role, employment)?;
                     }
@@ -232,9 +252,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .first(conn)
                         .optional()?;
                     let id = id.ok_or_else(|| {
-                        gridpatrol_server::error::ApiError::not_found("user_not_found", format!("no user {user}"))
+                        gridpatrol_server::error::ApiError::not_found(
+                            "user_not_found",
+                            format!("no user {user}"),
+                        )
                     })?;
-                    Ok::<_, gridpatrol_server::error::ApiError>(credentials::new_enrollment_code(conn, id, None)?)
+                    Ok::<_, gridpatrol_server::error::ApiError>(credentials::new_enrollment_code(
+                        conn, id, None,
+                    )?)
                 })
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("enrollment code for {user}: {code}");
@@ -244,7 +269,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Openapi { output } => {
             let yaml = gridpatrol_server::openapi_yaml();
             match output {
-                Some(path) => std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?,
+                Some(path) => std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?,
                 None => print!("{yaml}"),
             }
             Ok(())
@@ -252,8 +278,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn serve_command(config: Config, serve: ServeConfig, with_demo: bool, migrate: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+fn serve_command(
+    config: Config,
+    serve: ServeConfig,
+    with_demo: bool,
+    migrate: bool,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         tracing::info!(?config, ?serve, "starting");
         let state = build_state(&config, &serve, migrate).await?;
@@ -266,11 +299,16 @@ fn serve_command(config: Config, serve: ServeConfig, with_demo: bool, migrate: b
             let index = state.index.clone();
             state
                 .db
-                .run(move |conn| index.refresh(conn).map_err(|e| gridpatrol_server::db::DbError::Pool(e.to_string())))
+                .run(move |conn| {
+                    index
+                        .refresh(conn)
+                        .map_err(|e| gridpatrol_server::db::DbError::Pool(e.to_string()))
+                })
                 .await?;
             print_demo(&serve, loaded);
         }
-        let listener = TcpListener::bind(serve.listen).with_context(|| format!("binding {}", serve.listen))?;
+        let listener =
+            TcpListener::bind(serve.listen).with_context(|| format!("binding {}", serve.listen))?;
         tracing::info!(address = %serve.listen, "listening");
         launch(state, listener, &serve)?.await?;
         Ok(())

@@ -50,7 +50,11 @@ impl Default for Metrics {
             "Time to handle an HTTP request",
             latency.clone(),
         );
-        registry.register("grids", "Grids in the in-memory spatial index", grids.clone());
+        registry.register(
+            "grids",
+            "Grids in the in-memory spatial index",
+            grids.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,

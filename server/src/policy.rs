@@ -82,8 +82,13 @@ impl Policies {
 
     /// The policy of the nearest jurisdiction among `codes_root_first` (a grid's ancestors' codes,
     /// root first, the grid itself last).
-    pub fn nearest<'a>(&self, codes_root_first: impl DoubleEndedIterator<Item = &'a str>) -> Option<&Policy> {
-        codes_root_first.rev().find_map(|code| self.by_code.get(code))
+    pub fn nearest<'a>(
+        &self,
+        codes_root_first: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> Option<&Policy> {
+        codes_root_first
+            .rev()
+            .find_map(|code| self.by_code.get(code))
     }
 }
 
@@ -103,7 +108,9 @@ mod tests {
         assert_eq!(village.min, 3);
         assert!(village.quote.contains("每个网格的网格员原则上不得少于3人"));
         assert_eq!(
-            policies.nearest(["522632", "522632001"].into_iter()).map(|p| p.name.as_str()),
+            policies
+                .nearest(["522632", "522632001"].into_iter())
+                .map(|p| p.name.as_str()),
             Some("榕江县")
         );
     }
@@ -113,6 +120,9 @@ mod tests {
         let err = Policies::parse("bad.toml", "jurisdiction_code = \"1\"\nname = \"x\"\ntimezone = \"Asia/Shanghai\"\n[[staffing]]\nlevel = 3\n")
             .expect_err("malformed");
         let text = err.to_string();
-        assert!(text.contains("bad.toml") && text.contains("line 5"), "{text}");
+        assert!(
+            text.contains("bad.toml") && text.contains("line 5"),
+            "{text}"
+        );
     }
 }

@@ -1,1 +1,352 @@
+//! Test harness: a real GridPatrol server, in this process, on a free loopback port, over a real
+//! SQLite file or a fresh PostgreSQL database, driven over real HTTP.
+//!
+//! PostgreSQL comes from `GRIDPATROL_TEST_PG_URL` (an admin URL of a throwaway cluster, which
+//! `scripts/test` starts). Without it the PostgreSQL half fails loudly; it never skips.
 
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use diesel::{Connection, RunQueryDsl, pg::PgConnection};
+use gridpatrol_server::{AppState, Config, ServeConfig, build_state, demo, launch};
+use serde_json::{Value, json};
+
+/// The signing secret of every test server, so tests can forge tokens deliberately.
+pub const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+pub const PASSWORD: &str = demo::PASSWORD;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one async test body on both backends: `both_backends!(name);` expects
+/// `async fn name(backend: Backend)` and makes `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::Backend::Postgres).await
+            }
+        }
+    )+};
+}
+
+/// A fresh, empty database for one test; the value keeps a SQLite file's directory alive.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("GRIDPATROL_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "GRIDPATROL_TEST_PG_URL is not set. Run the suite with scripts/test, which installs and \
+             starts a throwaway PostgreSQL; the PostgreSQL tests never skip."
+        )
+    })
+}
+
+pub fn fresh_database(backend: Backend) -> TestDb {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = match backend {
+        Backend::Sqlite => format!(
+            "sqlite://{}",
+            dir.path().join("gridpatrol.sqlite3").display()
+        ),
+        Backend::Postgres => {
+            let admin = postgres_admin_url();
+            let name = format!("gp_test_{:016x}", rand::random::<u64>());
+            let mut conn = PgConnection::establish(&admin)
+                .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin}: {e}"));
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .expect("create test database");
+            let (base, _) = admin.rsplit_once('/').expect("admin URL names a database");
+            format!("{base}/{name}")
+        }
+    };
+    TestDb { url, dir }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Resp {
+    /// Asserts an error response with this status and stable code, and the documented body shape.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "expected {status} {code}, got {}: {}",
+            self.status, self.text
+        );
+        assert_eq!(self.body["error"], code, "body: {}", self.text);
+        let message = self.body["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty(),
+            "an error needs a human message: {}",
+            self.text
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "expected success, got {}: {}",
+            self.status,
+            self.text
+        );
+        &self.body
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub db: TestDb,
+    handle: ServerHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Sends the stop command now; the workers wind down on their own.
+        drop(self.handle.stop(false));
+    }
+}
+
+pub fn serve_config() -> ServeConfig {
+    ServeConfig {
+        jwt_secret: Some(JWT_SECRET.into()),
+        workers: Some(1),
+        ..ServeConfig::default()
+    }
+}
+
+impl TestApp {
+    /// A server with the 榕江县 demo jurisdiction loaded.
+    pub async fn with_demo(backend: Backend) -> TestApp {
+        let app = Self::empty(backend).await;
+        app.state
+            .db
+            .write(demo::load_if_empty)
+            .await
+            .unwrap_or_else(|e| panic!("demo load failed: {e}"));
+        app.refresh_index().await;
+        app
+    }
+
+    pub async fn empty(backend: Backend) -> TestApp {
+        Self::start(fresh_database(backend), serve_config()).await
+    }
+
+    pub async fn start(db: TestDb, serve: ServeConfig) -> TestApp {
+        let config = Config::for_database(db.dir.path().to_path_buf(), db.url.clone());
+        let state = build_state(&config, &serve, true)
+            .await
+            .expect("server state");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = launch(state.clone(), listener, &serve).expect("launch");
+        let handle = server.handle();
+        tokio::spawn(server);
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            state,
+            db,
+            handle,
+        }
+    }
+
+    pub async fn refresh_index(&self) {
+        let index = self.state.index.clone();
+        self.state
+            .db
+            .run(move |conn| {
+                index
+                    .refresh(conn)
+                    .map_err(|e| gridpatrol_server::db::DbError::Pool(e.to_string()))
+            })
+            .await
+            .expect("index refresh");
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Resp {
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    fn with_token(
+        request: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.send(Self::with_token(
+            self.client.get(format!("{}{path}", self.base)),
+            token,
+        ))
+        .await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Resp {
+        self.send(
+            Self::with_token(self.client.post(format!("{}{path}", self.base)), token).json(body),
+        )
+        .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Resp {
+        self.send(
+            Self::with_token(self.client.post(format!("{}{path}", self.base)), token)
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
+        self.send(Self::with_token(
+            self.client.delete(format!("{}{path}", self.base)),
+            token,
+        ))
+        .await
+    }
+
+    /// Signs in and returns the token pair.
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let resp = self
+            .post(
+                "/v1/auth/login",
+                None,
+                &json!({"username": username, "password": password}),
+            )
+            .await;
+        resp.assert_ok().clone()
+    }
+
+    /// Signs in with the demo password and returns the access token.
+    pub async fn token(&self, username: &str) -> String {
+        self.login(username, PASSWORD).await["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_string()
+    }
+
+    /// The id of the grid with this code.
+    pub async fn grid_id(&self, code: &str) -> i64 {
+        let code = code.to_string();
+        self.state
+            .db
+            .run(move |conn| {
+                use diesel::prelude::*;
+                use gridpatrol_server::schema::grids;
+                grids::table
+                    .filter(grids::code.eq(code))
+                    .select(grids::id)
+                    .first::<i64>(conn)
+                    .map_err(gridpatrol_server::error::ApiError::from)
+            })
+            .await
+            .expect("grid exists")
+    }
+
+    /// The id of the user with this name.
+    pub async fn user_id(&self, username: &str) -> i64 {
+        let username = username.to_string();
+        self.state
+            .db
+            .run(move |conn| {
+                use diesel::prelude::*;
+                use gridpatrol_server::schema::users;
+                users::table
+                    .filter(users::username.eq(username))
+                    .select(users::id)
+                    .first::<i64>(conn)
+                    .map_err(gridpatrol_server::error::ApiError::from)
+            })
+            .await
+            .expect("user exists")
+    }
+
+    /// Runs a closure on a database connection (to age a timestamp or count rows).
+    pub async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut gridpatrol_server::db::DbConnection) -> diesel::QueryResult<T>
+        + Send
+        + 'static,
+    ) -> T {
+        self.state
+            .db
+            .run(move |conn| f(conn).map_err(gridpatrol_server::error::ApiError::from))
+            .await
+            .expect("database call")
+    }
+
+    /// Row counts of every table, to check that a refused request changed nothing.
+    pub async fn table_counts(&self) -> Vec<(&'static str, i64)> {
+        self.with_conn(|conn| {
+            use diesel::prelude::*;
+            use gridpatrol_server::schema::*;
+            Ok(vec![
+                ("grids", grids::table.count().get_result(conn)?),
+                ("users", users::table.count().get_result(conn)?),
+                ("grid_roles", grid_roles::table.count().get_result(conn)?),
+                ("devices", devices::table.count().get_result(conn)?),
+                (
+                    "enrollment_codes",
+                    enrollment_codes::table.count().get_result(conn)?,
+                ),
+                ("sessions", sessions::table.count().get_result(conn)?),
+                (
+                    "refresh_tokens",
+                    refresh_tokens::table.count().get_result(conn)?,
+                ),
+            ])
+        })
+        .await
+    }
+}
+
+/// A random Automerge-style actor id (16 bytes, hex).
+pub fn actor_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

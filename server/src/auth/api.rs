@@ -42,7 +42,10 @@ pub struct LoginRequest {
     )
 )]
 #[post("/v1/auth/login")]
-async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiResult<web::Json<TokenPair>> {
+async fn login(
+    state: web::Data<AppState>,
+    body: Json<LoginRequest>,
+) -> ApiResult<web::Json<TokenPair>> {
     let LoginRequest { username, password } = body.into_inner();
     let username = username.trim().to_string();
     let limited = username.clone();
@@ -68,23 +71,24 @@ async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiResul
         .await
         .map_err(ApiError::internal)?;
     let st = state.clone();
-    state
+    // A failure must be committed (it counts toward the lockout), so the transaction succeeds
+    // either way and the outcome is decided after it.
+    let signed_in = state
         .db
         .write(move |conn| match user {
             Some((user_id, _, false)) if ok => {
                 credentials::clear_failures(conn, &username)?;
-                tokens::start_session(conn, &st.keys, &st.token_settings, user_id, None)
+                tokens::start_session(conn, &st.keys, &st.token_settings, user_id, None).map(Some)
             }
             _ => {
                 credentials::record_failure(conn, &username)?;
-                Err(ApiError::unauthorized(
-                    "invalid_credentials",
-                    "the user name or password is wrong",
-                ))
+                Ok::<_, ApiError>(None)
             }
         })
-        .await
-        .map(web::Json)
+        .await?;
+    signed_in.map(web::Json).ok_or_else(|| {
+        ApiError::unauthorized("invalid_credentials", "the user name or password is wrong")
+    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -106,7 +110,10 @@ pub struct RefreshRequest {
     )
 )]
 #[post("/v1/auth/refresh")]
-async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> ApiResult<web::Json<TokenPair>> {
+async fn refresh(
+    state: web::Data<AppState>,
+    body: Json<RefreshRequest>,
+) -> ApiResult<web::Json<TokenPair>> {
     let presented = body.into_inner().refresh_token;
     let st = state.clone();
     let outcome = state
@@ -132,7 +139,9 @@ async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> ApiR
 async fn logout(state: web::Data<AppState>, authed: Authed) -> ApiResult<HttpResponse> {
     state
         .db
-        .write(move |conn| tokens::revoke_session(conn, authed.session_id, "signed out").map_err(ApiError::from))
+        .write(move |conn| {
+            tokens::revoke_session(conn, authed.session_id, "signed out").map_err(ApiError::from)
+        })
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -161,7 +170,10 @@ pub struct EnrollRequest {
     )
 )]
 #[post("/v1/devices/enroll")]
-async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> ApiResult<web::Json<TokenPair>> {
+async fn enroll(
+    state: web::Data<AppState>,
+    body: Json<EnrollRequest>,
+) -> ApiResult<web::Json<TokenPair>> {
     let EnrollRequest {
         code,
         device_name,
@@ -216,9 +228,15 @@ async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> ApiRes
                     "this enrollment code has expired (codes last 24 hours); ask for a new one",
                 ));
             }
-            let disabled: bool = users::table.find(user_id).select(users::disabled).first(conn)?;
+            let disabled: bool = users::table
+                .find(user_id)
+                .select(users::disabled)
+                .first(conn)?;
             if disabled {
-                return Err(ApiError::forbidden("user_disabled", "this account is disabled"));
+                return Err(ApiError::forbidden(
+                    "user_disabled",
+                    "this account is disabled",
+                ));
             }
             let taken: i64 = devices::table
                 .filter(devices::actor_id.eq(&actor_id))
@@ -295,17 +313,19 @@ pub fn role_views(conn: &mut crate::db::DbConnection, user_id: i64) -> QueryResu
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(role_id, role, grid_id, grid_code, grid_name, grid_level, employment)| {
-            Some(RoleView {
-                role_id,
-                role: Role::parse(&role)?,
-                grid_id,
-                grid_code,
-                grid_name,
-                grid_level,
-                employment,
-            })
-        })
+        .filter_map(
+            |(role_id, role, grid_id, grid_code, grid_name, grid_level, employment)| {
+                Some(RoleView {
+                    role_id,
+                    role: Role::parse(&role)?,
+                    grid_id,
+                    grid_code,
+                    grid_name,
+                    grid_level,
+                    employment,
+                })
+            },
+        )
         .collect())
 }
 

@@ -1,7 +1,9 @@
 //! Passwords (argon2id), sign-in rate limiting, and one-time enrollment codes for phones.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use rand::Rng;
@@ -41,7 +43,9 @@ pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
-    let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+    let ok = Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
     ok && stored.is_some()
 }
 
@@ -56,7 +60,9 @@ pub fn check_rate_limit(conn: &mut DbConnection, username: &str) -> Result<(), A
         .load(conn)?;
     if recent.len() as i64 >= MAX_FAILED_LOGINS {
         let oldest = recent[recent.len() - MAX_FAILED_LOGINS as usize];
-        let wait = (oldest + Duration::minutes(LOCKOUT_WINDOW_MINUTES) - now()).num_seconds().max(1);
+        let wait = (oldest + Duration::minutes(LOCKOUT_WINDOW_MINUTES) - now())
+            .num_seconds()
+            .max(1);
         return Err(ApiError::new(
             Kind::TooManyRequests {
                 retry_after_secs: wait as u64,
@@ -70,13 +76,17 @@ pub fn check_rate_limit(conn: &mut DbConnection, username: &str) -> Result<(), A
 
 pub fn record_failure(conn: &mut DbConnection, username: &str) -> QueryResult<()> {
     diesel::insert_into(login_failures::table)
-        .values((login_failures::username.eq(username), login_failures::failed_at.eq(now())))
+        .values((
+            login_failures::username.eq(username),
+            login_failures::failed_at.eq(now()),
+        ))
         .execute(conn)?;
     Ok(())
 }
 
 pub fn clear_failures(conn: &mut DbConnection, username: &str) -> QueryResult<()> {
-    diesel::delete(login_failures::table.filter(login_failures::username.eq(username))).execute(conn)?;
+    diesel::delete(login_failures::table.filter(login_failures::username.eq(username)))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -128,7 +138,10 @@ mod tests {
         assert!(verify_password("correct horse", Some(&hash)));
         assert!(!verify_password("wrong horse", Some(&hash)));
         assert!(!verify_password("correct horse", None));
-        assert_eq!(hash_password("short").err().map(|e| e.code), Some("weak_password"));
+        assert_eq!(
+            hash_password("short").err().map(|e| e.code),
+            Some("weak_password")
+        );
     }
 
     #[test]

@@ -61,7 +61,10 @@ impl Role {
     }
     /// Roles that manage people and devices in their subtree.
     pub fn manages(self) -> bool {
-        matches!(self, Role::Leader | Role::Deputy | Role::Supervisor | Role::Admin)
+        matches!(
+            self,
+            Role::Leader | Role::Deputy | Role::Supervisor | Role::Admin
+        )
     }
 }
 
@@ -102,7 +105,11 @@ impl Authed {
         self.holds(path, |r| r == Role::Admin)
     }
     pub fn require_see(&self, path: &str) -> ApiResult<()> {
-        if self.can_see(path) { Ok(()) } else { Err(ApiError::outside_subtree()) }
+        if self.can_see(path) {
+            Ok(())
+        } else {
+            Err(ApiError::outside_subtree())
+        }
     }
     pub fn require_manage(&self, path: &str) -> ApiResult<()> {
         if self.can_manage(path) {
@@ -120,7 +127,10 @@ impl Authed {
         if self.is_admin_of(path) {
             Ok(())
         } else if self.can_see(path) {
-            Err(ApiError::forbidden("role_required", "this needs an admin role at this grid or above"))
+            Err(ApiError::forbidden(
+                "role_required",
+                "this needs an admin role at this grid or above",
+            ))
         } else {
             Err(ApiError::outside_subtree())
         }
@@ -145,15 +155,16 @@ impl Authed {
 }
 
 fn bearer(req: &HttpRequest) -> ApiResult<String> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing_token", "sign in first: no Authorization header"))?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("invalid_token", "the Authorization header is not text"))?;
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing_token", "sign in first: no Authorization header")
+    })?;
+    let value = value.to_str().map_err(|_| {
+        ApiError::unauthorized("invalid_token", "the Authorization header is not text")
+    })?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim().to_string())
         }
         _ => Err(ApiError::unauthorized(
@@ -173,10 +184,9 @@ impl FromRequest for Authed {
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("AppState missing"))?;
             let claims = state.keys.verify(&token?)?;
-            let user_id: i64 = claims
-                .sub
-                .parse()
-                .map_err(|_| ApiError::unauthorized("invalid_token", "the access token is not valid"))?;
+            let user_id: i64 = claims.sub.parse().map_err(|_| {
+                ApiError::unauthorized("invalid_token", "the access token is not valid")
+            })?;
             let authed = state
                 .db
                 .run(move |conn| load(conn, user_id, claims.sid, claims.did))
@@ -194,6 +204,16 @@ fn load(
     session_id: i64,
     device_id: Option<i64>,
 ) -> ApiResult<Authed> {
+    // A revoked device says so, rather than the more general "session revoked".
+    if let Some(device_id) = device_id {
+        let revoked: Option<NaiveDateTime> = devices::table
+            .find(device_id)
+            .select(devices::revoked_at)
+            .first(conn)?;
+        if revoked.is_some() {
+            return Err(tokens::device_revoked_error());
+        }
+    }
     let session: Option<(i64, Option<NaiveDateTime>)> = sessions::table
         .find(session_id)
         .select((sessions::user_id, sessions::revoked_at))
@@ -207,15 +227,11 @@ fn load(
                 "this session was ended; sign in or enroll again",
             ));
         }
-        _ => return Err(ApiError::unauthorized("invalid_token", "the access token is not valid")),
-    }
-    if let Some(device_id) = device_id {
-        let revoked: Option<NaiveDateTime> = devices::table
-            .find(device_id)
-            .select(devices::revoked_at)
-            .first(conn)?;
-        if revoked.is_some() {
-            return Err(tokens::device_revoked_error());
+        _ => {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "the access token is not valid",
+            ));
         }
     }
     let (disabled, is_superuser): (bool, bool) = users::table
@@ -223,7 +239,10 @@ fn load(
         .select((users::disabled, users::is_superuser))
         .first(conn)?;
     if disabled {
-        return Err(ApiError::unauthorized("user_disabled", "this account is disabled"));
+        return Err(ApiError::unauthorized(
+            "user_disabled",
+            "this account is disabled",
+        ));
     }
     let roles = grid_roles::table
         .inner_join(grids::table)

@@ -130,10 +130,9 @@ impl Keys {
             .ok_or_else(invalid)?;
         match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
             Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(ApiError::unauthorized(
-                "token_expired",
-                "the access token has expired; refresh it",
-            )),
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(
+                ApiError::unauthorized("token_expired", "the access token has expired; refresh it"),
+            ),
             Err(e) => {
                 tracing::debug!(error = %e, "token rejected");
                 Err(invalid())
@@ -236,16 +235,30 @@ pub fn start_session(
         .returning(sessions::id)
         .get_result(conn)?;
     let (_, token, expires) = new_refresh_token(conn, session_id, settings)?;
-    pair(keys, settings, user_id, session_id, device_id, (token, expires))
+    pair(
+        keys,
+        settings,
+        user_id,
+        session_id,
+        device_id,
+        (token, expires),
+    )
 }
 
-pub fn revoke_session(conn: &mut DbConnection, session_id: i64, reason: &str) -> QueryResult<usize> {
+pub fn revoke_session(
+    conn: &mut DbConnection,
+    session_id: i64,
+    reason: &str,
+) -> QueryResult<usize> {
     diesel::update(
         sessions::table
             .find(session_id)
             .filter(sessions::revoked_at.is_null()),
     )
-    .set((sessions::revoked_at.eq(now()), sessions::revoked_reason.eq(reason)))
+    .set((
+        sessions::revoked_at.eq(now()),
+        sessions::revoked_reason.eq(reason),
+    ))
     .execute(conn)
 }
 
@@ -264,7 +277,8 @@ pub fn rotate(
     settings: &TokenSettings,
     presented: &str,
 ) -> Result<Refreshed, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid_refresh_token", "the refresh token is not valid");
+    let invalid =
+        || ApiError::unauthorized("invalid_refresh_token", "the refresh token is not valid");
     type Row = (i64, i64, NaiveDateTime, Option<NaiveDateTime>);
     let row: Option<Row> = refresh_tokens::table
         .filter(refresh_tokens::token_hash.eq(sha256_hex(presented)))
@@ -279,10 +293,11 @@ pub fn rotate(
     let Some((token_id, session_id, expires_at, used_at)) = row else {
         return Err(invalid());
     };
-    let (user_id, device_id, revoked_at): (i64, Option<i64>, Option<NaiveDateTime>) = sessions::table
-        .find(session_id)
-        .select((sessions::user_id, sessions::device_id, sessions::revoked_at))
-        .first(conn)?;
+    let (user_id, device_id, revoked_at): (i64, Option<i64>, Option<NaiveDateTime>) =
+        sessions::table
+            .find(session_id)
+            .select((sessions::user_id, sessions::device_id, sessions::revoked_at))
+            .first(conn)?;
     if revoked_at.is_some() {
         return Err(ApiError::unauthorized(
             "session_revoked",
@@ -307,7 +322,10 @@ pub fn rotate(
     }
     if let Some(used_at) = used_at {
         if current - used_at > Duration::seconds(REFRESH_GRACE_SECS) {
-            tracing::warn!(session_id, "refresh token reused; revoking the session family");
+            tracing::warn!(
+                session_id,
+                "refresh token reused; revoking the session family"
+            );
             revoke_session(conn, session_id, "refresh token reused")?;
             return Ok(Refreshed::Reused);
         }

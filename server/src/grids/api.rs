@@ -71,9 +71,16 @@ fn located(g: &super::index::IndexedGrid) -> LocatedGrid {
     )
 )]
 #[get("/v1/grids/locate")]
-async fn locate(state: web::Data<AppState>, query: web::Query<LocateQuery>) -> ApiResult<web::Json<LocateResponse>> {
+async fn locate(
+    state: web::Data<AppState>,
+    query: web::Query<LocateQuery>,
+) -> ApiResult<web::Json<LocateResponse>> {
     let LocateQuery { lon, lat } = query.into_inner();
-    if !lon.is_finite() || !lat.is_finite() || !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) {
+    if !lon.is_finite()
+        || !lat.is_finite()
+        || !(-180.0..=180.0).contains(&lon)
+        || !(-90.0..=90.0).contains(&lat)
+    {
         return Err(ApiError::bad_request(
             "coordinate_out_of_range",
             "lon must be within -180..180 and lat within -90..90 (degrees, WGS-84)",
@@ -107,7 +114,11 @@ pub struct ListQuery {
     security(("bearer" = []))
 )]
 #[get("/v1/grids")]
-async fn list(state: web::Data<AppState>, authed: Authed, query: web::Query<ListQuery>) -> ApiResult<web::Json<Vec<GridSummary>>> {
+async fn list(
+    state: web::Data<AppState>,
+    authed: Authed,
+    query: web::Query<ListQuery>,
+) -> ApiResult<web::Json<Vec<GridSummary>>> {
     let query = query.into_inner();
     let rows = state
         .db
@@ -119,7 +130,9 @@ async fn list(state: web::Data<AppState>, authed: Authed, query: web::Query<List
                     return Ok(Vec::new());
                 }
                 let mut visible = Box::new(grids::path.like(format!("{}%", roots[0])))
-                    as Box<dyn BoxableExpression<grids::table, _, SqlType = diesel::sql_types::Bool>>;
+                    as Box<
+                        dyn BoxableExpression<grids::table, _, SqlType = diesel::sql_types::Bool>,
+                    >;
                 for root in &roots[1..] {
                     visible = Box::new(visible.or(grids::path.like(format!("{root}%"))));
                 }
@@ -137,7 +150,9 @@ async fn list(state: web::Data<AppState>, authed: Authed, query: web::Query<List
             if let Some(kind) = query.kind {
                 q = q.filter(grids::kind.eq(kind.as_str()));
             }
-            let rows: Vec<GridRow> = q.order((grids::depth.asc(), grids::code.asc())).load(conn)?;
+            let rows: Vec<GridRow> = q
+                .order((grids::depth.asc(), grids::code.asc()))
+                .load(conn)?;
             Ok::<_, ApiError>(rows)
         })
         .await?;
@@ -172,20 +187,31 @@ pub struct GridDetail {
     security(("bearer" = []))
 )]
 #[get("/v1/grids/{id}")]
-async fn detail(state: web::Data<AppState>, authed: Authed, id: web::Path<i64>) -> ApiResult<web::Json<GridDetail>> {
+async fn detail(
+    state: web::Data<AppState>,
+    authed: Authed,
+    id: web::Path<i64>,
+) -> ApiResult<web::Json<GridDetail>> {
     let id = id.into_inner();
     let detail = state
         .db
         .run(move |conn| {
-            let row = find_by_id(conn, id)?.ok_or_else(|| ApiError::not_found("grid_not_found", "no such grid"))?;
+            let row = find_by_id(conn, id)?
+                .ok_or_else(|| ApiError::not_found("grid_not_found", "no such grid"))?;
             authed.require_see(&row.path)?;
-            let ancestor_ids: Vec<i64> = path_ids(&row.path).into_iter().filter(|a| *a != id).collect();
+            let ancestor_ids: Vec<i64> = path_ids(&row.path)
+                .into_iter()
+                .filter(|a| *a != id)
+                .collect();
             let ancestors: Vec<GridRow> = grids::table
                 .filter(grids::id.eq_any(&ancestor_ids))
                 .order(grids::depth.asc())
                 .select(GridRow::as_select())
                 .load(conn)?;
-            let children: i64 = grids::table.filter(grids::parent_id.eq(id)).count().get_result(conn)?;
+            let children: i64 = grids::table
+                .filter(grids::parent_id.eq(id))
+                .count()
+                .get_result(conn)?;
             Ok::<_, ApiError>(GridDetail {
                 grid: GridSummary::from(&row),
                 ancestors: ancestors.iter().map(GridSummary::from).collect(),
@@ -216,13 +242,20 @@ async fn detail(state: web::Data<AppState>, authed: Authed, id: web::Path<i64>) 
     security(("bearer" = []))
 )]
 #[post("/v1/grids/import")]
-async fn import_grids(state: web::Data<AppState>, authed: Authed, body: web::Bytes) -> ApiResult<web::Json<ImportReport>> {
+async fn import_grids(
+    state: web::Data<AppState>,
+    authed: Authed,
+    body: web::Bytes,
+) -> ApiResult<web::Json<ImportReport>> {
     let importer = if authed.is_superuser {
         Importer::Operator
     } else {
         let paths = authed.admin_paths();
         if paths.is_empty() {
-            return Err(ApiError::forbidden("role_required", "importing grids needs an admin role"));
+            return Err(ApiError::forbidden(
+                "role_required",
+                "importing grids needs an admin role",
+            ));
         }
         Importer::Admin(paths)
     };
@@ -260,7 +293,14 @@ pub fn summarize(problems: &[FeatureProblem]) -> String {
     let shown: Vec<String> = problems
         .iter()
         .take(5)
-        .map(|p| format!("#{} {} {}", p.index, p.code.as_deref().unwrap_or("(no code)"), p.reason))
+        .map(|p| {
+            format!(
+                "#{} {} {}",
+                p.index,
+                p.code.as_deref().unwrap_or("(no code)"),
+                p.reason
+            )
+        })
         .collect();
     let more = problems.len().saturating_sub(shown.len());
     let mut text = format!(

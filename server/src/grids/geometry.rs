@@ -42,7 +42,10 @@ pub fn check(
             };
             let c = coordinates.as_slice();
             if c.len() < 2 {
-                return Err(vec![problem("coordinate_out_of_range", "a position needs lon and lat")]);
+                return Err(vec![problem(
+                    "coordinate_out_of_range",
+                    "a position needs lon and lat",
+                )]);
             }
             check_coord(c[0], c[1]).map_err(|p| vec![p])?;
             return Ok(MultiPolygon(vec![circle(c[0], c[1], radius)]));
@@ -50,18 +53,27 @@ pub fn check(
         other => {
             return Err(vec![problem(
                 "unsupported_geometry_type",
-                format!("{} is not a grid geometry; use Polygon or MultiPolygon", other.type_name()),
+                format!(
+                    "{} is not a grid geometry; use Polygon or MultiPolygon",
+                    other.type_name()
+                ),
             )]);
         }
     };
     if polygons.is_empty() {
-        return Err(vec![problem("empty_geometry", "the MultiPolygon has no polygons")]);
+        return Err(vec![problem(
+            "empty_geometry",
+            "the MultiPolygon has no polygons",
+        )]);
     }
     let mut problems = Vec::new();
     let mut out = Vec::with_capacity(polygons.len());
     for (p, rings) in polygons.iter().enumerate() {
         if rings.is_empty() {
-            problems.push(problem("empty_geometry", format!("polygon {p} has no rings")));
+            problems.push(problem(
+                "empty_geometry",
+                format!("polygon {p} has no rings"),
+            ));
             continue;
         }
         let mut converted: Vec<LineString<f64>> = Vec::with_capacity(rings.len());
@@ -100,7 +112,10 @@ pub fn check(
 
 fn check_coord(lon: f64, lat: f64) -> Result<(), GeometryProblem> {
     if !lon.is_finite() || !lat.is_finite() {
-        return Err(problem("coordinate_not_finite", "a coordinate is not a finite number"));
+        return Err(problem(
+            "coordinate_not_finite",
+            "a coordinate is not a finite number",
+        ));
     }
     if !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) {
         return Err(problem(
@@ -117,7 +132,10 @@ fn check_ring(ring: &[geojson::Position]) -> Result<LineString<f64>, Vec<Geometr
     for position in ring {
         let c = position.as_slice();
         if c.len() < 2 {
-            problems.push(problem("coordinate_out_of_range", "a position needs lon and lat"));
+            problems.push(problem(
+                "coordinate_out_of_range",
+                "a position needs lon and lat",
+            ));
             continue;
         }
         match check_coord(c[0], c[1]) {
@@ -132,7 +150,10 @@ fn check_ring(ring: &[geojson::Position]) -> Result<LineString<f64>, Vec<Geometr
     if coords.len() < 4 {
         return Err(vec![problem(
             "ring_too_short",
-            format!("a ring needs at least 4 positions, this one has {}", coords.len()),
+            format!(
+                "a ring needs at least 4 positions, this one has {}",
+                coords.len()
+            ),
         )]);
     }
     if coords.first() != coords.last() {
@@ -193,7 +214,13 @@ mod tests {
 
     #[test]
     fn accepts_a_closed_square() {
-        let square = polygon(&[[108.0, 25.0], [108.1, 25.0], [108.1, 25.1], [108.0, 25.1], [108.0, 25.0]]);
+        let square = polygon(&[
+            [108.0, 25.0],
+            [108.1, 25.0],
+            [108.1, 25.1],
+            [108.0, 25.1],
+            [108.0, 25.0],
+        ]);
         let shape = check(&square, None).expect("valid");
         assert_eq!(shape.0.len(), 1);
         let round_trip = parse_stored(&to_stored(&shape)).expect("parse");
@@ -203,8 +230,14 @@ mod tests {
     #[test]
     fn refuses_each_kind_of_broken_ring() {
         let cases: [(&str, Vec<[f64; 2]>); 4] = [
-            ("ring_not_closed", vec![[108.0, 25.0], [108.1, 25.0], [108.1, 25.1], [108.0, 25.1]]),
-            ("ring_too_short", vec![[108.0, 25.0], [108.1, 25.0], [108.0, 25.0]]),
+            (
+                "ring_not_closed",
+                vec![[108.0, 25.0], [108.1, 25.0], [108.1, 25.1], [108.0, 25.1]],
+            ),
+            (
+                "ring_too_short",
+                vec![[108.0, 25.0], [108.1, 25.0], [108.0, 25.0]],
+            ),
             (
                 "coordinate_out_of_range",
                 vec![[25.0, 108.0], [25.1, 108.0], [25.1, 108.1], [25.0, 108.0]],
@@ -212,7 +245,13 @@ mod tests {
             (
                 // a bow tie: the ring crosses itself
                 "invalid_geometry",
-                vec![[108.0, 25.0], [108.1, 25.1], [108.1, 25.0], [108.0, 25.1], [108.0, 25.0]],
+                vec![
+                    [108.0, 25.0],
+                    [108.1, 25.1],
+                    [108.1, 25.0],
+                    [108.0, 25.1],
+                    [108.0, 25.0],
+                ],
             ),
         ];
         for (code, ring) in cases {
@@ -224,7 +263,10 @@ mod tests {
     #[test]
     fn points_only_for_key_points() {
         let point = GeometryValue::new_point([108.5, 25.9]);
-        assert_eq!(check(&point, None).expect_err("no radius")[0].code, "unsupported_geometry_type");
+        assert_eq!(
+            check(&point, None).expect_err("no radius")[0].code,
+            "unsupported_geometry_type"
+        );
         let circle = check(&point, Some(100.0)).expect("key point");
         let area_m2 = geo::GeodesicArea::geodesic_area_unsigned(&circle);
         let expected = std::f64::consts::PI * 100.0 * 100.0;

@@ -76,7 +76,9 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
     let collection: geojson::FeatureCollection =
         serde_json::from_slice(bytes).map_err(|e| ImportError::Malformed(e.to_string()))?;
     if collection.features.is_empty() {
-        return Err(ImportError::Malformed("the FeatureCollection has no features".into()));
+        return Err(ImportError::Malformed(
+            "the FeatureCollection has no features".into(),
+        ));
     }
     let mut problems = Vec::new();
     let mut candidates = Vec::new();
@@ -85,7 +87,9 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
         let props = feature.properties.unwrap_or_default();
         let text = |key: &str| -> Option<String> {
             match props.get(key) {
-                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                    Some(s.trim().to_string())
+                }
                 Some(serde_json::Value::Number(n)) => Some(n.to_string()),
                 _ => None,
             }
@@ -102,7 +106,10 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
         let mut ok = true;
         for key in ["code", "name", "level"] {
             if text(key).is_none() {
-                report("missing_property", format!("property {key:?} is missing or empty"));
+                report(
+                    "missing_property",
+                    format!("property {key:?} is missing or empty"),
+                );
                 ok = false;
             }
         }
@@ -120,7 +127,10 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
         if let Some(code) = &code
             && !seen.insert(code.clone())
         {
-            report("duplicate_code", format!("code {code} appears more than once in the file"));
+            report(
+                "duplicate_code",
+                format!("code {code} appears more than once in the file"),
+            );
             ok = false;
         }
         let radius = match kind {
@@ -135,7 +145,10 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
         };
         let shape = match &feature.geometry {
             None => {
-                report("missing_geometry", "the feature has no geometry".to_string());
+                report(
+                    "missing_geometry",
+                    "the feature has no geometry".to_string(),
+                );
                 None
             }
             Some(g) => match geometry::check(&g.value, radius) {
@@ -188,12 +201,18 @@ pub fn import(
     let existing: Vec<GridRow> = grids::table.select(GridRow::as_select()).load(conn)?;
     let by_code: HashMap<&str, &GridRow> = existing.iter().map(|g| (g.code.as_str(), g)).collect();
     let code_of_id: HashMap<i64, &str> = existing.iter().map(|g| (g.id, g.code.as_str())).collect();
-    let in_file: HashMap<&str, &Candidate> = candidates.iter().map(|c| (c.code.as_str(), c)).collect();
+    let in_file: HashMap<&str, &Candidate> =
+        candidates.iter().map(|c| (c.code.as_str(), c)).collect();
 
     // The tree as it will be: the file's parent links override the database's.
     let mut parent_of: HashMap<&str, Option<&str>> = existing
         .iter()
-        .map(|g| (g.code.as_str(), g.parent_id.and_then(|p| code_of_id.get(&p).copied())))
+        .map(|g| {
+            (
+                g.code.as_str(),
+                g.parent_id.and_then(|p| code_of_id.get(&p).copied()),
+            )
+        })
         .collect();
     for c in &candidates {
         parent_of.insert(c.code.as_str(), c.parent_code.as_deref());
@@ -211,7 +230,8 @@ pub fn import(
             if let Importer::Admin(_) = importer {
                 problems.push(problem(
                     "missing_parent",
-                    "only the operator (gridpatrol import-grids) may create a top-level grid".into(),
+                    "only the operator (gridpatrol import-grids) may create a top-level grid"
+                        .into(),
                 ));
             }
             continue;
@@ -268,22 +288,26 @@ pub fn import(
         }
     }
 
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.index);
+        return Err(ImportError::Invalid(problems));
+    }
+
+    // Permissions are checked on a file that is otherwise sound, so every parent resolves.
     if let Importer::Admin(admin_paths) = importer {
         // Every grid written must end up below a grid the user administers.
         let path_of = |code: &str| by_code.get(code).map(|g| g.path.clone());
         for c in &candidates {
             let anchor = path_of(&c.code).or_else(|| c.parent_code.as_deref().and_then(path_of));
-            let allowed = anchor.is_some_and(|p| admin_paths.iter().any(|a| p.starts_with(a.as_str())))
-                || c.parent_code.as_deref().is_some_and(|p| in_file.contains_key(p));
+            let allowed = anchor
+                .is_some_and(|p| admin_paths.iter().any(|a| p.starts_with(a.as_str())))
+                || c.parent_code
+                    .as_deref()
+                    .is_some_and(|p| in_file.contains_key(p));
             if !allowed {
                 return Err(ImportError::Forbidden(c.code.clone()));
             }
         }
-    }
-
-    if !problems.is_empty() {
-        problems.sort_by_key(|p| p.index);
-        return Err(ImportError::Invalid(problems));
     }
 
     write(conn, &candidates, &by_code, existing.len())
@@ -296,7 +320,8 @@ fn write(
     existing_count: usize,
 ) -> Result<ImportReport, ImportError> {
     // Parents first, so that every parent has an id when its children are written.
-    let in_file: HashMap<&str, &Candidate> = candidates.iter().map(|c| (c.code.as_str(), c)).collect();
+    let in_file: HashMap<&str, &Candidate> =
+        candidates.iter().map(|c| (c.code.as_str(), c)).collect();
     let depth_in_file = |c: &Candidate| {
         let mut depth = 0;
         let mut cursor = c.parent_code.as_deref();
@@ -309,7 +334,10 @@ fn write(
     let mut ordered: Vec<&Candidate> = candidates.iter().collect();
     ordered.sort_by_key(|c| (depth_in_file(c), c.index));
 
-    let mut id_of: HashMap<String, i64> = by_code.iter().map(|(code, g)| (code.to_string(), g.id)).collect();
+    let mut id_of: HashMap<String, i64> = by_code
+        .iter()
+        .map(|(code, g)| (code.to_string(), g.id))
+        .collect();
     let mut report = ImportReport {
         created: 0,
         updated: 0,
@@ -405,7 +433,11 @@ fn recompute_paths(conn: &mut DbConnection) -> QueryResult<()> {
         chain.reverse();
         let path = format!(
             "/{}/",
-            chain.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("/")
+            chain
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
         );
         let depth = chain.len() as i32 - 1;
         if &path != old_path || depth != *old_depth {

@@ -67,7 +67,11 @@ impl GridIndex {
                 })
             })
             .collect();
-        let slot_of = grids.iter().enumerate().map(|(slot, g)| (g.id, slot)).collect();
+        let slot_of = grids
+            .iter()
+            .enumerate()
+            .map(|(slot, g)| (g.id, slot))
+            .collect();
         GridIndex {
             grids,
             tree: RTree::bulk_load(entries),
@@ -91,7 +95,10 @@ impl GridIndex {
     pub fn locate_leaf(&self, lon: f64, lat: f64) -> Option<&IndexedGrid> {
         let point = Point::new(lon, lat);
         let mut best: Option<&IndexedGrid> = None;
-        for entry in self.tree.locate_in_envelope_intersecting(&AABB::from_point([lon, lat])) {
+        for entry in self
+            .tree
+            .locate_in_envelope_intersecting(&AABB::from_point([lon, lat]))
+        {
             let grid = &self.grids[entry.slot];
             if grid.kind != GridKind::Territorial {
                 continue;
@@ -118,7 +125,10 @@ impl GridIndex {
             located.chain.reverse();
         }
         let point = Point::new(lon, lat);
-        for entry in self.tree.locate_in_envelope_intersecting(&AABB::from_point([lon, lat])) {
+        for entry in self
+            .tree
+            .locate_in_envelope_intersecting(&AABB::from_point([lon, lat]))
+        {
             let grid = &self.grids[entry.slot];
             if grid.kind != GridKind::Territorial && grid.shape.intersects(&point) {
                 located.overlays.push(grid);

@@ -8,8 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{
-    Employment, NewUser, StaffingReport, check_may_grant, create_user, grant_role, grid_or_404, require_manage_user,
-    staffing_report,
+    Employment, NewUser, StaffingReport, check_may_grant, create_user, grant_role, grid_or_404,
+    require_manage_user, staffing_report,
 };
 use crate::app::{AppState, Json};
 use crate::auth::api::{RoleView, role_views};
@@ -45,11 +45,22 @@ pub struct UserView {
 }
 
 fn user_view(conn: &mut crate::db::DbConnection, authed: &Authed, id: i64) -> ApiResult<UserView> {
-    let (username, display_name, phone, disabled, hash): (String, String, Option<String>, bool, Option<String>) =
-        users::table
-            .find(id)
-            .select((users::username, users::display_name, users::phone, users::disabled, users::password_hash))
-            .first(conn)?;
+    let (username, display_name, phone, disabled, hash): (
+        String,
+        String,
+        Option<String>,
+        bool,
+        Option<String>,
+    ) = users::table
+        .find(id)
+        .select((
+            users::username,
+            users::display_name,
+            users::phone,
+            users::disabled,
+            users::password_hash,
+        ))
+        .first(conn)?;
     let visible: Vec<(i64, String)> = grid_roles::table
         .inner_join(grids::table)
         .filter(grid_roles::user_id.eq(id))
@@ -91,7 +102,11 @@ pub struct UsersQuery {
     security(("bearer" = []))
 )]
 #[get("/v1/users")]
-async fn list_users(state: web::Data<AppState>, authed: Authed, query: web::Query<UsersQuery>) -> ApiResult<web::Json<Vec<UserView>>> {
+async fn list_users(
+    state: web::Data<AppState>,
+    authed: Authed,
+    query: web::Query<UsersQuery>,
+) -> ApiResult<web::Json<Vec<UserView>>> {
     let query = query.into_inner();
     let views = state
         .db
@@ -119,7 +134,9 @@ async fn list_users(state: web::Data<AppState>, authed: Authed, query: web::Quer
             }
             ids.sort_unstable();
             ids.dedup();
-            ids.into_iter().map(|id| user_view(conn, &authed, id)).collect::<ApiResult<Vec<_>>>()
+            ids.into_iter()
+                .map(|id| user_view(conn, &authed, id))
+                .collect::<ApiResult<Vec<_>>>()
         })
         .await?;
     Ok(web::Json(views))
@@ -159,19 +176,28 @@ pub struct CreateUserRequest {
     security(("bearer" = []))
 )]
 #[post("/v1/users")]
-async fn create(state: web::Data<AppState>, authed: Authed, body: Json<CreateUserRequest>) -> ApiResult<HttpResponse> {
+async fn create(
+    state: web::Data<AppState>,
+    authed: Authed,
+    body: Json<CreateUserRequest>,
+) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
     if body.roles.is_empty() {
-        return Err(ApiError::unprocessable("roles_required", "a person needs at least one role in a grid"));
+        return Err(ApiError::unprocessable(
+            "roles_required",
+            "a person needs at least one role in a grid",
+        ));
     }
     // Hash outside the write transaction: argon2 is slow on purpose.
     let hashed = match &body.password {
-        Some(p) => Some(web::block({
-            let p = p.clone();
-            move || credentials::hash_password(&p)
-        })
-        .await
-        .map_err(ApiError::internal)??),
+        Some(p) => Some(
+            web::block({
+                let p = p.clone();
+                move || credentials::hash_password(&p)
+            })
+            .await
+            .map_err(ApiError::internal)??,
+        ),
         None => None,
     };
     let view = state
@@ -213,7 +239,11 @@ async fn create(state: web::Data<AppState>, authed: Authed, body: Json<CreateUse
     security(("bearer" = []))
 )]
 #[get("/v1/users/{id}")]
-async fn get_user(state: web::Data<AppState>, authed: Authed, id: web::Path<i64>) -> ApiResult<web::Json<UserView>> {
+async fn get_user(
+    state: web::Data<AppState>,
+    authed: Authed,
+    id: web::Path<i64>,
+) -> ApiResult<web::Json<UserView>> {
     let id = id.into_inner();
     let view = state
         .db
@@ -280,7 +310,11 @@ async fn add_role(
     security(("bearer" = []))
 )]
 #[delete("/v1/users/{id}/roles/{role_id}")]
-async fn remove_role(state: web::Data<AppState>, authed: Authed, path: web::Path<(i64, i64)>) -> ApiResult<HttpResponse> {
+async fn remove_role(
+    state: web::Data<AppState>,
+    authed: Authed,
+    path: web::Path<(i64, i64)>,
+) -> ApiResult<HttpResponse> {
     let (user_id, role_id) = path.into_inner();
     state
         .db
@@ -291,7 +325,9 @@ async fn remove_role(state: web::Data<AppState>, authed: Authed, path: web::Path
                 .select((grid_roles::grid_id, grid_roles::role))
                 .first(conn)
                 .optional()?;
-            let (grid_id, role) = row.ok_or_else(|| ApiError::not_found("role_not_found", "no such role of that user"))?;
+            let (grid_id, role) = row.ok_or_else(|| {
+                ApiError::not_found("role_not_found", "no such role of that user")
+            })?;
             let grid = grid_or_404(conn, grid_id)?;
             check_may_grant(&authed, &grid, Role::parse(&role).unwrap_or(Role::Admin))?;
             diesel::delete(grid_roles::table.find(role_id)).execute(conn)?;
@@ -317,13 +353,18 @@ pub struct EnrollmentCode {
     security(("bearer" = []))
 )]
 #[post("/v1/users/{id}/enrollment-codes")]
-async fn new_enrollment_code(state: web::Data<AppState>, authed: Authed, id: web::Path<i64>) -> ApiResult<HttpResponse> {
+async fn new_enrollment_code(
+    state: web::Data<AppState>,
+    authed: Authed,
+    id: web::Path<i64>,
+) -> ApiResult<HttpResponse> {
     let id = id.into_inner();
     let code = state
         .db
         .write(move |conn| {
             require_manage_user(conn, &authed, id)?;
-            let (code, expires_at) = credentials::new_enrollment_code(conn, id, Some(authed.user_id))?;
+            let (code, expires_at) =
+                credentials::new_enrollment_code(conn, id, Some(authed.user_id))?;
             Ok::<_, ApiError>(EnrollmentCode {
                 user_id: id,
                 code,
@@ -346,7 +387,15 @@ pub struct DeviceView {
     pub revoked_reason: Option<String>,
 }
 
-type DeviceRow = (i64, i64, String, String, NaiveDateTime, Option<NaiveDateTime>, Option<String>);
+type DeviceRow = (
+    i64,
+    i64,
+    String,
+    String,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<String>,
+);
 
 fn device_view(row: DeviceRow) -> DeviceView {
     DeviceView {
@@ -386,7 +435,11 @@ const DEVICE_COLUMNS: (
     security(("bearer" = []))
 )]
 #[get("/v1/users/{id}/devices")]
-async fn list_devices(state: web::Data<AppState>, authed: Authed, id: web::Path<i64>) -> ApiResult<web::Json<Vec<DeviceView>>> {
+async fn list_devices(
+    state: web::Data<AppState>,
+    authed: Authed,
+    id: web::Path<i64>,
+) -> ApiResult<web::Json<Vec<DeviceView>>> {
     let id = id.into_inner();
     let list = state
         .db
@@ -435,19 +488,33 @@ async fn revoke_device(
     let id = id.into_inner();
     let reason = body.into_inner().reason.trim().to_string();
     if reason.is_empty() {
-        return Err(ApiError::unprocessable("reason_required", "say why the device is revoked"));
+        return Err(ApiError::unprocessable(
+            "reason_required",
+            "say why the device is revoked",
+        ));
     }
     let view = state
         .db
         .write(move |conn| {
-            let row: Option<DeviceRow> = devices::table.find(id).select(DEVICE_COLUMNS).first(conn).optional()?;
-            let row = row.ok_or_else(|| ApiError::not_found("device_not_found", "no such device"))?;
+            let row: Option<DeviceRow> = devices::table
+                .find(id)
+                .select(DEVICE_COLUMNS)
+                .first(conn)
+                .optional()?;
+            let row =
+                row.ok_or_else(|| ApiError::not_found("device_not_found", "no such device"))?;
             require_manage_user(conn, &authed, row.1)?;
             if row.5.is_some() {
-                return Err(ApiError::conflict("device_already_revoked", "the device was already revoked"));
+                return Err(ApiError::conflict(
+                    "device_already_revoked",
+                    "the device was already revoked",
+                ));
             }
             diesel::update(devices::table.find(id))
-                .set((devices::revoked_at.eq(now()), devices::revoked_reason.eq(&reason)))
+                .set((
+                    devices::revoked_at.eq(now()),
+                    devices::revoked_reason.eq(&reason),
+                ))
                 .execute(conn)?;
             let session_ids: Vec<i64> = sessions::table
                 .filter(sessions::device_id.eq(id))
@@ -473,7 +540,11 @@ async fn revoke_device(
     security(("bearer" = []))
 )]
 #[get("/v1/grids/{id}/staffing")]
-async fn staffing(state: web::Data<AppState>, authed: Authed, id: web::Path<i64>) -> ApiResult<web::Json<StaffingReport>> {
+async fn staffing(
+    state: web::Data<AppState>,
+    authed: Authed,
+    id: web::Path<i64>,
+) -> ApiResult<web::Json<StaffingReport>> {
     let id = id.into_inner();
     let st = state.clone();
     let report = state

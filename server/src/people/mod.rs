@@ -61,7 +61,10 @@ pub fn create_user(conn: &mut DbConnection, new: &NewUser<'_>) -> ApiResult<i64>
     validate_username(new.username)?;
     let display_name = new.display_name.trim();
     if display_name.is_empty() || display_name.chars().count() > 100 {
-        return Err(ApiError::unprocessable("invalid_display_name", "a display name has 1 to 100 characters"));
+        return Err(ApiError::unprocessable(
+            "invalid_display_name",
+            "a display name has 1 to 100 characters",
+        ));
     }
     let hash = new.password.map(credentials::hash_password).transpose()?;
     let taken: i64 = users::table
@@ -69,7 +72,10 @@ pub fn create_user(conn: &mut DbConnection, new: &NewUser<'_>) -> ApiResult<i64>
         .count()
         .get_result(conn)?;
     if taken > 0 {
-        return Err(ApiError::conflict("username_taken", format!("user name {} is taken", new.username)));
+        return Err(ApiError::conflict(
+            "username_taken",
+            format!("user name {} is taken", new.username),
+        ));
     }
     let id = diesel::insert_into(users::table)
         .values((
@@ -106,7 +112,10 @@ pub fn grant_role(
         .count()
         .get_result(conn)?;
     if exists > 0 {
-        return Err(ApiError::conflict("role_exists", "the user already holds that role in that grid"));
+        return Err(ApiError::conflict(
+            "role_exists",
+            "the user already holds that role in that grid",
+        ));
     }
     let id = diesel::insert_into(grid_roles::table)
         .values((
@@ -141,7 +150,11 @@ pub fn role_paths(conn: &mut DbConnection, user_id: i64) -> QueryResult<Vec<Stri
 }
 
 /// A user is managed by whoever manages any grid where the user holds a role.
-pub fn require_manage_user(conn: &mut DbConnection, authed: &Authed, user_id: i64) -> ApiResult<()> {
+pub fn require_manage_user(
+    conn: &mut DbConnection,
+    authed: &Authed,
+    user_id: i64,
+) -> ApiResult<()> {
     let exists: i64 = users::table.find(user_id).count().get_result(conn)?;
     if exists == 0 {
         return Err(ApiError::not_found("user_not_found", "no such user"));
@@ -153,7 +166,10 @@ pub fn require_manage_user(conn: &mut DbConnection, authed: &Authed, user_id: i6
     if paths.iter().any(|p| authed.can_manage(p)) {
         Ok(())
     } else if paths.iter().any(|p| authed.can_see(p)) {
-        Err(ApiError::forbidden("role_required", "managing people needs a leader, deputy, supervisor or admin role"))
+        Err(ApiError::forbidden(
+            "role_required",
+            "managing people needs a leader, deputy, supervisor or admin role",
+        ))
     } else {
         Err(ApiError::outside_subtree())
     }
@@ -188,7 +204,11 @@ pub struct StaffingReport {
 }
 
 /// Checks every grid of the subtree against its jurisdiction's staffing rules.
-pub fn staffing_report(conn: &mut DbConnection, policies: &Policies, root: &GridRow) -> ApiResult<StaffingReport> {
+pub fn staffing_report(
+    conn: &mut DbConnection,
+    policies: &Policies,
+    root: &GridRow,
+) -> ApiResult<StaffingReport> {
     let ancestor_ids = path_ids(&root.path);
     let codes: HashMap<i64, String> = grids::table
         .filter(grids::id.eq_any(&ancestor_ids))
@@ -196,7 +216,10 @@ pub fn staffing_report(conn: &mut DbConnection, policies: &Policies, root: &Grid
         .load::<(i64, String)>(conn)?
         .into_iter()
         .collect();
-    let chain: Vec<&str> = ancestor_ids.iter().filter_map(|id| codes.get(id).map(String::as_str)).collect();
+    let chain: Vec<&str> = ancestor_ids
+        .iter()
+        .filter_map(|id| codes.get(id).map(String::as_str))
+        .collect();
     let policy = policies.nearest(chain.into_iter());
     let rules = policy.map(|p| p.staffing.clone()).unwrap_or_default();
     let mut report = StaffingReport {
@@ -222,7 +245,11 @@ pub fn staffing_report(conn: &mut DbConnection, policies: &Policies, root: &Grid
         .filter(grids::path.like(format!("{}%", root.path)))
         .filter(users::disabled.eq(false))
         .group_by((grid_roles::grid_id, grid_roles::role))
-        .select((grid_roles::grid_id, grid_roles::role, diesel::dsl::count_star()))
+        .select((
+            grid_roles::grid_id,
+            grid_roles::role,
+            diesel::dsl::count_star(),
+        ))
         .load::<(i64, String, i64)>(conn)?
         .into_iter()
         .map(|(g, r, n)| ((g, r), n))
@@ -234,7 +261,10 @@ pub fn staffing_report(conn: &mut DbConnection, policies: &Policies, root: &Grid
         }
         report.grids_checked += 1;
         for rule in applicable {
-            let actual = counts.get(&(id, rule.role.as_str().to_string())).copied().unwrap_or(0) as u32;
+            let actual = counts
+                .get(&(id, rule.role.as_str().to_string()))
+                .copied()
+                .unwrap_or(0) as u32;
             if actual < rule.min {
                 report.gaps.push(StaffingGap {
                     grid_id: id,

@@ -1,0 +1,8 @@
+//! End-to-end API tests: a real server over real HTTP, each test on SQLite and on PostgreSQL.
+
+mod auth;
+mod grids;
+mod import;
+mod migrations;
+mod ops;
+mod people;

@@ -1,0 +1,117 @@
+//! Health, metrics, the OpenAPI document, and errors for requests no route takes.
+
+use gridpatrol_tests::{Backend, TestApp, both_backends};
+
+async fn health_metrics_and_unknown_routes(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let health = app.get("/healthz", None).await;
+    let body = health.assert_ok();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["grids"], 273);
+    let expected = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(body["database"], expected);
+
+    app.get("/v1/grids/locate?lon=108.52&lat=25.93", None)
+        .await
+        .assert_ok();
+    let metrics = app.get("/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text.contains("gridpatrol_http_requests_total{method=\"GET\",route=\"/v1/grids/locate\",status=\"200\"} 1"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics.text.contains("gridpatrol_grids 273"),
+        "{}",
+        metrics.text
+    );
+
+    app.get("/v1/no-such-thing", None)
+        .await
+        .assert_error(404, "not_found");
+    let wrong_method = app.delete("/v1/grids/locate", None).await;
+    assert!(
+        matches!(wrong_method.status, 404 | 405),
+        "{}",
+        wrong_method.text
+    );
+    assert!(
+        wrong_method.body["error"].is_string(),
+        "{}",
+        wrong_method.text
+    );
+}
+
+both_backends!(health_metrics_and_unknown_routes);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_openapi_equals_the_committed_file() {
+    let app = TestApp::empty(Backend::Sqlite).await;
+    let served = app.get("/openapi.json", None).await;
+    let served = served.assert_ok();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"))
+            .expect("openapi.yaml at the repository root");
+    let generated = gridpatrol_server::openapi_yaml();
+    assert!(
+        committed == generated,
+        "openapi.yaml is stale: run `cargo run -p gridpatrol-server -- openapi --output openapi.yaml`"
+    );
+    let generated_json: serde_json::Value =
+        serde_json::from_str(&gridpatrol_server::openapi().to_json().expect("json"))
+            .expect("parse");
+    assert_eq!(
+        served, &generated_json,
+        "the served spec differs from the generated one"
+    );
+}
+
+/// Every path in openapi.yaml is called by some test in this directory.
+#[test]
+fn every_endpoint_in_the_spec_has_a_test() {
+    let spec = gridpatrol_server::openapi();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api");
+    let mut sources = String::new();
+    for entry in std::fs::read_dir(dir).expect("test dir") {
+        let path = entry.expect("entry").path();
+        sources.push_str(&std::fs::read_to_string(path).expect("read"));
+    }
+    // `{id}`, `{user}`, `{role_id}` … all become `{}`, in the spec and in format! strings alike.
+    let normalize = |text: &str| {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            match after.find('}') {
+                Some(close)
+                    if after[..close]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    out.push_str("{}");
+                    rest = &after[close + 1..];
+                }
+                _ => {
+                    out.push('{');
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    let sources = normalize(&sources);
+    let mut missing = Vec::new();
+    for path in spec.paths.paths.keys() {
+        let wanted = format!("\"{}", normalize(path));
+        if !sources.contains(&wanted) {
+            missing.push(path.clone());
+        }
+    }
+    assert!(missing.is_empty(), "endpoints without a test: {missing:?}");
+}
