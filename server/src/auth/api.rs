@@ -297,7 +297,8 @@ pub struct Me {
 
 pub fn role_views(conn: &mut crate::db::DbConnection, user_id: i64) -> QueryResult<Vec<RoleView>> {
     use crate::schema::grid_roles;
-    let rows: Vec<(i64, String, i64, String, String, String, Option<String>)> = grid_roles::table
+    type Row = (i64, String, i64, String, String, String, Option<String>);
+    let rows: Vec<Row> = grid_roles::table
         .inner_join(grids::table)
         .filter(grid_roles::user_id.eq(user_id))
         .order((grids::path.asc(), grid_roles::role.asc()))

@@ -145,17 +145,20 @@ pub fn load_index(conn: &mut DbConnection) -> anyhow::Result<GridIndex> {
 
 /// A cheap fingerprint of the grid table: changes whenever a grid is added or updated, so server
 /// processes sharing one database notice each other's imports.
-pub fn fingerprint(conn: &mut DbConnection) -> QueryResult<(i64, Option<chrono::NaiveDateTime>)> {
+pub fn fingerprint(conn: &mut DbConnection) -> QueryResult<Fingerprint> {
     use diesel::dsl::{count_star, max};
     grids::table
         .select((count_star(), max(grids::updated_at)))
         .first(conn)
 }
 
+/// Number of grids and the newest `updated_at`.
+pub type Fingerprint = (i64, Option<chrono::NaiveDateTime>);
+
 /// The current index, swapped whole when grids change.
 #[derive(Clone, Default)]
 pub struct SharedIndex {
-    inner: Arc<RwLock<(Arc<GridIndex>, Option<(i64, Option<chrono::NaiveDateTime>)>)>>,
+    inner: Arc<RwLock<(Arc<GridIndex>, Option<Fingerprint>)>>,
 }
 
 impl SharedIndex {
