@@ -10,9 +10,17 @@ use diesel::{Connection, RunQueryDsl, pg::PgConnection};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gridpatrol");
-const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/rongjiang_522632_grids.geojson");
+const DEMO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/demo/rongjiang_522632_grids.geojson"
+);
 
-fn gridpatrol(data_dir: &Path, database_url: Option<&str>, args: &[&str], stdin: Option<&str>) -> Output {
+fn gridpatrol(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let mut command = Command::new(BIN);
     command
         .args(args)
@@ -27,7 +35,12 @@ fn gridpatrol(data_dir: &Path, database_url: Option<&str>, args: &[&str], stdin:
     };
     let mut child = command.spawn().expect("run gridpatrol");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("wait")
@@ -83,7 +96,10 @@ async fn serve(data_dir: &Path, database_url: Option<&str>, extra: &[&str]) -> S
         {
             return served;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "server did not come up");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "server did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -106,10 +122,21 @@ async fn operator_imports_grids_adds_people_and_enrolls_a_phone() {
 
     let out = gridpatrol(data, None, &["import-grids", DEMO], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("273 created"), "{}", text(&out.stdout));
-    assert!(data.join("gridpatrol.sqlite3").exists(), "SQLite is the default, in the data dir");
+    assert!(
+        text(&out.stdout).contains("273 created"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        data.join("gridpatrol.sqlite3").exists(),
+        "SQLite is the default, in the data dir"
+    );
     let again = gridpatrol(data, None, &["import-grids", DEMO], None);
-    assert!(text(&again.stdout).contains("0 created, 0 updated, 273 unchanged"), "{}", text(&again.stdout));
+    assert!(
+        text(&again.stdout).contains("0 created, 0 updated, 273 unchanged"),
+        "{}",
+        text(&again.stdout)
+    );
 
     // A broken file: every problem listed, non-zero exit, nothing written.
     let broken = dir.path().join("broken.geojson");
@@ -124,38 +151,92 @@ async fn operator_imports_grids_adds_people_and_enrolls_a_phone() {
         .to_string(),
     )
     .expect("write");
-    let out = gridpatrol(data, None, &["import-grids", broken.to_str().expect("path")], None);
+    let out = gridpatrol(
+        data,
+        None,
+        &["import-grids", broken.to_str().expect("path")],
+        None,
+    );
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("feature #0 (X1): ring_not_closed"), "{err}");
     assert!(err.contains("feature #1 (X2): missing_parent"), "{err}");
     assert!(err.contains("nothing was imported"), "{err}");
     let unchanged = gridpatrol(data, None, &["import-grids", DEMO], None);
-    assert!(text(&unchanged.stdout).contains("273 grids in all"), "{}", text(&unchanged.stdout));
+    assert!(
+        text(&unchanged.stdout).contains("273 grids in all"),
+        "{}",
+        text(&unchanged.stdout)
+    );
 
     // People.
     let out = gridpatrol(
         data,
         None,
-        &["user", "add", "--username", "wang.fang", "--name", "王芳", "--grid", "522632100", "--role", "leader", "--password-stdin"],
+        &[
+            "user",
+            "add",
+            "--username",
+            "wang.fang",
+            "--name",
+            "王芳",
+            "--grid",
+            "522632100",
+            "--role",
+            "leader",
+            "--password-stdin",
+        ],
         Some("a-long-enough-password\n"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let dup = gridpatrol(data, None, &["user", "add", "--username", "wang.fang", "--name", "王芳"], None);
+    let dup = gridpatrol(
+        data,
+        None,
+        &["user", "add", "--username", "wang.fang", "--name", "王芳"],
+        None,
+    );
     assert!(!dup.status.success());
     assert!(text(&dup.stderr).contains("taken"), "{}", text(&dup.stderr));
     let bad_role = gridpatrol(
         data,
         None,
-        &["user", "add", "--username", "li", "--name", "李", "--grid", "522632100", "--role", "king"],
+        &[
+            "user",
+            "add",
+            "--username",
+            "li",
+            "--name",
+            "李",
+            "--grid",
+            "522632100",
+            "--role",
+            "king",
+        ],
         None,
     );
     assert!(!bad_role.status.success());
-    assert!(text(&bad_role.stderr).contains("unknown role"), "{}", text(&bad_role.stderr));
+    assert!(
+        text(&bad_role.stderr).contains("unknown role"),
+        "{}",
+        text(&bad_role.stderr)
+    );
     let out = gridpatrol(
         data,
         None,
-        &["user", "add", "--username", "zhao.lei", "--name", "赵磊", "--grid", "522632100001", "--role", "inspector", "--employment", "full_time"],
+        &[
+            "user",
+            "add",
+            "--username",
+            "zhao.lei",
+            "--name",
+            "赵磊",
+            "--grid",
+            "522632100001",
+            "--role",
+            "inspector",
+            "--employment",
+            "full_time",
+        ],
         None,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -195,12 +276,15 @@ async fn operator_imports_grids_adds_people_and_enrolls_a_phone() {
 async fn serve_demo_is_ready_to_use() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut served = serve(dir.path(), None, &["--demo"]).await;
-    let located: Value = reqwest::get(format!("{}/v1/grids/locate?lon=108.52&lat=25.93", served.base))
-        .await
-        .expect("locate")
-        .json()
-        .await
-        .expect("json");
+    let located: Value = reqwest::get(format!(
+        "{}/v1/grids/locate?lon=108.52&lat=25.93",
+        served.base
+    ))
+    .await
+    .expect("locate")
+    .json()
+    .await
+    .expect("json");
     let levels: Vec<&str> = located["chain"]
         .as_array()
         .expect("chain")
@@ -216,11 +300,17 @@ async fn serve_demo_is_ready_to_use() {
     .await;
     assert_eq!(status, 200);
     let _ = served.child.kill();
-    let output = std::mem::replace(&mut served.child, Command::new("true").spawn().expect("true"))
-        .wait_with_output()
-        .expect("output");
+    let output = std::mem::replace(
+        &mut served.child,
+        Command::new("true").spawn().expect("true"),
+    )
+    .wait_with_output()
+    .expect("output");
     let stdout = text(&output.stdout);
-    assert!(stdout.contains("榕江县 loaded (273 grids, 756 inspectors"), "{stdout}");
+    assert!(
+        stdout.contains("榕江县 loaded (273 grids, 756 inspectors"),
+        "{stdout}"
+    );
     assert!(stdout.contains("admin-522632"), "{stdout}");
     drop(served);
 
@@ -254,11 +344,19 @@ async fn postgres_is_migrated_explicitly_then_served() {
     // Many processes may share PostgreSQL: `serve` does not migrate it behind their backs.
     let refused = gridpatrol(dir.path(), Some(&url), &["serve"], None);
     assert!(!refused.status.success());
-    assert!(text(&refused.stderr).contains("gridpatrol migrate"), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("gridpatrol migrate"),
+        "{}",
+        text(&refused.stderr)
+    );
 
     let out = gridpatrol(dir.path(), Some(&url), &["migrate"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("1 migration(s) applied"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("1 migration(s) applied"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = gridpatrol(dir.path(), Some(&url), &["import-grids", DEMO], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let served = serve(dir.path(), Some(&url), &[]).await;
@@ -276,20 +374,38 @@ async fn postgres_is_migrated_explicitly_then_served() {
 #[test]
 fn unsupported_database_url_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tmp");
-    let out = gridpatrol(dir.path(), Some("mysql://root:hunter2@db/gp"), &["migrate"], None);
+    let out = gridpatrol(
+        dir.path(),
+        Some("mysql://root:hunter2@db/gp"),
+        &["migrate"],
+        None,
+    );
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("unsupported database URL"), "{err}");
-    assert!(!err.contains("hunter2"), "the password must not be printed: {err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password must not be printed: {err}"
+    );
 }
 
 #[test]
 fn openapi_command_writes_the_committed_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("openapi.yaml");
-    let out = gridpatrol(dir.path(), None, &["openapi", "--output", path.to_str().expect("path")], None);
+    let out = gridpatrol(
+        dir.path(),
+        None,
+        &["openapi", "--output", path.to_str().expect("path")],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let written = std::fs::read_to_string(path).expect("written");
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml")).expect("committed");
-    assert_eq!(written, committed, "openapi.yaml is stale: regenerate it with `gridpatrol openapi --output openapi.yaml`");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"))
+            .expect("committed");
+    assert_eq!(
+        written, committed,
+        "openapi.yaml is stale: regenerate it with `gridpatrol openapi --output openapi.yaml`"
+    );
 }

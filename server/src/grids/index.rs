@@ -1,13 +1,16 @@
 //! In-memory spatial index of the grid polygons, answering "which grids contain this point?".
 //!
 //! An R-tree over the grids' bounding boxes narrows a point to a handful of candidates; the
-//! candidates are then tested deepest first, and the first territorial grid that contains the point
-//! gives the whole chain through its parent links (import guarantees children lie inside parents).
-//! Key areas and department grids are overlays tested on their own.
+//! candidates are then tested deepest first against prepared polygons (see [`super::prepared`]),
+//! and the first territorial grid that contains the point gives the whole chain through its parent
+//! links (import guarantees children lie inside parents). Key areas and department grids are
+//! overlays tested on their own.
 
 use std::collections::HashMap;
 
 use geo::{BoundingRect, Intersects, MultiPolygon, Point};
+
+use super::prepared::PreparedShape;
 use rstar::{AABB, RTree, RTreeObject};
 
 use super::GridKind;
@@ -48,6 +51,7 @@ pub struct Located<'a> {
 #[derive(Default)]
 pub struct GridIndex {
     grids: Vec<IndexedGrid>,
+    prepared: Vec<PreparedShape>,
     tree: RTree<Entry>,
     slot_of: HashMap<i64, usize>,
 }
@@ -72,8 +76,10 @@ impl GridIndex {
             .enumerate()
             .map(|(slot, g)| (g.id, slot))
             .collect();
+        let prepared = grids.iter().map(|g| PreparedShape::new(&g.shape)).collect();
         GridIndex {
             grids,
+            prepared,
             tree: RTree::bulk_load(entries),
             slot_of,
         }
@@ -91,47 +97,48 @@ impl GridIndex {
         self.slot_of.get(&id).map(|&slot| &self.grids[slot])
     }
 
-    /// The deepest territorial grid containing the point (boundary inclusive), if any.
-    pub fn locate_leaf(&self, lon: f64, lat: f64) -> Option<&IndexedGrid> {
-        let point = Point::new(lon, lat);
-        let mut best: Option<&IndexedGrid> = None;
-        for entry in self
+    /// Candidate slots whose bounding box contains the point, deepest first.
+    fn candidates(&self, lon: f64, lat: f64) -> Vec<usize> {
+        let mut slots: Vec<usize> = self
             .tree
             .locate_in_envelope_intersecting(&AABB::from_point([lon, lat]))
-        {
-            let grid = &self.grids[entry.slot];
-            if grid.kind != GridKind::Territorial {
-                continue;
-            }
-            if best.is_some_and(|b| b.depth >= grid.depth) {
-                continue;
-            }
-            if grid.shape.intersects(&point) {
-                best = Some(grid);
-            }
-        }
-        best
+            .map(|entry| entry.slot)
+            .collect();
+        slots.sort_unstable_by_key(|&slot| std::cmp::Reverse(self.grids[slot].depth));
+        slots
+    }
+
+    fn leaf_among(&self, candidates: &[usize], lon: f64, lat: f64) -> Option<&IndexedGrid> {
+        candidates
+            .iter()
+            .copied()
+            .find(|&slot| {
+                self.grids[slot].kind == GridKind::Territorial
+                    && self.prepared[slot].contains(lon, lat)
+            })
+            .map(|slot| &self.grids[slot])
+    }
+
+    /// The deepest territorial grid containing the point, if any.
+    pub fn locate_leaf(&self, lon: f64, lat: f64) -> Option<&IndexedGrid> {
+        self.leaf_among(&self.candidates(lon, lat), lon, lat)
     }
 
     /// The full answer: territorial chain root → leaf, then overlays (key areas, department grids).
     pub fn locate(&self, lon: f64, lat: f64) -> Located<'_> {
+        let candidates = self.candidates(lon, lat);
         let mut located = Located::default();
-        if let Some(leaf) = self.locate_leaf(lon, lat) {
-            let mut cursor = Some(leaf);
-            while let Some(grid) = cursor {
-                located.chain.push(grid);
-                cursor = grid.parent_id.and_then(|id| self.get(id));
-            }
-            located.chain.reverse();
+        let mut cursor = self.leaf_among(&candidates, lon, lat);
+        while let Some(grid) = cursor {
+            located.chain.push(grid);
+            cursor = grid.parent_id.and_then(|id| self.get(id));
         }
-        let point = Point::new(lon, lat);
-        for entry in self
-            .tree
-            .locate_in_envelope_intersecting(&AABB::from_point([lon, lat]))
-        {
-            let grid = &self.grids[entry.slot];
-            if grid.kind != GridKind::Territorial && grid.shape.intersects(&point) {
-                located.overlays.push(grid);
+        located.chain.reverse();
+        for &slot in &candidates {
+            if self.grids[slot].kind != GridKind::Territorial
+                && self.prepared[slot].contains(lon, lat)
+            {
+                located.overlays.push(&self.grids[slot]);
             }
         }
         located.overlays.sort_by_key(|g| (g.depth, g.id));

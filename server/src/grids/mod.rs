@@ -5,6 +5,7 @@ pub mod api;
 pub mod geometry;
 pub mod import;
 pub mod index;
+pub mod prepared;
 
 use std::sync::{Arc, RwLock};
 
