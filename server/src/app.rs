@@ -5,11 +5,15 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServiceResponse};
+use actix_web::HttpMessage;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, get, http::StatusCode, web};
-use tracing_actix_web::TracingLogger;
+use tracing_actix_web::{RequestId, TracingLogger};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::AppExt;
@@ -164,6 +168,7 @@ pub fn launch(
             .split_for_parts();
         app.wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
             .wrap(from_fn(crate::metrics::record))
+            .wrap(from_fn(request_id_header))
             .wrap(TracingLogger::default())
     })
     .listen(listener)?
@@ -193,6 +198,21 @@ pub fn launch(
         }
     });
     Ok(server)
+}
+
+/// Echoes the request id of the request's log span as `x-request-id`, so a user's report of a
+/// failure can be matched with the server's logs.
+async fn request_id_header(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req.extensions().get::<RequestId>().copied();
+    let mut res = next.call(req).await?;
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id.to_string()).ok()) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    Ok(res)
 }
 
 fn json_error(error: JsonPayloadError) -> ApiError {

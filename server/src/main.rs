@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use diesel::prelude::*;
-use gridpatrol_server::auth::{Role, credentials};
+use gridpatrol_server::auth::{Role, credentials, tokens};
 use gridpatrol_server::config::{Config, ServeConfig};
 use gridpatrol_server::db::Db;
 use gridpatrol_server::grids::import::{self, ImportError, Importer};
@@ -64,6 +64,13 @@ enum Command {
         /// The user name of the phone's owner.
         #[arg(long)]
         user: String,
+    },
+    /// Add a new token signing key (used by server processes from their next start). Tokens signed
+    /// with older keys stay valid until they expire, unless --retire-previous.
+    RotateSigningKey {
+        /// Stop accepting tokens signed with every older key (e.g. after a leak); clients refresh.
+        #[arg(long)]
+        retire_previous: bool,
     },
     /// Write the OpenAPI document (YAML) to a file or standard output.
     Openapi {
@@ -264,6 +271,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("enrollment code for {user}: {code}");
             println!("valid until {expires} UTC, for one phone");
+            Ok(())
+        }
+        Command::RotateSigningKey { retire_previous } => {
+            let db = open(&config)?;
+            db.migrate()?;
+            let (kid, retired) = db.write_blocking(|conn| {
+                let kid = tokens::new_signing_key(conn)?;
+                let retired = if retire_previous {
+                    tokens::retire_signing_keys_except(conn, &kid)?
+                } else {
+                    0
+                };
+                Ok::<_, gridpatrol_server::error::ApiError>((kid, retired))
+            })?;
+            println!("new signing key {kid}; restart the server processes to sign with it");
+            if retire_previous {
+                println!(
+                    "{retired} older key(s) retired: their tokens stop working on restart; clients refresh"
+                );
+            }
             Ok(())
         }
         Command::Openapi { output } => {

@@ -409,3 +409,112 @@ fn openapi_command_writes_the_committed_file() {
         "openapi.yaml is stale: regenerate it with `gridpatrol openapi --output openapi.yaml`"
     );
 }
+
+/// `rotate-signing-key`: new tokens get the new key; old tokens keep working until the old key is
+/// retired, and then the client recovers by refreshing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_without_signing_anyone_out() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path();
+    assert!(
+        gridpatrol(data, None, &["import-grids", DEMO], None)
+            .status
+            .success()
+    );
+    let out = gridpatrol(
+        data,
+        None,
+        &[
+            "user",
+            "add",
+            "--username",
+            "chen.jing",
+            "--name",
+            "陈静",
+            "--grid",
+            "522632",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some("rotate-me-please"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let login = json!({"username": "chen.jing", "password": "rotate-me-please"});
+    let kid = |token: &str| -> String {
+        let header = token.split('.').next().expect("header");
+        let bytes = base64_url(header);
+        let value: Value = serde_json::from_slice(&bytes).expect("header json");
+        value["kid"].as_str().expect("kid").to_string()
+    };
+    let me = |base: String, token: String| async move {
+        reqwest::Client::new()
+            .get(format!("{base}/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("me")
+            .status()
+            .as_u16()
+    };
+
+    let served = serve(data, None, &[]).await;
+    let (_, first) = post(&served.base, "/v1/auth/login", &login).await;
+    let first_token = first["access_token"].as_str().expect("token").to_string();
+    drop(served);
+
+    let out = gridpatrol(data, None, &["rotate-signing-key"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let served = serve(data, None, &[]).await;
+    assert_eq!(
+        me(served.base.clone(), first_token.clone()).await,
+        200,
+        "old tokens stay valid"
+    );
+    let (_, second) = post(&served.base, "/v1/auth/login", &login).await;
+    let second_token = second["access_token"].as_str().expect("token").to_string();
+    assert_ne!(
+        kid(&first_token),
+        kid(&second_token),
+        "new tokens are signed with the new key"
+    );
+    drop(served);
+
+    let out = gridpatrol(
+        data,
+        None,
+        &["rotate-signing-key", "--retire-previous"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2 older key(s) retired"),
+        "{}",
+        text(&out.stdout)
+    );
+    let served = serve(data, None, &[]).await;
+    assert_eq!(
+        me(served.base.clone(), second_token).await,
+        401,
+        "retired keys no longer verify"
+    );
+    let (status, refreshed) = post(
+        &served.base,
+        "/v1/auth/refresh",
+        &json!({"refresh_token": second["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let third = refreshed["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(me(served.base.clone(), third).await, 200);
+}
+
+fn base64_url(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .expect("base64url")
+}

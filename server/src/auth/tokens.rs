@@ -68,6 +68,7 @@ impl Keys {
 
         let db = |e: diesel::result::Error| StartupError::Database(e.to_string());
         let mut rows: Vec<(String, String)> = signing_keys::table
+            .filter(signing_keys::retired_at.is_null())
             .order(signing_keys::created_at.desc())
             .select((signing_keys::kid, signing_keys::secret))
             .load(conn)
@@ -86,19 +87,9 @@ impl Keys {
             None => match rows.first() {
                 Some(row) => row.clone(),
                 None => {
-                    let row = (
-                        format!("k-{}", hex::encode(random_bytes::<6>())),
-                        hex::encode(random_bytes::<32>()),
-                    );
-                    // Two processes starting at once: one insert wins, both then use the newest.
-                    let _ = diesel::insert_into(signing_keys::table)
-                        .values((
-                            signing_keys::kid.eq(&row.0),
-                            signing_keys::secret.eq(&row.1),
-                            signing_keys::created_at.eq(now()),
-                        ))
-                        .execute(conn);
-                    tracing::info!(kid = %row.0, "generated a new token signing key");
+                    // Two processes starting at once may both insert; both then use the newest.
+                    let kid = new_signing_key(conn).map_err(db)?;
+                    tracing::info!(%kid, "generated a new token signing key");
                     return Keys::load(conn, None);
                 }
             },
@@ -143,6 +134,32 @@ impl Keys {
     pub fn current_kid(&self) -> &str {
         &self.current.0
     }
+}
+
+/// Adds a signing key; server processes sign with the newest key from their next start on, and
+/// keep verifying tokens signed with the older ones until those are retired.
+pub fn new_signing_key(conn: &mut DbConnection) -> QueryResult<String> {
+    let kid = format!("k-{}", hex::encode(random_bytes::<6>()));
+    diesel::insert_into(signing_keys::table)
+        .values((
+            signing_keys::kid.eq(&kid),
+            signing_keys::secret.eq(hex::encode(random_bytes::<32>())),
+            signing_keys::created_at.eq(now()),
+        ))
+        .execute(conn)?;
+    Ok(kid)
+}
+
+/// Retires every key but `keep`: tokens they signed stop verifying (e.g. after a key leaked);
+/// clients then refresh, since refresh tokens do not depend on signing keys.
+pub fn retire_signing_keys_except(conn: &mut DbConnection, keep: &str) -> QueryResult<usize> {
+    diesel::update(
+        signing_keys::table
+            .filter(signing_keys::kid.ne(keep))
+            .filter(signing_keys::retired_at.is_null()),
+    )
+    .set(signing_keys::retired_at.eq(now()))
+    .execute(conn)
 }
 
 /// Tokens handed to a client after sign-in, enrollment or refresh.

@@ -13,6 +13,14 @@ async fn health_metrics_and_unknown_routes(backend: Backend) {
         Backend::Postgres => "postgres",
     };
     assert_eq!(body["database"], expected);
+    let request_id = health
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    assert!(
+        request_id.is_some_and(|id| id.len() >= 32),
+        "every response names its request id"
+    );
 
     app.get("/v1/grids/locate?lon=108.52&lat=25.93", None)
         .await
