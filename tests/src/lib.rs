@@ -271,6 +271,32 @@ impl TestApp {
             .to_string()
     }
 
+    /// Enrolls a phone for `user_id` as a manager would (a code, then the phone's enrollment) and
+    /// returns the phone's token pair.
+    pub async fn enroll_phone(
+        &self,
+        manager_token: &str,
+        user_id: i64,
+        device_name: &str,
+    ) -> Value {
+        let code = self
+            .post(
+                &format!("/v1/users/{user_id}/enrollment-codes"),
+                Some(manager_token),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(code.status, 201, "{}", code.text);
+        let phone = self
+            .post(
+                "/v1/devices/enroll",
+                None,
+                &json!({"code": code.body["code"], "device_name": device_name, "actor_id": actor_id()}),
+            )
+            .await;
+        phone.assert_ok().clone()
+    }
+
     /// The id of the grid with this code.
     pub async fn grid_id(&self, code: &str) -> i64 {
         let code = code.to_string();

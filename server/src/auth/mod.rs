@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::schema::{devices, grid_roles, grids, sessions, users};
+use crate::schema::{grid_roles, grids, sessions, users};
 
 /// A role a person holds in a grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -206,13 +206,7 @@ fn load(
 ) -> ApiResult<Authed> {
     // A revoked device says so, rather than the more general "session revoked".
     if let Some(device_id) = device_id {
-        let revoked: Option<NaiveDateTime> = devices::table
-            .find(device_id)
-            .select(devices::revoked_at)
-            .first(conn)?;
-        if revoked.is_some() {
-            return Err(tokens::device_revoked_error());
-        }
+        tokens::require_live_device(conn, device_id)?;
     }
     let session: Option<(i64, Option<NaiveDateTime>)> = sessions::table
         .find(session_id)

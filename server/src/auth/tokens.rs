@@ -251,15 +251,29 @@ pub fn start_session(
         ))
         .returning(sessions::id)
         .get_result(conn)?;
-    let (_, token, expires) = new_refresh_token(conn, session_id, settings)?;
-    pair(
+    issue(conn, keys, settings, user_id, session_id, device_id).map(|(_, pair)| pair)
+}
+
+/// A new refresh token of the session and an access token beside it; returns the refresh
+/// token's row id too (rotation links the spent token to it).
+fn issue(
+    conn: &mut DbConnection,
+    keys: &Keys,
+    settings: &TokenSettings,
+    user_id: i64,
+    session_id: i64,
+    device_id: Option<i64>,
+) -> Result<(i64, TokenPair), ApiError> {
+    let (id, token, expires) = new_refresh_token(conn, session_id, settings)?;
+    let pair = pair(
         keys,
         settings,
         user_id,
         session_id,
         device_id,
         (token, expires),
-    )
+    )?;
+    Ok((id, pair))
 }
 
 pub fn revoke_session(
@@ -322,13 +336,7 @@ pub fn rotate(
         ));
     }
     if let Some(device_id) = device_id {
-        let device_revoked: Option<NaiveDateTime> = devices::table
-            .find(device_id)
-            .select(devices::revoked_at)
-            .first(conn)?;
-        if device_revoked.is_some() {
-            return Err(device_revoked_error());
-        }
+        require_live_device(conn, device_id)?;
     }
     let current = now();
     if expires_at < current {
@@ -356,21 +364,26 @@ pub fn rotate(
         .set(refresh_tokens::used_at.eq(current))
         .execute(conn)?;
     }
-    let (new_id, token, expires) = new_refresh_token(conn, session_id, settings)?;
+    let (new_id, pair) = issue(conn, keys, settings, user_id, session_id, device_id)?;
     diesel::update(refresh_tokens::table.find(token_id))
         .set((
             refresh_tokens::used_at.eq(used_at.unwrap_or(current)),
             refresh_tokens::replaced_by.eq(new_id),
         ))
         .execute(conn)?;
-    Ok(Refreshed::Ok(pair(
-        keys,
-        settings,
-        user_id,
-        session_id,
-        device_id,
-        (token, expires),
-    )?))
+    Ok(Refreshed::Ok(pair))
+}
+
+/// Refuses a device an administrator revoked.
+pub fn require_live_device(conn: &mut DbConnection, device_id: i64) -> Result<(), ApiError> {
+    let revoked: Option<NaiveDateTime> = devices::table
+        .find(device_id)
+        .select(devices::revoked_at)
+        .first(conn)?;
+    match revoked {
+        Some(_) => Err(device_revoked_error()),
+        None => Ok(()),
+    }
 }
 
 pub fn device_revoked_error() -> ApiError {

@@ -1,6 +1,6 @@
 //! People and roles, device revocation, the staffing report, and subtree limits on managing.
 
-use gridpatrol_tests::{Backend, TestApp, actor_id, both_backends};
+use gridpatrol_tests::{Backend, TestApp, both_backends};
 use serde_json::json;
 
 async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
@@ -167,24 +167,8 @@ async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
         .assert_error(404, "user_not_found");
 
     // An inspector sees but does not manage.
-    let code = app
-        .post(
-            &format!("/v1/users/{user}/enrollment-codes"),
-            Some(&leader),
-            &json!({}),
-        )
-        .await;
-    let phone = app
-        .post(
-            "/v1/devices/enroll",
-            None,
-            &json!({"code": code.body["code"], "device_name": "vivo", "actor_id": actor_id()}),
-        )
-        .await;
-    let inspector_token = phone.assert_ok()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let phone = app.enroll_phone(&leader, user, "vivo").await;
+    let inspector_token = phone["access_token"].as_str().expect("token").to_string();
     app.post(
         "/v1/users",
         Some(&inspector_token),
@@ -198,21 +182,7 @@ async fn a_revoked_device_is_locked_out_at_once(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
     let leader = app.token("leader-522632100").await;
     let inspector = app.user_id("inspector-522632100002-2").await;
-    let code = app
-        .post(
-            &format!("/v1/users/{inspector}/enrollment-codes"),
-            Some(&leader),
-            &json!({}),
-        )
-        .await;
-    let phone = app
-        .post(
-            "/v1/devices/enroll",
-            None,
-            &json!({"code": code.body["code"], "device_name": "华为 畅享", "actor_id": actor_id()}),
-        )
-        .await;
-    let phone = phone.assert_ok().clone();
+    let phone = app.enroll_phone(&leader, inspector, "华为 畅享").await;
     let device = phone["device_id"].as_i64().expect("device");
     app.get("/v1/me", phone["access_token"].as_str())
         .await
@@ -351,14 +321,7 @@ async fn concurrent_writes_never_fail_busy(backend: Backend) {
                 .await;
             assert_eq!(created.status, 201, "{}", created.text);
             let id = created.body["id"].as_i64().expect("id");
-            let code = app
-                .post(&format!("/v1/users/{id}/enrollment-codes"), Some(&leader), &json!({}))
-                .await;
-            assert_eq!(code.status, 201, "{}", code.text);
-            let phone = app
-                .post("/v1/devices/enroll", None, &json!({"code": code.body["code"], "device_name": "p", "actor_id": actor_id()}))
-                .await;
-            phone.assert_ok();
+            app.enroll_phone(&leader, id, "p").await;
         }));
     }
     for task in tasks {
