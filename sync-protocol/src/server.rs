@@ -1,0 +1,337 @@
+//! The server's half, sans IO: check a request, then merge each pushed document into what is
+//! stored and decide, change by change, whether its author was allowed to make it.
+//!
+//! The caller loads the stored changes, supplies the facts about the caller ([`Authority`]), and
+//! stores what [`merge`] returns; nothing here touches a network or a database.
+
+use std::collections::{BTreeSet, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+
+use crate::changes::{ChangeError, Limits, decode_change};
+use crate::schema::{self, DocKind, IDENTITY_FIELDS, Identity};
+use crate::wire::{DocPush, SyncRequest, to_change_hashes};
+
+/// What the server knows about whoever sent the request.
+pub trait Authority {
+    fn user_id(&self) -> i64;
+    fn device_id(&self) -> i64;
+    /// The Automerge actor bound to the device at enrollment.
+    fn actor(&self) -> &ActorId;
+    /// The user may record patrols and problems in this grid (an inspector there or above).
+    fn may_author(&self, grid: &str) -> bool;
+    /// The user may review this grid's documents (a supervisor or leader of an ancestor grid).
+    fn may_review(&self, grid: &str) -> bool;
+}
+
+/// Why a document was not merged. `code` is stable and documented in the README.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("{code}: {message}")]
+    Rejected { code: &'static str, message: String },
+    /// The sides disagree about history: the server lacks a change the push builds on.
+    #[error("resync: {0}")]
+    Resync(String),
+}
+
+fn reject(code: &'static str, message: impl Into<String>) -> MergeError {
+    MergeError::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<ChangeError> for MergeError {
+    fn from(error: ChangeError) -> Self {
+        reject(error.code(), error.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0} documents in one request; the limit is {1}")]
+    TooManyDocuments(usize, usize),
+    #[error("document {0} appears twice in the request")]
+    DuplicateDocument(String),
+    #[error("document id {0:?} is not a UUID")]
+    InvalidId(String),
+}
+
+impl RequestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::TooManyDocuments(..) => "too_many_documents",
+            RequestError::DuplicateDocument(_) => "duplicate_document",
+            RequestError::InvalidId(_) => "invalid_document_id",
+        }
+    }
+}
+
+/// Checks what can be checked before touching any document.
+pub fn check_request(request: &SyncRequest, limits: &Limits) -> Result<(), RequestError> {
+    if request.docs.len() > limits.docs_per_request {
+        return Err(RequestError::TooManyDocuments(
+            request.docs.len(),
+            limits.docs_per_request,
+        ));
+    }
+    let mut seen = HashSet::new();
+    for doc in &request.docs {
+        if uuid::Uuid::parse_str(&doc.id).is_err() || doc.id.len() != 36 {
+            return Err(RequestError::InvalidId(doc.id.clone()));
+        }
+        if !seen.insert(doc.id.as_str()) {
+            return Err(RequestError::DuplicateDocument(doc.id.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The result of merging one push.
+pub struct Merged {
+    /// The document with the push applied.
+    pub doc: Automerge,
+    /// Changes the server did not have, as plain change chunks, in causal order: store these.
+    pub new_changes: Vec<(ChangeHash, Vec<u8>)>,
+    /// Inflated bytes of `new_changes`.
+    pub new_bytes: usize,
+    /// The heads after the merge: the receipt.
+    pub heads: Vec<ChangeHash>,
+    pub identity: Identity,
+    /// The push created the document.
+    pub created: bool,
+}
+
+/// Builds a document from stored plain change chunks (which were checked when they arrived).
+pub fn load_stored(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Automerge, String> {
+    let mut decoded = Vec::new();
+    for bytes in changes {
+        decoded.push(Change::from_bytes(bytes).map_err(|e| e.to_string())?);
+    }
+    let mut doc = Automerge::new();
+    doc.apply_changes(decoded).map_err(|e| e.to_string())?;
+    Ok(doc)
+}
+
+/// Root keys a change writes: ops on the root map name the key; ops inside nested objects count
+/// for the root key their object hangs from. `doc` must already contain the change.
+fn root_keys(doc: &Automerge, change: &Change) -> Result<BTreeSet<String>, MergeError> {
+    use automerge::legacy::{Key, ObjectId};
+    let mut keys = BTreeSet::new();
+    for op in change.decode().operations {
+        match op.obj {
+            ObjectId::Root => match op.key {
+                Key::Map(key) => {
+                    keys.insert(key.to_string());
+                }
+                Key::Seq(_) => return Err(reject("invalid_document", "the root must be a map")),
+            },
+            ObjectId::Id(id) => {
+                let obj = doc
+                    .import_obj(&id.to_string())
+                    .map_err(|e| reject("malformed_change", format!("unknown object {id}: {e}")))?;
+                let path = doc
+                    .parents(&obj)
+                    .map_err(|e| reject("malformed_change", e.to_string()))?
+                    .path();
+                match path.first() {
+                    Some((_, automerge::Prop::Map(key))) => {
+                        keys.insert(key.clone());
+                    }
+                    _ => return Err(reject("invalid_document", "an object outside the root map")),
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Merges one pushed document into `stored` (built with [`load_stored`]; empty for a new
+/// document) and checks every new change against the rules of `DESIGN.md`:
+///
+/// - each new change's actor is the device's bound actor;
+/// - the identity fields are written once, by the document's first change, and name the pushing
+///   inspector and device and a grid where the inspector may author;
+/// - afterwards the author writes only the body fields, a reviewer only `review`;
+/// - the document reads back as a valid patrol or problem.
+pub fn merge(
+    stored: &Automerge,
+    stored_bytes: usize,
+    push: &DocPush,
+    authority: &dyn Authority,
+    limits: &Limits,
+) -> Result<Merged, MergeError> {
+    if push.changes.len() > limits.changes_per_doc {
+        return Err(reject(
+            "too_many_changes",
+            format!(
+                "{} changes in one push; the limit is {}",
+                push.changes.len(),
+                limits.changes_per_doc
+            ),
+        ));
+    }
+    for have in to_change_hashes(&push.have) {
+        if stored.get_change_by_hash(&have).is_none() {
+            return Err(MergeError::Resync(format!(
+                "the server does not have change {have}"
+            )));
+        }
+    }
+    let created = stored.get_heads().is_empty();
+    let mut new_changes = Vec::new();
+    let mut plain_chunks = Vec::new();
+    let mut new_bytes = 0usize;
+    let mut seen = HashSet::new();
+    for bytes in &push.changes {
+        let (change, plain_len) = decode_change(bytes, limits)?;
+        let hash = change.hash();
+        if stored.get_change_by_hash(&hash).is_some() || !seen.insert(hash) {
+            continue; // a resend: already stored, nothing to check
+        }
+        if change.actor_id() != authority.actor() {
+            return Err(reject(
+                "actor_mismatch",
+                format!(
+                    "change {hash} was made by actor {}, not by this device's actor",
+                    change.actor_id().to_hex_string()
+                ),
+            ));
+        }
+        new_bytes += plain_len;
+        if stored_bytes + new_bytes > limits.doc_bytes {
+            return Err(reject(
+                "document_too_large",
+                format!("the document would exceed {} bytes", limits.doc_bytes),
+            ));
+        }
+        plain_chunks.push((hash, change.raw_bytes().to_vec()));
+        new_changes.push(change);
+    }
+
+    let mut doc = stored.clone();
+    if !new_changes.is_empty() {
+        let applied = catch_unwind(AssertUnwindSafe(|| doc.apply_changes(new_changes.clone())));
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(reject("malformed_change", e.to_string())),
+            Err(_) => {
+                return Err(reject(
+                    "malformed_change",
+                    "the changes could not be applied",
+                ));
+            }
+        }
+    }
+    let missing = doc.get_missing_deps(&[]);
+    if !missing.is_empty() {
+        return Err(MergeError::Resync(format!(
+            "the push builds on {} change(s) the server does not have",
+            missing.len()
+        )));
+    }
+
+    let identity =
+        schema::read_identity(&doc).map_err(|e| reject("invalid_document", e.to_string()))?;
+    if identity.id != push.id {
+        return Err(reject(
+            "id_mismatch",
+            "the document's id field differs from the pushed id",
+        ));
+    }
+    if identity.kind != push.kind {
+        return Err(reject(
+            "kind_mismatch",
+            "the document's kind differs from the pushed kind",
+        ));
+    }
+    let user = authority.user_id();
+    let is_author = identity.inspector == user;
+    if created {
+        if !is_author || identity.device != authority.device_id() {
+            return Err(reject(
+                "identity_mismatch",
+                "a new document must name the pushing inspector and device",
+            ));
+        }
+        if !authority.may_author(&identity.grid) {
+            return Err(reject(
+                "not_inspector_of_grid",
+                format!("you are not an inspector of grid {}", identity.grid),
+            ));
+        }
+    } else if !is_author && !authority.may_review(&identity.grid) {
+        return Err(reject(
+            "not_author",
+            "only the document's inspector or a supervisor above its grid may change it",
+        ));
+    }
+
+    for change in &new_changes {
+        let keys = root_keys(&doc, change)?;
+        for key in &keys {
+            let key = key.as_str();
+            let identity_key = IDENTITY_FIELDS.contains(&key);
+            let body_key = identity.kind.body_fields().contains(&key);
+            let review_key = identity.kind.review_fields().contains(&key);
+            if identity_key {
+                if !(created && change.deps().is_empty()) {
+                    return Err(reject(
+                        "immutable_field",
+                        format!("{key} is written once, when the document is created"),
+                    ));
+                }
+            } else if body_key {
+                if !is_author {
+                    return Err(reject(
+                        "field_forbidden",
+                        format!(
+                            "only the inspector who recorded it writes {key}; supervisors write review"
+                        ),
+                    ));
+                }
+            } else if review_key {
+                if is_author || !authority.may_review(&identity.grid) {
+                    return Err(reject(
+                        "review_forbidden",
+                        "only a supervisor of a grid above this one may write review",
+                    ));
+                }
+            } else {
+                return Err(reject(
+                    "unknown_field",
+                    format!("{key:?} is not a field of a {}", identity.kind.as_str()),
+                ));
+            }
+        }
+    }
+
+    let valid = match identity.kind {
+        DocKind::Patrol => schema::read_patrol(&doc).map(|_| ()),
+        DocKind::Problem => schema::read_problem(&doc).map(|_| ()),
+    };
+    valid.map_err(|e| reject("invalid_document", e.to_string()))?;
+
+    Ok(Merged {
+        heads: doc.get_heads(),
+        doc,
+        new_changes: plain_chunks,
+        new_bytes,
+        identity,
+        created,
+    })
+}
+
+/// Changes of `doc` that a peer holding `known` (hashes it has, not necessarily heads) lacks.
+pub fn changes_missing_from(doc: &Automerge, known: &[ChangeHash]) -> Vec<Vec<u8>> {
+    let known: Vec<ChangeHash> = known
+        .iter()
+        .copied()
+        .filter(|h| doc.get_change_by_hash(h).is_some())
+        .collect();
+    doc.get_changes(&known)
+        .into_iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect()
+}
