@@ -232,8 +232,10 @@ pub fn merge(
         )));
     }
 
-    let identity =
-        schema::read_identity(&doc).map_err(|e| reject("invalid_document", e.to_string()))?;
+    // Who wrote the document and where are settled by what is stored; only a new document takes
+    // its identity from the push.
+    let identity = schema::read_identity(if created { &doc } else { stored })
+        .map_err(|e| reject("invalid_document", e.to_string()))?;
     if identity.id != push.id {
         return Err(reject(
             "id_mismatch",
@@ -334,4 +336,134 @@ pub fn changes_missing_from(doc: &Automerge, known: &[ChangeHash]) -> Vec<Vec<u8
         .into_iter()
         .map(|c| c.raw_bytes().to_vec())
         .collect()
+}
+
+/// Changes of one document from the changes feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedItem {
+    pub id: String,
+    pub kind: DocKind,
+    /// Plain change chunks stored after the cursor, in the order they were stored.
+    pub changes: Vec<Vec<u8>>,
+    pub heads: Vec<ChangeHash>,
+}
+
+/// What the server stores, as the request handler needs it. The server implements it over one
+/// database transaction; the simulation harness over maps. Implementations do the IO; the
+/// algorithm stays here.
+pub trait Store {
+    type Error;
+    /// The stored plain change chunks of a document (empty when unknown) and their total bytes.
+    fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Self::Error>;
+    /// Appends a merged document's new changes (idempotent per change hash) and updates whatever
+    /// the server derives from the document.
+    fn save(&mut self, id: &str, merged: &Merged) -> Result<(), Self::Error>;
+    /// Changes the caller should hear about that were stored after `cursor` by someone else, per
+    /// document, with the document's current heads; and the new cursor.
+    fn feed(&mut self, cursor: u64) -> Result<(Vec<FeedItem>, u64), Self::Error>;
+}
+
+/// Answers one request: merges every pushed document (a refused document does not stop the
+/// others), then adds what the phone lacks. The caller commits the store's work before sending
+/// the response, so that a receipt always means "durably stored".
+pub fn handle<S: Store>(
+    request: &SyncRequest,
+    authority: &dyn Authority,
+    store: &mut S,
+    limits: &Limits,
+    server_time_ms: i64,
+) -> Result<crate::wire::SyncResponse, S::Error> {
+    use crate::wire::{DocResult, DocUpdate, Outcome, Rejection, from_change_hashes};
+    use serde_bytes::ByteBuf;
+
+    let mut results = Vec::with_capacity(request.docs.len());
+    let mut updates = Vec::new();
+    let mut answered = HashSet::new();
+    for push in &request.docs {
+        let (stored_changes, stored_bytes) = store.load(&push.id)?;
+        let stored = match load_stored(stored_changes) {
+            Ok(doc) => doc,
+            Err(e) => {
+                results.push(DocResult {
+                    id: push.id.clone(),
+                    outcome: Outcome::Rejected,
+                    heads: Vec::new(),
+                    error: Some(Rejection {
+                        code: "stored_document_unreadable".into(),
+                        message: e,
+                    }),
+                    sync_message: None,
+                });
+                continue;
+            }
+        };
+        match merge(&stored, stored_bytes, push, authority, limits) {
+            Ok(merged) => {
+                store.save(&push.id, &merged)?;
+                let mut known = to_change_hashes(&push.have);
+                known.extend(merged.new_changes.iter().map(|(h, _)| *h));
+                for bytes in &push.changes {
+                    if let Ok((change, _)) = decode_change(bytes, limits) {
+                        known.push(change.hash());
+                    }
+                }
+                let missing = changes_missing_from(&merged.doc, &known);
+                if !missing.is_empty() {
+                    updates.push(DocUpdate {
+                        id: push.id.clone(),
+                        kind: push.kind,
+                        changes: missing.into_iter().map(ByteBuf::from).collect(),
+                        heads: from_change_hashes(&merged.heads),
+                    });
+                }
+                answered.insert(push.id.clone());
+                results.push(DocResult {
+                    id: push.id.clone(),
+                    outcome: Outcome::Accepted,
+                    heads: from_change_hashes(&merged.heads),
+                    error: None,
+                    sync_message: None,
+                });
+            }
+            Err(MergeError::Rejected { code, message }) => results.push(DocResult {
+                id: push.id.clone(),
+                outcome: Outcome::Rejected,
+                heads: from_change_hashes(&stored.get_heads()),
+                error: Some(Rejection {
+                    code: code.into(),
+                    message,
+                }),
+                sync_message: None,
+            }),
+            Err(MergeError::Resync(message)) => results.push(DocResult {
+                id: push.id.clone(),
+                outcome: Outcome::Resync,
+                heads: from_change_hashes(&stored.get_heads()),
+                error: Some(Rejection {
+                    code: "resync".into(),
+                    message,
+                }),
+                sync_message: None,
+            }),
+        }
+    }
+    let (feed, cursor) = store.feed(request.cursor)?;
+    for item in feed {
+        if answered.contains(&item.id) || request.docs.iter().any(|d| d.id == item.id) {
+            continue;
+        }
+        updates.push(DocUpdate {
+            id: item.id,
+            kind: item.kind,
+            changes: item.changes.into_iter().map(ByteBuf::from).collect(),
+            heads: from_change_hashes(&item.heads),
+        });
+    }
+    Ok(crate::wire::SyncResponse {
+        v: crate::wire::PROTOCOL_VERSION,
+        results,
+        updates,
+        cursor,
+        server_time_ms,
+    })
 }
