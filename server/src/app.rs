@@ -39,6 +39,13 @@ pub struct AppState {
     pub timezone: chrono_tz::Tz,
     pub metrics: Metrics,
     pub openapi: utoipa::openapi::OpenApi,
+    pub sync_settings: SyncSettings,
+}
+
+/// Caps on sync requests.
+pub struct SyncSettings {
+    pub max_request_bytes: usize,
+    pub limits: sync_protocol::Limits,
 }
 
 #[derive(OpenApi)]
@@ -57,6 +64,7 @@ pub struct AppState {
         (name = "auth", description = "Sign-in, device enrollment, tokens"),
         (name = "grids", description = "The grid tree (网格) and locating points in it"),
         (name = "people", description = "People (人员), their roles in grids, devices, staffing"),
+        (name = "sync", description = "Phones push and pull Automerge documents; the changes feed"),
         (name = "ops", description = "Health, metrics, this specification"),
     )
 )]
@@ -86,7 +94,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(openapi_json)
         .configure(crate::auth::api::configure)
         .configure(crate::grids::api::configure)
-        .configure(crate::people::api::configure);
+        .configure(crate::people::api::configure)
+        .configure(crate::sync::api::configure);
 }
 
 /// The OpenAPI document of [`routes`], as served at `/openapi.json` and written to `openapi.yaml`.
@@ -138,6 +147,10 @@ pub async fn build_state(
         timezone,
         metrics: Metrics::default(),
         openapi: openapi(),
+        sync_settings: SyncSettings {
+            max_request_bytes: serve.max_sync_bytes,
+            limits: sync_protocol::Limits::default(),
+        },
     }))
 }
 

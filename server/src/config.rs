@@ -71,6 +71,10 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_MAX_GEOJSON_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_geojson_bytes: usize,
 
+    /// Largest accepted sync request, in bytes.
+    #[arg(long, env = "GRIDPATROL_MAX_SYNC_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_sync_bytes: usize,
+
     /// Worker threads for HTTP (default: one per core).
     #[arg(long, env = "GRIDPATROL_WORKERS")]
     pub workers: Option<usize>,
@@ -114,6 +118,7 @@ impl Default for ServeConfig {
             refresh_token_days: 60,
             max_json_bytes: 256 * 1024,
             max_geojson_bytes: 32 * 1024 * 1024,
+            max_sync_bytes: 8 * 1024 * 1024,
             workers: None,
         }
     }
@@ -150,6 +155,7 @@ impl fmt::Debug for ServeConfig {
             .field("refresh_token_days", &self.refresh_token_days)
             .field("max_json_bytes", &self.max_json_bytes)
             .field("max_geojson_bytes", &self.max_geojson_bytes)
+            .field("max_sync_bytes", &self.max_sync_bytes)
             .field("workers", &self.workers)
             .finish()
     }

@@ -275,6 +275,18 @@ where
     }
 }
 
+/// Runs the same diesel expression on whichever backend the connection is: for the few statements
+/// diesel's `MultiConnection` cannot express (`ON CONFLICT`), written once, compiled per backend.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
+
 /// Current time in UTC, at the precision both backends store (microseconds).
 pub fn now() -> chrono::NaiveDateTime {
     let now = chrono::Utc::now().naive_utc();

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod people;
 pub mod policy;
 pub mod schema;
+pub mod sync;
 
 pub use app::{AppState, build_state, launch, openapi};
 pub use config::{Config, ServeConfig};

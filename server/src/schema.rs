@@ -126,4 +126,79 @@ diesel::allow_tables_to_appear_in_same_query!(
     refresh_tokens,
     signing_keys,
     login_failures,
+    sync_documents,
+    sync_changes,
+    patrols,
+    problems,
 );
+
+diesel::table! {
+    sync_documents (id) {
+        id -> Text,
+        kind -> Text,
+        grid_id -> BigInt,
+        inspector_id -> BigInt,
+        heads -> Text,
+        change_count -> Integer,
+        bytes -> BigInt,
+        version -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    sync_changes (seq) {
+        seq -> BigInt,
+        doc_id -> Text,
+        hash -> Text,
+        bytes -> Binary,
+        actor -> Text,
+        device_id -> BigInt,
+        user_id -> BigInt,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    patrols (id) {
+        id -> Text,
+        grid_id -> BigInt,
+        inspector_id -> BigInt,
+        device_id -> BigInt,
+        method -> Text,
+        status -> Text,
+        started_at -> Timestamp,
+        ended_at -> Nullable<Timestamp>,
+        fix_count -> Integer,
+        distance_m -> Double,
+        photo_count -> Integer,
+        note_count -> Integer,
+        problem_count -> Integer,
+        review_state -> Nullable<Text>,
+        review_comment -> Nullable<Text>,
+        reviewer_id -> Nullable<BigInt>,
+        first_received_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    problems (id) {
+        id -> Text,
+        grid_id -> BigInt,
+        patrol_id -> Text,
+        inspector_id -> BigInt,
+        category -> Text,
+        description -> Text,
+        disposition -> Text,
+        lon -> Double,
+        lat -> Double,
+        found_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(sync_changes -> sync_documents (doc_id));
+diesel::joinable!(sync_documents -> grids (grid_id));
+diesel::joinable!(patrols -> grids (grid_id));

@@ -279,6 +279,18 @@ impl TestApp {
         user_id: i64,
         device_name: &str,
     ) -> Value {
+        self.enroll_phone_as(manager_token, user_id, device_name, &actor_id())
+            .await
+    }
+
+    /// Like [`TestApp::enroll_phone`], with the phone's Automerge actor id (hex) given.
+    pub async fn enroll_phone_as(
+        &self,
+        manager_token: &str,
+        user_id: i64,
+        device_name: &str,
+        actor: &str,
+    ) -> Value {
         let code = self
             .post(
                 &format!("/v1/users/{user_id}/enrollment-codes"),
@@ -291,7 +303,7 @@ impl TestApp {
             .post(
                 "/v1/devices/enroll",
                 None,
-                &json!({"code": code.body["code"], "device_name": device_name, "actor_id": actor_id()}),
+                &json!({"code": code.body["code"], "device_name": device_name, "actor_id": actor}),
             )
             .await;
         phone.assert_ok().clone()
@@ -371,6 +383,8 @@ impl TestApp {
         .await
     }
 }
+
+pub mod phone;
 
 /// A random Automerge-style actor id (16 bytes, hex).
 pub fn actor_id() -> String {

@@ -54,6 +54,7 @@ pub struct GridIndex {
     prepared: Vec<PreparedShape>,
     tree: RTree<Entry>,
     slot_of: HashMap<i64, usize>,
+    slot_of_code: HashMap<String, usize>,
 }
 
 impl GridIndex {
@@ -77,7 +78,13 @@ impl GridIndex {
             .map(|(slot, g)| (g.id, slot))
             .collect();
         let prepared = grids.iter().map(|g| PreparedShape::new(&g.shape)).collect();
+        let slot_of_code = grids
+            .iter()
+            .enumerate()
+            .map(|(slot, g)| (g.code.clone(), slot))
+            .collect();
         GridIndex {
+            slot_of_code,
             grids,
             prepared,
             tree: RTree::bulk_load(entries),
@@ -95,6 +102,26 @@ impl GridIndex {
 
     pub fn get(&self, id: i64) -> Option<&IndexedGrid> {
         self.slot_of.get(&id).map(|&slot| &self.grids[slot])
+    }
+
+    pub fn get_by_code(&self, code: &str) -> Option<&IndexedGrid> {
+        self.slot_of_code.get(code).map(|&slot| &self.grids[slot])
+    }
+
+    /// The grid's place in the tree as stored in `grids.path` (`/1/5/17/`).
+    pub fn path_of(&self, grid: &IndexedGrid) -> String {
+        let mut ids = vec![grid.id];
+        let mut cursor = grid.parent_id;
+        while let Some(id) = cursor {
+            if ids.contains(&id) {
+                break;
+            }
+            ids.push(id);
+            cursor = self.get(id).and_then(|g| g.parent_id);
+        }
+        ids.reverse();
+        let joined: Vec<String> = ids.iter().map(i64::to_string).collect();
+        format!("/{}/", joined.join("/"))
     }
 
     /// Candidate slots whose bounding box contains the point, deepest first.

@@ -6,3 +6,4 @@ mod import;
 mod migrations;
 mod ops;
 mod people;
+mod sync;

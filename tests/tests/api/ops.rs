@@ -116,8 +116,11 @@ fn every_endpoint_in_the_spec_has_a_test() {
     let sources = normalize(&sources);
     let mut missing = Vec::new();
     for path in spec.paths.paths.keys() {
-        let wanted = format!("\"{}", normalize(path));
-        if !sources.contains(&wanted) {
+        let path = normalize(path);
+        let called = [format!("{path}\""), format!("{path}?")]
+            .iter()
+            .any(|w| sources.contains(w.as_str()));
+        if !called {
             missing.push(path.clone());
         }
     }

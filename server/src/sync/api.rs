@@ -1,0 +1,248 @@
+//! `POST /v1/sync` (CBOR, for phones) and `GET /v1/feed` (JSON, for screens and integrations).
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, get, http::header, post, web};
+use automerge::ActorId;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sync_protocol::wire::{self, SyncRequest};
+use sync_protocol::{CONTENT_TYPE, server};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{DbStore, DeviceAuthority};
+use crate::app::AppState;
+use crate::auth::{Authed, Role};
+use crate::error::{ApiError, ApiResult, ErrorBody, Kind};
+use crate::schema::{devices, grids, sync_changes, sync_documents};
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(sync).service(feed);
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+async fn read_limited(mut payload: web::Payload, limit: usize) -> ApiResult<web::BytesMut> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("malformed_message", format!("reading the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                Kind::PayloadTooLarge,
+                "payload_too_large",
+                format!(
+                    "a sync request may carry at most {limit} bytes; send fewer documents at once"
+                ),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Push new local changes of any number of documents and get back receipts, what the phone lacks,
+/// and a new cursor: one round trip. The body and the response are CBOR
+/// (`application/vnd.gridpatrol.sync+cbor`); `sync-protocol/README.md` specifies them. A document
+/// the rules refuse is answered `rejected` with a code, and the others go through.
+#[utoipa::path(
+    tag = "sync",
+    request_body(content = Vec<u8>, content_type = "application/vnd.gridpatrol.sync+cbor", description = "A CBOR SyncRequest"),
+    responses(
+        (status = 200, description = "A CBOR SyncResponse", content_type = "application/vnd.gridpatrol.sync+cbor"),
+        (status = 400, description = "`malformed_message`, `unsupported_version`, `too_many_documents`, `duplicate_document`, `invalid_document_id`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "`device_required`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/sync")]
+async fn sync(
+    state: web::Data<AppState>,
+    authed: Authed,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let Some(device_id) = authed.device_id else {
+        return Err(ApiError::forbidden(
+            "device_required",
+            "sync is for enrolled devices; sign in on a phone enrolled with a code",
+        ));
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with(CONTENT_TYPE) {
+        return Err(ApiError::new(
+            Kind::UnsupportedMediaType,
+            "unsupported_media_type",
+            format!("send the request as {CONTENT_TYPE}"),
+        ));
+    }
+    let body = read_limited(payload, state.sync_settings.max_request_bytes).await?;
+    let request: SyncRequest =
+        wire::decode(&body).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let limits = state.sync_settings.limits;
+    server::check_request(&request, &limits)
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+
+    let index = state.index.current();
+    let roles = authed.roles.clone();
+    let user_id = authed.user_id;
+    let span = tracing::info_span!("sync", user_id, device_id, docs = request.docs.len());
+    let _guard = span.enter();
+    let response = state
+        .db
+        .write(move |conn| {
+            let actor_hex: String = devices::table
+                .find(device_id)
+                .select(devices::actor_id)
+                .first(conn)?;
+            let actor = ActorId::try_from(actor_hex.as_str()).map_err(ApiError::internal)?;
+            let paths = |accept: fn(Role) -> bool| -> Vec<String> {
+                roles
+                    .iter()
+                    .filter(|g| accept(g.role))
+                    .map(|g| g.grid_path.clone())
+                    .collect()
+            };
+            let authority = DeviceAuthority {
+                user_id,
+                device_id,
+                actor,
+                author_paths: paths(|r| r == Role::Inspector),
+                review_paths: paths(Role::manages),
+                index: Arc::clone(&index),
+            };
+            let mut store = DbStore {
+                conn,
+                authority: &authority,
+            };
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            server::handle(&request, &authority, &mut store, &limits, now_ms)
+        })
+        .await?;
+    for result in &response.results {
+        if let Some(error) = &result.error {
+            tracing::info!(doc = %result.id, code = %error.code, "document not merged");
+        }
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(CONTENT_TYPE)
+        .body(wire::encode(&response)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// Return events after this cursor (0 for the beginning).
+    #[serde(default)]
+    pub after: i64,
+    /// At most this many events (default 200, at most 1000).
+    pub limit: Option<i64>,
+}
+
+/// One stored change of a patrol or problem.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedEvent {
+    /// The cursor of this event.
+    pub seq: i64,
+    pub doc_id: String,
+    /// `patrol` or `problem`.
+    pub kind: String,
+    pub grid_id: i64,
+    pub grid_code: String,
+    pub inspector_id: i64,
+    /// The user whose device sent the change.
+    pub author_id: i64,
+    /// When the server stored it (UTC): the trusted time.
+    pub received_at: NaiveDateTime,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Feed {
+    pub events: Vec<FeedEvent>,
+    /// Pass as `after` for the next page.
+    pub next: i64,
+}
+
+/// The changes feed: every stored patrol and problem change in the caller's part of the grid tree,
+/// oldest first, for supervisors' screens and integrations.
+#[utoipa::path(
+    tag = "sync",
+    params(FeedQuery),
+    responses((status = 200, body = Feed), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/v1/feed")]
+async fn feed(
+    state: web::Data<AppState>,
+    authed: Authed,
+    query: web::Query<FeedQuery>,
+) -> ApiResult<web::Json<Feed>> {
+    let FeedQuery { after, limit } = query.into_inner();
+    let limit = limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) || after < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit is 1..1000 and after is ≥ 0",
+        ));
+    }
+    let feed = state
+        .db
+        .run(move |conn| {
+            let mut q = sync_changes::table
+                .inner_join(sync_documents::table.inner_join(grids::table))
+                .filter(sync_changes::seq.gt(after))
+                .select((
+                    sync_changes::seq,
+                    sync_changes::doc_id,
+                    sync_documents::kind,
+                    sync_documents::grid_id,
+                    grids::code,
+                    sync_documents::inspector_id,
+                    sync_changes::user_id,
+                    sync_changes::received_at,
+                ))
+                .order(sync_changes::seq.asc())
+                .limit(limit)
+                .into_boxed();
+            if !authed.is_superuser {
+                let mut visible: Box<
+                    dyn BoxableExpression<_, _, SqlType = diesel::sql_types::Bool>,
+                > = Box::new(sync_documents::inspector_id.eq(authed.user_id));
+                for root in authed.visible_roots() {
+                    visible = Box::new(visible.or(grids::path.like(format!("{root}%"))));
+                }
+                q = q.filter(visible);
+            }
+            type Row = (i64, String, String, i64, String, i64, i64, NaiveDateTime);
+            let rows: Vec<Row> = q.load(conn)?;
+            let next = rows.last().map(|r| r.0).unwrap_or(after);
+            Ok::<_, ApiError>(Feed {
+                events: rows
+                    .into_iter()
+                    .map(|r| FeedEvent {
+                        seq: r.0,
+                        doc_id: r.1,
+                        kind: r.2,
+                        grid_id: r.3,
+                        grid_code: r.4,
+                        inspector_id: r.5,
+                        author_id: r.6,
+                        received_at: r.7,
+                    })
+                    .collect(),
+                next,
+            })
+        })
+        .await?;
+    Ok(web::Json(feed))
+}

@@ -1,0 +1,370 @@
+//! Sync: the server side of `sync-protocol` over the database. The algorithm (merge, per-change
+//! authorisation, what the phone lacks) lives in the protocol crate; this module supplies the facts
+//! ([`DeviceAuthority`]) and the storage ([`DbStore`]): an append-only change store keyed by change
+//! hash, and the relational rows projected from each document in the same transaction.
+
+pub mod api;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use automerge::ActorId;
+use chrono::{DateTime, NaiveDateTime};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use geo::{Distance, Haversine, Point};
+use sync_protocol::schema::{self, DocKind};
+use sync_protocol::server::{Authority, FeedItem, Merged, Store};
+
+use crate::db::{DbConnection, now};
+use crate::error::{ApiError, ApiResult};
+use crate::grids::index::GridIndex;
+use crate::on_each_backend;
+use crate::schema::{grids, patrols, problems, sync_changes, sync_documents};
+
+/// What the server knows about the device that is syncing.
+pub struct DeviceAuthority {
+    pub user_id: i64,
+    pub device_id: i64,
+    pub actor: ActorId,
+    /// Paths of grids where the user is an inspector.
+    pub author_paths: Vec<String>,
+    /// Paths of grids where the user supervises (leader, deputy, supervisor, admin).
+    pub review_paths: Vec<String>,
+    pub index: Arc<GridIndex>,
+}
+
+impl DeviceAuthority {
+    fn path_of(&self, code: &str) -> Option<String> {
+        self.index.get_by_code(code).map(|g| self.index.path_of(g))
+    }
+}
+
+impl Authority for DeviceAuthority {
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    fn device_id(&self) -> i64 {
+        self.device_id
+    }
+    fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+    fn may_author(&self, grid: &str) -> bool {
+        self.path_of(grid).is_some_and(|path| {
+            self.author_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
+        })
+    }
+    fn may_review(&self, grid: &str) -> bool {
+        self.path_of(grid).is_some_and(|path| {
+            self.review_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
+        })
+    }
+}
+
+/// Most changes one response carries from the feed; the cursor then continues from there.
+pub const FEED_BATCH: i64 = 2_000;
+
+/// The protocol's storage, inside one write transaction.
+pub struct DbStore<'a> {
+    pub conn: &'a mut DbConnection,
+    pub authority: &'a DeviceAuthority,
+}
+
+fn heads_text(heads: &[automerge::ChangeHash]) -> String {
+    heads
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_heads(text: &str) -> Vec<automerge::ChangeHash> {
+    text.split(',').filter_map(|h| h.parse().ok()).collect()
+}
+
+fn timestamp(ms: i64) -> NaiveDateTime {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.naive_utc())
+        .unwrap_or_default()
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = patrols)]
+struct PatrolRow {
+    id: String,
+    grid_id: i64,
+    inspector_id: i64,
+    device_id: i64,
+    method: String,
+    status: String,
+    started_at: NaiveDateTime,
+    ended_at: Option<NaiveDateTime>,
+    fix_count: i32,
+    distance_m: f64,
+    photo_count: i32,
+    note_count: i32,
+    problem_count: i32,
+    review_state: Option<String>,
+    review_comment: Option<String>,
+    reviewer_id: Option<i64>,
+    first_received_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = problems)]
+struct ProblemRow {
+    id: String,
+    grid_id: i64,
+    patrol_id: String,
+    inspector_id: i64,
+    category: String,
+    description: String,
+    disposition: String,
+    lon: f64,
+    lat: f64,
+    found_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+/// Length of the track in metres (great-circle, in the fixes' own datum: the datum shifts nearby
+/// fixes alike, so distances hardly change).
+pub fn track_length_m(track: &[schema::Fix]) -> f64 {
+    track
+        .windows(2)
+        .map(|w| {
+            Haversine.distance(
+                Point::new(w[0].lon, w[0].lat),
+                Point::new(w[1].lon, w[1].lat),
+            )
+        })
+        .sum()
+}
+
+/// Writes the relational rows of a document (patrols, problems) from its merged state.
+pub fn project(
+    conn: &mut DbConnection,
+    doc: &automerge::Automerge,
+    grid_id: i64,
+    at: NaiveDateTime,
+) -> ApiResult<()> {
+    let identity = schema::read_identity(doc).map_err(ApiError::internal)?;
+    match identity.kind {
+        DocKind::Patrol => {
+            let view = schema::read_patrol(doc).map_err(ApiError::internal)?;
+            let row = PatrolRow {
+                id: identity.id,
+                grid_id,
+                inspector_id: identity.inspector,
+                device_id: identity.device,
+                method: view.method.as_str().into(),
+                status: view.status.as_str().into(),
+                started_at: timestamp(view.started_at_ms),
+                ended_at: view.ended_at_ms.map(timestamp),
+                fix_count: view.track.len() as i32,
+                distance_m: (track_length_m(&view.track) * 10.0).round() / 10.0,
+                photo_count: view.photos.len() as i32,
+                note_count: view.notes.len() as i32,
+                problem_count: view.problems.len() as i32,
+                review_state: view.review.as_ref().map(|r| r.state.as_str().to_string()),
+                review_comment: view.review.as_ref().map(|r| r.comment.clone()),
+                reviewer_id: view.review.as_ref().map(|r| r.reviewer),
+                first_received_at: at,
+                updated_at: at,
+            };
+            on_each_backend!(conn, |c| diesel::insert_into(patrols::table)
+                .values(&row)
+                .on_conflict(patrols::id)
+                .do_update()
+                .set((
+                    patrols::method.eq(excluded(patrols::method)),
+                    patrols::status.eq(excluded(patrols::status)),
+                    patrols::started_at.eq(excluded(patrols::started_at)),
+                    patrols::ended_at.eq(excluded(patrols::ended_at)),
+                    patrols::fix_count.eq(excluded(patrols::fix_count)),
+                    patrols::distance_m.eq(excluded(patrols::distance_m)),
+                    patrols::photo_count.eq(excluded(patrols::photo_count)),
+                    patrols::note_count.eq(excluded(patrols::note_count)),
+                    patrols::problem_count.eq(excluded(patrols::problem_count)),
+                    patrols::review_state.eq(excluded(patrols::review_state)),
+                    patrols::review_comment.eq(excluded(patrols::review_comment)),
+                    patrols::reviewer_id.eq(excluded(patrols::reviewer_id)),
+                    patrols::updated_at.eq(excluded(patrols::updated_at)),
+                ))
+                .execute(c))?;
+        }
+        DocKind::Problem => {
+            let view = schema::read_problem(doc).map_err(ApiError::internal)?;
+            let row = ProblemRow {
+                id: identity.id,
+                grid_id,
+                patrol_id: view.patrol,
+                inspector_id: identity.inspector,
+                category: view.category,
+                description: view.description,
+                disposition: view.disposition.as_str().into(),
+                lon: view.lon,
+                lat: view.lat,
+                found_at: timestamp(view.found_at_ms),
+                updated_at: at,
+            };
+            on_each_backend!(conn, |c| diesel::insert_into(problems::table)
+                .values(&row)
+                .on_conflict(problems::id)
+                .do_update()
+                .set((
+                    problems::category.eq(excluded(problems::category)),
+                    problems::description.eq(excluded(problems::description)),
+                    problems::disposition.eq(excluded(problems::disposition)),
+                    problems::lon.eq(excluded(problems::lon)),
+                    problems::lat.eq(excluded(problems::lat)),
+                    problems::updated_at.eq(excluded(problems::updated_at)),
+                ))
+                .execute(c))?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for DbStore<'_> {
+    type Error = ApiError;
+
+    fn load(&mut self, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
+        // Take the document's row lock first, so that two server processes merging the same
+        // document one after the other each see the other's committed changes.
+        let locked = diesel::update(sync_documents::table.find(id))
+            .set(sync_documents::version.eq(sync_documents::version + 1))
+            .execute(self.conn)?;
+        if locked == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let changes: Vec<Vec<u8>> = sync_changes::table
+            .filter(sync_changes::doc_id.eq(id))
+            .order(sync_changes::seq.asc())
+            .select(sync_changes::bytes)
+            .load(self.conn)?;
+        let total = changes.iter().map(Vec::len).sum();
+        Ok((changes, total))
+    }
+
+    fn save(&mut self, id: &str, merged: &Merged) -> ApiResult<()> {
+        let at = now();
+        let grid = self
+            .authority
+            .index
+            .get_by_code(&merged.identity.grid)
+            .ok_or_else(|| ApiError::internal(format!("grid {} vanished", merged.identity.grid)))?;
+        let grid_id = grid.id;
+        if merged.created {
+            on_each_backend!(self.conn, |c| diesel::insert_into(sync_documents::table)
+                .values((
+                    sync_documents::id.eq(id),
+                    sync_documents::kind.eq(merged.identity.kind.as_str()),
+                    sync_documents::grid_id.eq(grid_id),
+                    sync_documents::inspector_id.eq(merged.identity.inspector),
+                    sync_documents::heads.eq(""),
+                    sync_documents::change_count.eq(0),
+                    sync_documents::bytes.eq(0_i64),
+                    sync_documents::version.eq(0_i64),
+                    sync_documents::created_at.eq(at),
+                    sync_documents::updated_at.eq(at),
+                ))
+                .on_conflict(sync_documents::id)
+                .do_nothing()
+                .execute(c))?;
+        }
+        if merged.new_changes.is_empty() {
+            return Ok(());
+        }
+        let actor = self.authority.actor.to_hex_string();
+        for (hash, bytes) in &merged.new_changes {
+            on_each_backend!(self.conn, |c| diesel::insert_into(sync_changes::table)
+                .values((
+                    sync_changes::doc_id.eq(id),
+                    sync_changes::hash.eq(hash.to_string()),
+                    sync_changes::bytes.eq(bytes),
+                    sync_changes::actor.eq(&actor),
+                    sync_changes::device_id.eq(self.authority.device_id),
+                    sync_changes::user_id.eq(self.authority.user_id),
+                    sync_changes::received_at.eq(at),
+                ))
+                .on_conflict((sync_changes::doc_id, sync_changes::hash))
+                .do_nothing()
+                .execute(c))?;
+        }
+        let (count, bytes): (i64, Option<i64>) = sync_changes::table
+            .filter(sync_changes::doc_id.eq(id))
+            .select((
+                diesel::dsl::count_star(),
+                diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
+                    "CAST(SUM(LENGTH(bytes)) AS BIGINT)",
+                ),
+            ))
+            .first(self.conn)?;
+        diesel::update(sync_documents::table.find(id))
+            .set((
+                sync_documents::heads.eq(heads_text(&merged.heads)),
+                sync_documents::change_count.eq(count as i32),
+                sync_documents::bytes.eq(bytes.unwrap_or(0)),
+                sync_documents::updated_at.eq(at),
+            ))
+            .execute(self.conn)?;
+        project(self.conn, &merged.doc, grid_id, at)
+    }
+
+    fn feed(&mut self, cursor: u64) -> ApiResult<(Vec<FeedItem>, u64)> {
+        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+        let me = self.authority.user_id;
+        let mut query = sync_changes::table
+            .inner_join(sync_documents::table.inner_join(grids::table))
+            .filter(sync_changes::seq.gt(cursor))
+            .filter(sync_changes::device_id.ne(self.authority.device_id))
+            .select((
+                sync_changes::seq,
+                sync_changes::doc_id,
+                sync_changes::bytes,
+                sync_documents::kind,
+                sync_documents::heads,
+            ))
+            .order(sync_changes::seq.asc())
+            .limit(FEED_BATCH)
+            .into_boxed();
+        let mut visible: Box<dyn BoxableExpression<_, _, SqlType = diesel::sql_types::Bool>> =
+            Box::new(sync_documents::inspector_id.eq(me));
+        for root in &self.authority.review_paths {
+            visible = Box::new(visible.or(grids::path.like(format!("{root}%"))));
+        }
+        query = query.filter(visible);
+        let rows: Vec<(i64, String, Vec<u8>, String, String)> = query.load(self.conn)?;
+        let full_batch = rows.len() as i64 == FEED_BATCH;
+        let mut next = cursor;
+        let mut by_doc: Vec<FeedItem> = Vec::new();
+        let mut slot: HashMap<String, usize> = HashMap::new();
+        for (seq, doc_id, bytes, kind, heads) in rows {
+            next = next.max(seq);
+            let index = *slot.entry(doc_id.clone()).or_insert_with(|| {
+                by_doc.push(FeedItem {
+                    id: doc_id.clone(),
+                    kind: DocKind::parse(&kind).unwrap_or(DocKind::Patrol),
+                    changes: Vec::new(),
+                    heads: parse_heads(&heads),
+                });
+                by_doc.len() - 1
+            });
+            by_doc[index].changes.push(bytes);
+        }
+        if !full_batch {
+            // Nothing more for this caller up to the newest change: jump the cursor there.
+            let newest: Option<i64> = sync_changes::table
+                .select(diesel::dsl::max(sync_changes::seq))
+                .first(self.conn)?;
+            next = next.max(newest.unwrap_or(0));
+        }
+        Ok((by_doc, u64::try_from(next).unwrap_or(0)))
+    }
+}

@@ -1,0 +1,437 @@
+//! `POST /v1/sync` driven by the protocol's client half over real HTTP, and `GET /v1/feed`.
+
+use std::io::Write;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ROOT};
+use diesel::prelude::*;
+use gridpatrol_server::schema::{patrols, sync_changes};
+use gridpatrol_tests::phone::Phone;
+use gridpatrol_tests::{Backend, TestApp, both_backends};
+use serde_bytes::ByteBuf;
+use serde_json::json;
+use sync_protocol::client::Event;
+use sync_protocol::schema::{self, DocKind, Review, ReviewState};
+use sync_protocol::wire::{self, DocPush, Outcome, SyncRequest, SyncResponse};
+
+const T0: i64 = 1_795_000_000_000;
+const VILLAGE: &str = "522632100001"; // in 古州镇
+const INSPECTOR: &str = "inspector-522632100001-1";
+
+async fn stored_changes(app: &TestApp) -> i64 {
+    app.with_conn(|conn| sync_changes::table.count().get_result(conn))
+        .await
+}
+
+async fn offline_patrols_arrive_in_one_round_trip(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+
+    // A morning without signal: three patrols, recorded offline.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = phone.start_patrol(VILLAGE, T0 + n * 3_600_000);
+        phone.walk(&id, 30 + n as usize, T0 + n * 3_600_000);
+        phone.edit(&id, |doc| {
+            schema::submit(doc, T0 + n * 3_600_000 + 1_800_000).expect("submit")
+        });
+        ids.push(id);
+    }
+    let synced = phone.sync(&app).await;
+    assert_eq!(
+        synced.request.docs.len(),
+        3,
+        "one request carries every document"
+    );
+    assert!(
+        synced
+            .response
+            .results
+            .iter()
+            .all(|r| r.outcome == Outcome::Accepted)
+    );
+    for id in &ids {
+        assert!(
+            synced.events.contains(&Event::Durable { id: id.clone() }),
+            "{:?}",
+            synced.events
+        );
+        assert!(phone.state.is_durable(id, &phone.docs[id]));
+    }
+    // Nothing left to send.
+    assert!(phone.request().docs.is_empty());
+
+    // The projection rows are there, in the same transaction as the merge.
+    let rows: Vec<(String, i32, String, f64)> = app
+        .with_conn(|conn| {
+            patrols::table
+                .select((
+                    patrols::id,
+                    patrols::fix_count,
+                    patrols::status,
+                    patrols::distance_m,
+                ))
+                .order(patrols::started_at.asc())
+                .load(conn)
+        })
+        .await;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].0, ids[0]);
+    assert_eq!(rows[0].1, 30);
+    assert_eq!(rows[2].1, 32);
+    assert_eq!(rows[0].2, "submitted");
+    assert!(
+        rows[0].3 > 500.0 && rows[0].3 < 1000.0,
+        "distance {}",
+        rows[0].3
+    );
+
+    // The township leader's screen sees them in the feed; another township's does not.
+    let feed = app.get("/v1/feed?after=0", Some(&leader)).await;
+    let events = feed.assert_ok()["events"]
+        .as_array()
+        .expect("events")
+        .clone();
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| e["grid_code"] == VILLAGE && e["kind"] == "patrol")
+    );
+    let next = feed.body["next"].as_i64().expect("next");
+    let after = app
+        .get(&format!("/v1/feed?after={next}"), Some(&leader))
+        .await;
+    assert_eq!(after.assert_ok()["events"], json!([]));
+    let stranger = app.token("leader-522632101").await;
+    let theirs = app.get("/v1/feed?after=0", Some(&stranger)).await;
+    assert_eq!(theirs.assert_ok()["events"], json!([]));
+    app.get("/v1/feed?after=0&limit=0", Some(&leader))
+        .await
+        .assert_error(400, "invalid_query");
+}
+
+async fn a_lost_response_is_retried_without_duplicates(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let id = phone.start_patrol(VILLAGE, T0);
+    phone.walk(&id, 20, T0);
+
+    let request = phone.request();
+    let bytes = wire::encode(&request);
+    let (status, first, _) = phone.post(&app, bytes.clone()).await; // the response is "lost"
+    assert_eq!(status, 200);
+    let stored = stored_changes(&app).await;
+    let (status, second, _) = phone.post(&app, bytes).await; // the phone resends
+    assert_eq!(status, 200);
+    let first: SyncResponse = wire::decode(&first).expect("first");
+    let second: SyncResponse = wire::decode(&second).expect("second");
+    assert_eq!(first.results, second.results, "the same receipts");
+    assert_eq!(stored_changes(&app).await, stored, "nothing stored twice");
+    let events = phone
+        .state
+        .apply(&request, &second, &mut phone.docs)
+        .expect("apply");
+    assert_eq!(events, vec![Event::Durable { id: id.clone() }]);
+    let count: i64 = app
+        .with_conn(|conn| patrols::table.count().get_result(conn))
+        .await;
+    assert_eq!(count, 1, "one patrol, once");
+}
+
+async fn a_review_reaches_the_phone_and_concurrent_edits_converge(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let mut tablet = Phone::enroll(&app, &admin, "leader-522632100").await; // the leader's tablet
+
+    let id = phone.start_patrol(VILLAGE, T0);
+    phone.walk(&id, 10, T0);
+    phone.sync(&app).await;
+
+    // The leader's tablet receives the patrol through the feed …
+    let synced = tablet.sync(&app).await;
+    assert!(
+        synced.events.contains(&Event::Received { id: id.clone() }),
+        "{:?}",
+        synced.events
+    );
+    // … reviews it while the inspector, offline, keeps walking.
+    let review = Review {
+        state: ReviewState::Returned,
+        comment: "轨迹不完整，请补充巡查".into(),
+        reviewer: tablet.user_id,
+        at_ms: T0 + 7_200_000,
+    };
+    tablet.edit(&id, |doc| schema::set_review(doc, &review).expect("review"));
+    phone.walk(&id, 5, T0 + 200_000);
+    let synced = tablet.sync(&app).await;
+    assert_eq!(
+        synced.response.results[0].outcome,
+        Outcome::Accepted,
+        "{:?}",
+        synced.response.results
+    );
+
+    let synced = phone.sync(&app).await;
+    assert!(
+        synced.events.contains(&Event::Durable { id: id.clone() }),
+        "{:?}",
+        synced.events
+    );
+    let view = schema::read_patrol(&phone.docs[&id]).expect("patrol");
+    assert_eq!(
+        view.review,
+        Some(review),
+        "the comment reached the inspector's phone"
+    );
+    assert_eq!(view.track.len(), 15);
+    tablet.sync(&app).await;
+    let mut a = phone.docs[&id].get_heads();
+    let mut b = tablet.docs[&id].get_heads();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "phone and tablet converge");
+    let state: Option<String> = app
+        .with_conn(move |conn| {
+            patrols::table
+                .find(&id)
+                .select(patrols::review_state)
+                .first(conn)
+        })
+        .await;
+    assert_eq!(state.as_deref(), Some("returned"));
+}
+
+/// Encodes a push of `doc`'s changes as a request document.
+fn push_of(id: &str, doc: &mut AutoCommit) -> DocPush {
+    DocPush {
+        id: id.to_string(),
+        kind: DocKind::Patrol,
+        have: vec![],
+        changes: doc
+            .get_changes(&[])
+            .into_iter()
+            .map(|mut c| ByteBuf::from(c.bytes().into_owned()))
+            .collect(),
+        sync_message: None,
+    }
+}
+
+async fn refused_documents_do_not_stop_the_others(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let good = phone.start_patrol(VILLAGE, T0);
+
+    let patrol = |who: &Phone, actor: ActorId, grid: &str| {
+        let id = schema::new_id();
+        let mut doc = AutoCommit::new().with_actor(actor);
+        schema::create_patrol(
+            &mut doc,
+            &schema::NewPatrol {
+                id: id.clone(),
+                grid: grid.into(),
+                inspector: who.user_id,
+                device: who.device_id,
+                method: schema::Method::Announced,
+                started_at_ms: T0,
+            },
+        )
+        .expect("create");
+        (id, doc)
+    };
+    // Made by another actor than the phone's.
+    let (forged_id, mut forged) = patrol(&phone, ActorId::random(), VILLAGE);
+    // In a village of another township.
+    let (elsewhere_id, mut elsewhere) = patrol(&phone, phone.actor.clone(), "522632101001");
+    // The inspector approves its own patrol.
+    let (selfie_id, mut selfie) = patrol(&phone, phone.actor.clone(), VILLAGE);
+    schema::set_review(
+        &mut selfie,
+        &Review {
+            state: ReviewState::Accepted,
+            comment: "".into(),
+            reviewer: phone.user_id,
+            at_ms: T0,
+        },
+    )
+    .expect("review");
+    // A decompression bomb posing as a change.
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..32 {
+        encoder.write_all(&zeros).expect("deflate");
+    }
+    let deflated = encoder.finish().expect("deflate");
+    let mut bomb = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+    let mut len = deflated.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            bomb.push(byte);
+            break;
+        }
+        bomb.push(byte | 0x80);
+    }
+    bomb.extend_from_slice(&deflated);
+    let bomb_id = schema::new_id();
+    // Truncated bytes.
+    let (cut_id, mut cut) = patrol(&phone, phone.actor.clone(), VILLAGE);
+    let mut cut_push = push_of(&cut_id, &mut cut);
+    let whole = cut_push.changes[0].to_vec();
+    cut_push.changes[0] = ByteBuf::from(whole[..whole.len() / 2].to_vec());
+
+    let before = stored_changes(&app).await;
+    let mut request = phone.request();
+    request.docs.push(push_of(&forged_id, &mut forged));
+    request.docs.push(push_of(&elsewhere_id, &mut elsewhere));
+    request.docs.push(push_of(&selfie_id, &mut selfie));
+    request.docs.push(DocPush {
+        id: bomb_id.clone(),
+        kind: DocKind::Patrol,
+        have: vec![],
+        changes: vec![ByteBuf::from(bomb)],
+        sync_message: None,
+    });
+    request.docs.push(cut_push);
+    let (status, bytes, resp) = phone.post(&app, wire::encode(&request)).await;
+    assert_eq!(status, 200, "{}", resp.text);
+    let response: SyncResponse = wire::decode(&bytes).expect("response");
+    let code = |id: &str| {
+        let result = response
+            .results
+            .iter()
+            .find(|r| r.id == id)
+            .expect("result");
+        match result.outcome {
+            Outcome::Accepted => "accepted".to_string(),
+            _ => result
+                .error
+                .as_ref()
+                .map(|e| e.code.clone())
+                .unwrap_or_default(),
+        }
+    };
+    assert_eq!(code(&good), "accepted");
+    assert_eq!(code(&forged_id), "actor_mismatch");
+    assert_eq!(code(&elsewhere_id), "not_inspector_of_grid");
+    assert_eq!(code(&selfie_id), "review_forbidden");
+    assert_eq!(code(&bomb_id), "change_too_large");
+    assert_eq!(code(&cut_id), "malformed_change");
+    let stored: Vec<String> = app
+        .with_conn(|conn| {
+            sync_changes::table
+                .select(sync_changes::doc_id)
+                .distinct()
+                .load(conn)
+        })
+        .await;
+    assert_eq!(
+        stored,
+        vec![good.clone()],
+        "only the good document was stored"
+    );
+    assert_eq!(stored_changes(&app).await, before + 1);
+
+    // The phone keeps a refused document, marked, and does not resend it unchanged.
+    let events = phone.state.apply(&request, &response, &mut phone.docs);
+    assert!(events.is_ok());
+}
+
+async fn bad_requests_get_clear_errors(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token("leader-522632100").await;
+    let phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let url = format!("{}/v1/sync", app.base);
+    let before = stored_changes(&app).await;
+
+    let (status, _, resp) = phone.post(&app, vec![0xff, 0x13, 0x37]).await;
+    assert_eq!(status, 400);
+    resp.assert_error(400, "malformed_message");
+    let empty = wire::encode(&SyncRequest {
+        v: 1,
+        cursor: 0,
+        sent_at_ms: 0,
+        docs: vec![],
+    });
+    let (_, _, resp) = phone.post(&app, empty[..empty.len() - 2].to_vec()).await;
+    resp.assert_error(400, "malformed_message");
+    let future = wire::encode(&SyncRequest {
+        v: 7,
+        cursor: 0,
+        sent_at_ms: 0,
+        docs: vec![],
+    });
+    let (_, _, resp) = phone.post(&app, future).await;
+    resp.assert_error(400, "unsupported_version");
+    let mut twice = SyncRequest {
+        v: 1,
+        cursor: 0,
+        sent_at_ms: 0,
+        docs: vec![],
+    };
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "x", 1).expect("put");
+    let id = schema::new_id();
+    twice.docs.push(push_of(&id, &mut doc));
+    twice.docs.push(push_of(&id, &mut doc));
+    let (_, _, resp) = phone.post(&app, wire::encode(&twice)).await;
+    resp.assert_error(400, "duplicate_document");
+    twice.docs.truncate(1);
+    twice.docs[0].id = "not-a-uuid".into();
+    let (_, _, resp) = phone.post(&app, wire::encode(&twice)).await;
+    resp.assert_error(400, "invalid_document_id");
+
+    let json = app
+        .send(
+            app.client
+                .post(&url)
+                .bearer_auth(&phone.token)
+                .json(&json!({"v": 1})),
+        )
+        .await;
+    json.assert_error(415, "unsupported_media_type");
+    let huge = vec![0u8; 9 * 1024 * 1024];
+    let (status, _, resp) = phone.post(&app, huge).await;
+    assert_eq!(status, 413, "{}", resp.text);
+    resp.assert_error(413, "payload_too_large");
+    // A password session is not a device.
+    let resp = app
+        .send(
+            app.client
+                .post(&url)
+                .bearer_auth(&leader)
+                .header("content-type", sync_protocol::CONTENT_TYPE)
+                .body(wire::encode(&SyncRequest {
+                    v: 1,
+                    cursor: 0,
+                    sent_at_ms: 0,
+                    docs: vec![],
+                })),
+        )
+        .await;
+    resp.assert_error(403, "device_required");
+    let resp = app
+        .send(
+            app.client
+                .post(&url)
+                .header("content-type", sync_protocol::CONTENT_TYPE)
+                .body(vec![1]),
+        )
+        .await;
+    resp.assert_error(401, "missing_token");
+    assert_eq!(stored_changes(&app).await, before, "nothing stored");
+}
+
+both_backends!(
+    offline_patrols_arrive_in_one_round_trip,
+    a_lost_response_is_retried_without_duplicates,
+    a_review_reaches_the_phone_and_concurrent_edits_converge,
+    refused_documents_do_not_stop_the_others,
+    bad_requests_get_clear_errors,
+);
