@@ -7,15 +7,20 @@
 
 use std::collections::BTreeMap;
 
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use serde_bytes::ByteBuf;
 
 use crate::changes::{Limits, decode_change};
 use crate::schema::DocKind;
 use crate::wire::{
-    DocPush, Outcome, PROTOCOL_VERSION, Rejection, SyncRequest, SyncResponse, from_change_hashes,
-    to_change_hashes,
+    Cursor, DocPush, Outcome, PROTOCOL_VERSION, Rejection, SyncRequest, SyncResponse,
+    from_change_hashes, to_change_hashes,
 };
+
+/// Every this many syncs, the push names every document the phone holds with the heads of its
+/// last receipt, so that a server restored from a backup (which may have lost acknowledged
+/// changes, and which the cursor check does not always notice) asks for them again.
+pub const VERIFY_EVERY: u32 = 50;
 
 /// What the phone remembers about one document between syncs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +30,21 @@ pub struct DocState {
     pub acked: Vec<ChangeHash>,
     /// Set when the server refused the document; cleared when the document changes again.
     pub rejected: Option<(Rejection, Vec<ChangeHash>)>,
+    /// The server lacks history the phone builds on (e.g. it was restored from a backup): the
+    /// next push sends the whole document.
+    pub resync: bool,
 }
 
 /// What the phone remembers between syncs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientState {
-    /// The server's changes-feed cursor.
-    pub cursor: u64,
+    /// This phone's Automerge actor: a resync pushes only its own changes (the server accepts no
+    /// others from this device; other authors push theirs).
+    pub actor: Option<ActorId>,
+    /// Where the phone is in the server's change log.
+    pub cursor: Cursor,
+    /// Syncs since the last verification push (see [`VERIFY_EVERY`]).
+    pub syncs_since_verify: u32,
     pub docs: BTreeMap<String, DocState>,
 }
 
@@ -61,12 +74,22 @@ pub enum ClientError {
 }
 
 impl ClientState {
+    /// Changes of `doc` the server has not acknowledged that this phone must push: its own. A
+    /// change by another actor came from the server and goes back there only from its author.
+    fn unacked(&self, doc: &Automerge, acked: &[ChangeHash]) -> Vec<automerge::Change> {
+        doc.get_changes(acked)
+            .into_iter()
+            .filter(|c| self.actor.as_ref().is_none_or(|a| c.actor_id() == a))
+            .collect()
+    }
+
     /// Starts tracking a document the phone created.
     pub fn track(&mut self, id: &str, kind: DocKind) {
         self.docs.entry(id.to_string()).or_insert(DocState {
             kind,
             acked: Vec::new(),
             rejected: None,
+            resync: false,
         });
     }
 
@@ -83,27 +106,42 @@ impl ClientState {
             {
                 return None;
             }
-            (!doc.get_changes(&state.acked).is_empty()).then_some(id.as_str())
+            (state.resync || !self.unacked(doc, &state.acked).is_empty()).then_some(id.as_str())
         })
     }
 
-    /// The push of every pending document: one request, one round trip.
+    /// The push of every pending document: one request, one round trip. When a verification is
+    /// due it names every document instead.
     pub fn request(&self, docs: &BTreeMap<String, Automerge>, now_ms: i64) -> SyncRequest {
-        let pending: Vec<&str> = self.pending(docs).collect();
-        let pushes = pending
+        let ids: Vec<&str> = if self.syncs_since_verify >= VERIFY_EVERY {
+            self.docs
+                .keys()
+                .map(String::as_str)
+                .filter(|id| docs.contains_key(*id))
+                .collect()
+        } else {
+            self.pending(docs).collect()
+        };
+        let pushes = ids
             .into_iter()
             .filter_map(|id| {
                 let state = self.docs.get(id)?;
                 let doc = docs.get(id)?;
-                let changes = doc
-                    .get_changes(&state.acked)
+                // After a resync answer, send everything: the server keeps what it lacks.
+                let have = if state.resync {
+                    Vec::new()
+                } else {
+                    state.acked.clone()
+                };
+                let changes = self
+                    .unacked(doc, &have)
                     .into_iter()
                     .map(|mut c| ByteBuf::from(c.bytes().into_owned()))
                     .collect();
                 Some(DocPush {
                     id: id.to_string(),
                     kind: state.kind,
-                    have: from_change_hashes(&state.acked),
+                    have: from_change_hashes(&have),
                     changes,
                     sync_message: None,
                 })
@@ -115,6 +153,11 @@ impl ClientState {
             sent_at_ms: now_ms,
             docs: pushes,
         }
+    }
+
+    /// Makes the next request a verification push.
+    pub fn verify_next(&mut self) {
+        self.syncs_since_verify = VERIFY_EVERY;
     }
 
     /// Applies a response: first the server's changes, then the receipts.
@@ -153,6 +196,7 @@ impl ClientState {
                 kind: update.kind,
                 acked: Vec::new(),
                 rejected: None,
+                resync: false,
             });
             let server_heads = to_change_hashes(&update.heads);
             if server_heads
@@ -185,7 +229,9 @@ impl ClientState {
                     {
                         state.acked = heads;
                         state.rejected = None;
-                        if doc.get_changes(&state.acked).is_empty() {
+                        state.resync = false;
+                        let acked = state.acked.clone();
+                        if self.unacked(doc, &acked).is_empty() {
                             events.push(Event::Durable {
                                 id: result.id.clone(),
                             });
@@ -210,19 +256,38 @@ impl ClientState {
                         rejection,
                     });
                 }
-                Outcome::Resync => events.push(Event::ResyncNeeded {
-                    id: result.id.clone(),
-                }),
+                Outcome::Resync => {
+                    state.resync = true;
+                    events.push(Event::ResyncNeeded {
+                        id: result.id.clone(),
+                    });
+                }
             }
         }
-        self.cursor = self.cursor.max(response.cursor);
+        if response.reset {
+            // The server was restored from a backup and may lack changes it once acknowledged.
+            // Push every document whole once; it keeps what it lacks.
+            for state in self.docs.values_mut() {
+                state.resync = true;
+            }
+        }
+        self.cursor = response.cursor;
+        let verified = self
+            .docs
+            .keys()
+            .all(|id| !docs.contains_key(id) || request.docs.iter().any(|d| &d.id == id));
+        self.syncs_since_verify = if verified {
+            0
+        } else {
+            self.syncs_since_verify + 1
+        };
         Ok(events)
     }
 
-    /// True when every local change of the document is covered by the server's receipt.
+    /// True when every change this phone made in the document is covered by the server's receipt.
     pub fn is_durable(&self, id: &str, doc: &Automerge) -> bool {
         self.docs
             .get(id)
-            .is_some_and(|state| doc.get_changes(&state.acked).is_empty())
+            .is_some_and(|state| !state.resync && self.unacked(doc, &state.acked).is_empty())
     }
 }

@@ -11,7 +11,7 @@ use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use crate::changes::{ChangeError, Limits, decode_change};
 use crate::schema::{self, DocKind, IDENTITY_FIELDS, Identity};
-use crate::wire::{DocPush, SyncRequest, to_change_hashes};
+use crate::wire::{Cursor, DocPush, SyncRequest, to_change_hashes};
 
 /// What the server knows about whoever sent the request.
 pub trait Authority {
@@ -101,6 +101,8 @@ pub struct Merged {
     pub identity: Identity,
     /// The push created the document.
     pub created: bool,
+    /// Pushed changes not applied because they build on changes the server lacks.
+    pub waiting: usize,
 }
 
 /// Builds a document from stored plain change chunks (which were checked when they arrived).
@@ -210,6 +212,11 @@ pub fn merge(
         new_changes.push(change);
     }
 
+    if created && new_changes.is_empty() {
+        return Err(MergeError::Resync(
+            "the server does not have this document yet; its author's device will push it".into(),
+        ));
+    }
     let mut doc = stored.clone();
     if !new_changes.is_empty() {
         let applied = catch_unwind(AssertUnwindSafe(|| doc.apply_changes(new_changes.clone())));
@@ -224,12 +231,31 @@ pub fn merge(
             }
         }
     }
-    let missing = doc.get_missing_deps(&[]);
-    if !missing.is_empty() {
-        return Err(MergeError::Resync(format!(
-            "the push builds on {} change(s) the server does not have",
-            missing.len()
-        )));
+    // Changes whose dependencies the server lacks wait (Automerge queues them); the rest are
+    // checked and stored. Partly applied pushes answer `resync`, and the phone pushes again once
+    // the missing changes arrived from their authors.
+    let waiting = new_changes
+        .iter()
+        .filter(|c| doc.get_change_by_hash(&c.hash()).is_none())
+        .count();
+    if waiting > 0 {
+        new_changes.retain(|c| doc.get_change_by_hash(&c.hash()).is_some());
+        plain_chunks.retain(|(hash, _)| doc.get_change_by_hash(hash).is_some());
+        new_bytes = plain_chunks.iter().map(|(_, b)| b.len()).sum();
+        if new_changes.is_empty() || doc.get_heads().is_empty() {
+            return Err(MergeError::Resync(format!(
+                "the push builds on change(s) the server does not have ({waiting} waiting)"
+            )));
+        }
+        // Continue with a document holding only what applied.
+        doc = stored.clone();
+        let applied = catch_unwind(AssertUnwindSafe(|| doc.apply_changes(new_changes.clone())));
+        if !matches!(applied, Ok(Ok(()))) {
+            return Err(reject(
+                "malformed_change",
+                "the changes could not be applied",
+            ));
+        }
     }
 
     // Who wrote the document and where are settled by what is stored; only a new document takes
@@ -322,6 +348,7 @@ pub fn merge(
         new_bytes,
         identity,
         created,
+        waiting,
     })
 }
 
@@ -348,6 +375,14 @@ pub struct FeedItem {
     pub heads: Vec<ChangeHash>,
 }
 
+/// One page of the changes feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPage {
+    pub items: Vec<FeedItem>,
+    pub cursor: Cursor,
+    pub reset: bool,
+}
+
 /// What the server stores, as the request handler needs it. The server implements it over one
 /// database transaction; the simulation harness over maps. Implementations do the IO; the
 /// algorithm stays here.
@@ -359,8 +394,10 @@ pub trait Store {
     /// the server derives from the document.
     fn save(&mut self, id: &str, merged: &Merged) -> Result<(), Self::Error>;
     /// Changes the caller should hear about that were stored after `cursor` by someone else, per
-    /// document, with the document's current heads; and the new cursor.
-    fn feed(&mut self, cursor: u64) -> Result<(Vec<FeedItem>, u64), Self::Error>;
+    /// document, with the document's current heads; and the new cursor. When the store has no
+    /// change with the cursor's hash at the cursor's position (it was restored from a backup), it
+    /// starts from the beginning and says `reset`.
+    fn feed(&mut self, cursor: &Cursor) -> Result<FeedPage, Self::Error>;
 }
 
 /// Answers one request: merges every pushed document (a refused document does not stop the
@@ -417,11 +454,26 @@ pub fn handle<S: Store>(
                     });
                 }
                 answered.insert(push.id.clone());
+                let (outcome, error) = if merged.waiting > 0 {
+                    let message = format!(
+                        "{} change(s) wait for changes the server lacks; push again after their authors synced",
+                        merged.waiting
+                    );
+                    (
+                        Outcome::Resync,
+                        Some(Rejection {
+                            code: "resync".into(),
+                            message,
+                        }),
+                    )
+                } else {
+                    (Outcome::Accepted, None)
+                };
                 results.push(DocResult {
                     id: push.id.clone(),
-                    outcome: Outcome::Accepted,
+                    outcome,
                     heads: from_change_hashes(&merged.heads),
-                    error: None,
+                    error,
                     sync_message: None,
                 });
             }
@@ -447,8 +499,8 @@ pub fn handle<S: Store>(
             }),
         }
     }
-    let (feed, cursor) = store.feed(request.cursor)?;
-    for item in feed {
+    let page = store.feed(&request.cursor)?;
+    for item in page.items {
         if answered.contains(&item.id) || request.docs.iter().any(|d| d.id == item.id) {
             continue;
         }
@@ -463,7 +515,8 @@ pub fn handle<S: Store>(
         v: crate::wire::PROTOCOL_VERSION,
         results,
         updates,
-        cursor,
+        cursor: page.cursor,
+        reset: page.reset,
         server_time_ms,
     })
 }

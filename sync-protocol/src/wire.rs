@@ -35,12 +35,23 @@ pub fn from_change_hashes(hashes: &[automerge::ChangeHash]) -> Vec<Hash> {
     hashes.iter().map(|h| Hash(h.0)).collect()
 }
 
+/// A position in the server's change log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Sequence number of the last change the phone heard about (0: the beginning).
+    pub seq: u64,
+    /// Hash of the change the server stored at `seq`: if the server's log no longer has it there
+    /// (the server was restored from a backup), the server says `reset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Hash>,
+}
+
 /// Phone → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub v: u16,
-    /// The changes-feed cursor from the last response (0 the first time).
-    pub cursor: u64,
+    /// The cursor from the last response (the default the first time).
+    pub cursor: Cursor,
     /// The device clock when the request was built, ms since the Unix epoch.
     pub sent_at_ms: i64,
     pub docs: Vec<DocPush>,
@@ -71,7 +82,11 @@ pub struct SyncResponse {
     /// that changed since the request's cursor (a supervisor's review, say).
     pub updates: Vec<DocUpdate>,
     /// Send this back as the next request's `cursor`.
-    pub cursor: u64,
+    pub cursor: Cursor,
+    /// The server's log is not the one the request's cursor points into (it was restored from a
+    /// backup): the phone pushes every document whole once, so the server gets back what it lost.
+    #[serde(default)]
+    pub reset: bool,
     /// The server's clock, ms since the Unix epoch (the phone estimates its clock skew from it).
     pub server_time_ms: i64,
 }
@@ -169,7 +184,10 @@ mod tests {
     fn messages_round_trip_and_carry_bytes_as_byte_strings() {
         let request = SyncRequest {
             v: PROTOCOL_VERSION,
-            cursor: 42,
+            cursor: Cursor {
+                seq: 42,
+                at: Some(Hash([1; 32])),
+            },
             sent_at_ms: 1_795_000_000_000,
             docs: vec![DocPush {
                 id: "0190d5f0-0000-7000-8000-000000000001".into(),
@@ -200,7 +218,7 @@ mod tests {
         ));
         let future = encode(&SyncRequest {
             v: 9,
-            cursor: 0,
+            cursor: Cursor::default(),
             sent_at_ms: 0,
             docs: vec![],
         });
@@ -213,7 +231,7 @@ mod tests {
         );
         let bytes = encode(&SyncRequest {
             v: 1,
-            cursor: 0,
+            cursor: Cursor::default(),
             sent_at_ms: 0,
             docs: vec![],
         });

@@ -40,11 +40,14 @@ impl Phone {
             )
             .await;
         Phone {
+            state: ClientState {
+                actor: Some(actor.clone()),
+                ..ClientState::default()
+            },
             user_id,
             device_id: pair["device_id"].as_i64().expect("device id"),
             actor,
             token: pair["access_token"].as_str().expect("token").to_string(),
-            state: ClientState::default(),
             docs: BTreeMap::new(),
         }
     }

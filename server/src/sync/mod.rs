@@ -14,7 +14,8 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 use geo::{Distance, Haversine, Point};
 use sync_protocol::schema::{self, DocKind};
-use sync_protocol::server::{Authority, FeedItem, Merged, Store};
+use sync_protocol::server::{Authority, FeedItem, FeedPage, Merged, Store};
+use sync_protocol::wire::{Cursor, Hash};
 
 use crate::db::{DbConnection, now};
 use crate::error::{ApiError, ApiResult};
@@ -231,6 +232,20 @@ pub fn project(
     Ok(())
 }
 
+impl DbStore<'_> {
+    /// The hash of the change stored at `seq`, if any.
+    fn hash_at(&mut self, seq: i64) -> ApiResult<Option<Hash>> {
+        let hex: Option<String> = sync_changes::table
+            .find(seq)
+            .select(sync_changes::hash)
+            .first(self.conn)
+            .optional()?;
+        Ok(hex
+            .and_then(|h| h.parse::<automerge::ChangeHash>().ok())
+            .map(Hash::from))
+    }
+}
+
 impl Store for DbStore<'_> {
     type Error = ApiError;
 
@@ -317,8 +332,16 @@ impl Store for DbStore<'_> {
         project(self.conn, &merged.doc, grid_id, at)
     }
 
-    fn feed(&mut self, cursor: u64) -> ApiResult<(Vec<FeedItem>, u64)> {
-        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
+        let newest: Option<i64> = sync_changes::table
+            .select(diesel::dsl::max(sync_changes::seq))
+            .first(self.conn)?;
+        let newest = newest.unwrap_or(0);
+        let seq = i64::try_from(cursor.seq).unwrap_or(i64::MAX);
+        // The change the phone last heard of must still be where it was: otherwise this log is
+        // not the one the phone saw (restored from a backup) and the phone must push everything.
+        let reset = seq > 0 && self.hash_at(seq)? != cursor.at;
+        let cursor = if reset { 0 } else { seq };
         let me = self.authority.user_id;
         let mut query = sync_changes::table
             .inner_join(sync_documents::table.inner_join(grids::table))
@@ -360,11 +383,15 @@ impl Store for DbStore<'_> {
         }
         if !full_batch {
             // Nothing more for this caller up to the newest change: jump the cursor there.
-            let newest: Option<i64> = sync_changes::table
-                .select(diesel::dsl::max(sync_changes::seq))
-                .first(self.conn)?;
-            next = next.max(newest.unwrap_or(0));
+            next = next.max(newest);
         }
-        Ok((by_doc, u64::try_from(next).unwrap_or(0)))
+        Ok(FeedPage {
+            items: by_doc,
+            cursor: Cursor {
+                seq: u64::try_from(next).unwrap_or(0),
+                at: self.hash_at(next)?,
+            },
+            reset,
+        })
     }
 }

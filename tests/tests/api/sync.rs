@@ -355,7 +355,7 @@ async fn bad_requests_get_clear_errors(backend: Backend) {
     resp.assert_error(400, "malformed_message");
     let empty = wire::encode(&SyncRequest {
         v: 1,
-        cursor: 0,
+        cursor: Default::default(),
         sent_at_ms: 0,
         docs: vec![],
     });
@@ -363,7 +363,7 @@ async fn bad_requests_get_clear_errors(backend: Backend) {
     resp.assert_error(400, "malformed_message");
     let future = wire::encode(&SyncRequest {
         v: 7,
-        cursor: 0,
+        cursor: Default::default(),
         sent_at_ms: 0,
         docs: vec![],
     });
@@ -371,7 +371,7 @@ async fn bad_requests_get_clear_errors(backend: Backend) {
     resp.assert_error(400, "unsupported_version");
     let mut twice = SyncRequest {
         v: 1,
-        cursor: 0,
+        cursor: Default::default(),
         sent_at_ms: 0,
         docs: vec![],
     };
@@ -409,7 +409,7 @@ async fn bad_requests_get_clear_errors(backend: Backend) {
                 .header("content-type", sync_protocol::CONTENT_TYPE)
                 .body(wire::encode(&SyncRequest {
                     v: 1,
-                    cursor: 0,
+                    cursor: Default::default(),
                     sent_at_ms: 0,
                     docs: vec![],
                 })),
