@@ -72,6 +72,8 @@ enum Command {
         #[arg(long)]
         retire_previous: bool,
     },
+    /// Recompute the patrol and problem rows from the change store.
+    RebuildProjections,
     /// Write the OpenAPI document (YAML) to a file or standard output.
     Openapi {
         #[arg(long)]
@@ -291,6 +293,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{retired} older key(s) retired: their tokens stop working on restart; clients refresh"
                 );
             }
+            Ok(())
+        }
+        Command::RebuildProjections => {
+            let db = open(&config)?;
+            db.migrate()?;
+            let count = db
+                .write_blocking(gridpatrol_server::sync::rebuild_projections)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{count} document(s) projected again");
             Ok(())
         }
         Command::Openapi { output } => {

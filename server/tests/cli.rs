@@ -252,6 +252,14 @@ async fn operator_imports_grids_adds_people_and_enrolls_a_phone() {
     let missing = gridpatrol(data, None, &["enroll", "--user", "nobody"], None);
     assert!(!missing.status.success());
 
+    let rebuilt = gridpatrol(data, None, &["rebuild-projections"], None);
+    assert!(rebuilt.status.success(), "{}", text(&rebuilt.stderr));
+    assert!(
+        text(&rebuilt.stdout).contains("0 document(s) projected again"),
+        "{}",
+        text(&rebuilt.stdout)
+    );
+
     // The server uses what the commands wrote.
     let served = serve(data, None, &[]).await;
     let (status, body) = post(

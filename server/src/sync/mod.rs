@@ -147,12 +147,49 @@ pub fn track_length_m(track: &[schema::Fix]) -> f64 {
         .sum()
 }
 
+/// When the server first and last stored a change of the document: the projection's
+/// `first_received_at` and `updated_at`, derived from the change store so a rebuild gives the same.
+fn received_span(conn: &mut DbConnection, id: &str) -> ApiResult<(NaiveDateTime, NaiveDateTime)> {
+    let (first, last): (Option<NaiveDateTime>, Option<NaiveDateTime>) = sync_changes::table
+        .filter(sync_changes::doc_id.eq(id))
+        .select((
+            diesel::dsl::min(sync_changes::received_at),
+            diesel::dsl::max(sync_changes::received_at),
+        ))
+        .first(conn)?;
+    let at = now();
+    Ok((first.unwrap_or(at), last.unwrap_or(at)))
+}
+
+/// Recomputes every projection row from the change store (`gridpatrol rebuild-projections`); the
+/// rows come out identical to those written while syncing. Returns the documents projected.
+pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
+    diesel::delete(patrols::table).execute(conn)?;
+    diesel::delete(problems::table).execute(conn)?;
+    let docs: Vec<(String, i64)> = sync_documents::table
+        .order(sync_documents::created_at.asc())
+        .select((sync_documents::id, sync_documents::grid_id))
+        .load(conn)?;
+    for (id, grid_id) in &docs {
+        let changes: Vec<Vec<u8>> = sync_changes::table
+            .filter(sync_changes::doc_id.eq(id))
+            .order(sync_changes::seq.asc())
+            .select(sync_changes::bytes)
+            .load(conn)?;
+        let doc = sync_protocol::server::load_stored(changes)
+            .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
+        let received = received_span(conn, id)?;
+        project(conn, &doc, *grid_id, received)?;
+    }
+    Ok(docs.len())
+}
+
 /// Writes the relational rows of a document (patrols, problems) from its merged state.
 pub fn project(
     conn: &mut DbConnection,
     doc: &automerge::Automerge,
     grid_id: i64,
-    at: NaiveDateTime,
+    received: (NaiveDateTime, NaiveDateTime),
 ) -> ApiResult<()> {
     let identity = schema::read_identity(doc).map_err(ApiError::internal)?;
     match identity.kind {
@@ -175,8 +212,8 @@ pub fn project(
                 review_state: view.review.as_ref().map(|r| r.state.as_str().to_string()),
                 review_comment: view.review.as_ref().map(|r| r.comment.clone()),
                 reviewer_id: view.review.as_ref().map(|r| r.reviewer),
-                first_received_at: at,
-                updated_at: at,
+                first_received_at: received.0,
+                updated_at: received.1,
             };
             on_each_backend!(conn, |c| diesel::insert_into(patrols::table)
                 .values(&row)
@@ -212,7 +249,7 @@ pub fn project(
                 lon: view.lon,
                 lat: view.lat,
                 found_at: timestamp(view.found_at_ms),
-                updated_at: at,
+                updated_at: received.1,
             };
             on_each_backend!(conn, |c| diesel::insert_into(problems::table)
                 .values(&row)
@@ -329,7 +366,8 @@ impl Store for DbStore<'_> {
                 sync_documents::updated_at.eq(at),
             ))
             .execute(self.conn)?;
-        project(self.conn, &merged.doc, grid_id, at)
+        let received = received_span(self.conn, id)?;
+        project(self.conn, &merged.doc, grid_id, received)
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
