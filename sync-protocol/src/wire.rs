@@ -149,6 +149,29 @@ impl DecodeError {
     }
 }
 
+/// DEFLATE (RFC 1951) for a request or response body sent with `Content-Encoding: deflate`: the
+/// change chunks of a push are small and alike, and compress well together.
+pub fn deflate(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Inflates a DEFLATE body, refusing to produce more than `limit` bytes (`None` then, or when the
+/// bytes are not DEFLATE).
+pub fn inflate(bytes: &[u8], limit: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() <= limit).then_some(out)
+}
+
 #[derive(Deserialize)]
 struct Versioned {
     v: u16,

@@ -47,7 +47,9 @@ async fn read_limited(mut payload: web::Payload, limit: usize) -> ApiResult<web:
 /// Push new local changes of any number of documents and get back receipts, what the phone lacks,
 /// and a new cursor: one round trip. The body and the response are CBOR
 /// (`application/vnd.gridpatrol.sync+cbor`); `sync-protocol/README.md` specifies them. A document
-/// the rules refuse is answered `rejected` with a code, and the others go through.
+/// the rules refuse is answered `rejected` with a code, and the others go through. With
+/// `Content-Encoding: deflate` the body is DEFLATE-compressed (inflated with the same size cap);
+/// with `Accept-Encoding: deflate` so is the response.
 #[utoipa::path(
     tag = "sync",
     request_body(content = Vec<u8>, content_type = "application/vnd.gridpatrol.sync+cbor", description = "A CBOR SyncRequest"),
@@ -86,7 +88,34 @@ async fn sync(
             format!("send the request as {CONTENT_TYPE}"),
         ));
     }
-    let body = read_limited(payload, state.sync_settings.max_request_bytes).await?;
+    let limit = state.sync_settings.max_request_bytes;
+    let mut body = read_limited(payload, limit).await?.to_vec();
+    let header_has = |name: header::HeaderName, value: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(value))
+            })
+    };
+    if header_has(header::CONTENT_ENCODING, "deflate") {
+        // Inflated with the same cap as a plain body: a DEFLATE bomb stops at the limit.
+        body = wire::inflate(&body, limit).ok_or_else(|| {
+            ApiError::new(
+                Kind::PayloadTooLarge,
+                "payload_too_large",
+                format!("the request inflates to more than {limit} bytes, or is not DEFLATE"),
+            )
+        })?;
+    } else if req.headers().contains_key(header::CONTENT_ENCODING) {
+        return Err(ApiError::new(
+            Kind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "Content-Encoding may be deflate, or absent",
+        ));
+    }
+    let compress_response = header_has(header::ACCEPT_ENCODING, "deflate");
     let request: SyncRequest =
         wire::decode(&body).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     let limits = state.sync_settings.limits;
@@ -134,9 +163,14 @@ async fn sync(
             tracing::info!(doc = %result.id, code = %error.code, "document not merged");
         }
     }
-    Ok(HttpResponse::Ok()
-        .content_type(CONTENT_TYPE)
-        .body(wire::encode(&response)))
+    let encoded = wire::encode(&response);
+    let mut reply = HttpResponse::Ok();
+    reply.content_type(CONTENT_TYPE);
+    if compress_response {
+        reply.insert_header((header::CONTENT_ENCODING, "deflate"));
+        return Ok(reply.body(wire::deflate(&encoded)));
+    }
+    Ok(reply.body(encoded))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

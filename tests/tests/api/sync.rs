@@ -598,3 +598,81 @@ both_backends!(
     rebuilt_projections_equal_the_synced_ones,
     two_servers_merging_the_same_documents_lose_nothing,
 );
+
+/// On 2G every byte counts: a DEFLATE body is accepted (within the same cap) and answered in kind.
+async fn deflated_requests_and_responses(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let id = phone.start_patrol(VILLAGE, T0);
+    phone.walk(&id, 60, T0);
+    let request = phone.request();
+    let plain = wire::encode(&request);
+    let deflated = wire::deflate(&plain);
+    assert!(
+        deflated.len() * 3 < plain.len() * 2,
+        "{} vs {}",
+        deflated.len(),
+        plain.len()
+    );
+    let url = format!("{}/v1/sync", app.base);
+    let response = app
+        .client
+        .post(&url)
+        .bearer_auth(&phone.token)
+        .header("content-type", sync_protocol::CONTENT_TYPE)
+        .header("content-encoding", "deflate")
+        .header("accept-encoding", "deflate")
+        .body(deflated)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("deflate")
+    );
+    let body = response.bytes().await.expect("body");
+    let inflated = wire::inflate(&body, 1 << 20).expect("a deflated response");
+    let response: SyncResponse = wire::decode(&inflated).expect("decode");
+    let events = phone
+        .state
+        .apply(&request, &response, &mut phone.docs)
+        .expect("apply");
+    assert_eq!(events, vec![Event::Durable { id }]);
+
+    // A DEFLATE bomb: 64 MiB of zeros in about 64 KB.
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..64 {
+        encoder.write_all(&zeros).expect("deflate");
+    }
+    let bomb = encoder.finish().expect("deflate");
+    let resp = app
+        .send(
+            app.client
+                .post(&url)
+                .bearer_auth(&phone.token)
+                .header("content-type", sync_protocol::CONTENT_TYPE)
+                .header("content-encoding", "deflate")
+                .body(bomb),
+        )
+        .await;
+    resp.assert_error(413, "payload_too_large");
+    let resp = app
+        .send(
+            app.client
+                .post(&url)
+                .bearer_auth(&phone.token)
+                .header("content-type", sync_protocol::CONTENT_TYPE)
+                .header("content-encoding", "br")
+                .body(plain),
+        )
+        .await;
+    resp.assert_error(415, "unsupported_media_type");
+}
+
+both_backends!(deflated_requests_and_responses);
