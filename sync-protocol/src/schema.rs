@@ -524,11 +524,12 @@ pub struct PatrolView {
     pub review: Option<Review>,
 }
 
+/// Every element of a list, in one pass (indexing element by element costs a walk each).
 fn list_items(doc: &impl ReadDoc, list: &ObjId) -> Vec<(Value<'static>, ObjId)> {
-    (0..doc.length(list))
-        .filter_map(|i| match doc.get(list, i) {
-            Ok(Some((value, id))) => Some((value.into_owned(), id)),
-            _ => None,
+    doc.list_range(list, ..)
+        .map(|item| {
+            let id = item.id();
+            (item.value.into_value(), id)
         })
         .collect()
 }

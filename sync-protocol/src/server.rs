@@ -4,7 +4,7 @@
 //! The caller loads the stored changes, supplies the facts about the caller ([`Authority`]), and
 //! stores what [`merge`] returns; nothing here touches a network or a database.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
@@ -103,6 +103,8 @@ pub struct Merged {
     pub created: bool,
     /// Pushed changes not applied because they build on changes the server lacks.
     pub waiting: usize,
+    /// Hashes of every pushed change, stored before or not.
+    pub pushed: Vec<ChangeHash>,
 }
 
 /// Builds a document from stored plain change chunks (which were checked when they arrived).
@@ -118,7 +120,11 @@ pub fn load_stored(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Automer
 
 /// Root keys a change writes: ops on the root map name the key; ops inside nested objects count
 /// for the root key their object hangs from. `doc` must already contain the change.
-fn root_keys(doc: &Automerge, change: &Change) -> Result<BTreeSet<String>, MergeError> {
+fn root_keys(
+    doc: &Automerge,
+    change: &Change,
+    known: &mut HashMap<automerge::legacy::OpId, String>,
+) -> Result<BTreeSet<String>, MergeError> {
     use automerge::legacy::{Key, ObjectId};
     let mut keys = BTreeSet::new();
     for op in change.decode().operations {
@@ -130,6 +136,12 @@ fn root_keys(doc: &Automerge, change: &Change) -> Result<BTreeSet<String>, Merge
                 Key::Seq(_) => return Err(reject("invalid_document", "the root must be a map")),
             },
             ObjectId::Id(id) => {
+                // Most operations of a change go to one object (a fix to `track`): look each
+                // object's place up once.
+                if let Some(key) = known.get(&id) {
+                    keys.insert(key.clone());
+                    continue;
+                }
                 let obj = doc
                     .import_obj(&id.to_string())
                     .map_err(|e| reject("malformed_change", format!("unknown object {id}: {e}")))?;
@@ -140,6 +152,7 @@ fn root_keys(doc: &Automerge, change: &Change) -> Result<BTreeSet<String>, Merge
                 match path.first() {
                     Some((_, automerge::Prop::Map(key))) => {
                         keys.insert(key.clone());
+                        known.insert(id, key.clone());
                     }
                     _ => return Err(reject("invalid_document", "an object outside the root map")),
                 }
@@ -186,9 +199,11 @@ pub fn merge(
     let mut plain_chunks = Vec::new();
     let mut new_bytes = 0usize;
     let mut seen = HashSet::new();
+    let mut pushed = Vec::with_capacity(push.changes.len());
     for bytes in &push.changes {
         let (change, plain_len) = decode_change(bytes, limits)?;
         let hash = change.hash();
+        pushed.push(hash);
         if stored.get_change_by_hash(&hash).is_some() || !seen.insert(hash) {
             continue; // a resend: already stored, nothing to check
         }
@@ -296,8 +311,9 @@ pub fn merge(
         ));
     }
 
+    let mut objects = HashMap::new();
     for change in &new_changes {
-        let keys = root_keys(&doc, change)?;
+        let keys = root_keys(&doc, change, &mut objects)?;
         for key in &keys {
             let key = key.as_str();
             let identity_key = IDENTITY_FIELDS.contains(&key);
@@ -349,6 +365,7 @@ pub fn merge(
         identity,
         created,
         waiting,
+        pushed,
     })
 }
 
@@ -438,12 +455,7 @@ pub fn handle<S: Store>(
             Ok(merged) => {
                 store.save(&push.id, &merged)?;
                 let mut known = to_change_hashes(&push.have);
-                known.extend(merged.new_changes.iter().map(|(h, _)| *h));
-                for bytes in &push.changes {
-                    if let Ok((change, _)) = decode_change(bytes, limits) {
-                        known.push(change.hash());
-                    }
-                }
+                known.extend(merged.pushed.iter().copied());
                 let missing = changes_missing_from(&merged.doc, &known);
                 if !missing.is_empty() {
                     updates.push(DocUpdate {

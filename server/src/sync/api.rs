@@ -150,10 +150,7 @@ async fn sync(
                 review_paths: paths(Role::manages),
                 index: Arc::clone(&index),
             };
-            let mut store = DbStore {
-                conn,
-                authority: &authority,
-            };
+            let mut store = DbStore::new(conn, &authority);
             let now_ms = chrono::Utc::now().timestamp_millis();
             server::handle(&request, &authority, &mut store, &limits, now_ms)
         })

@@ -74,6 +74,30 @@ pub const FEED_BATCH: i64 = 2_000;
 pub struct DbStore<'a> {
     pub conn: &'a mut DbConnection,
     pub authority: &'a DeviceAuthority,
+    /// When each document loaded in this transaction was first stored.
+    pub created: HashMap<String, NaiveDateTime>,
+}
+
+impl<'a> DbStore<'a> {
+    pub fn new(conn: &'a mut DbConnection, authority: &'a DeviceAuthority) -> Self {
+        DbStore {
+            conn,
+            authority,
+            created: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = sync_changes)]
+struct NewChange<'a> {
+    doc_id: &'a str,
+    hash: String,
+    bytes: &'a [u8],
+    actor: &'a str,
+    device_id: i64,
+    user_id: i64,
+    received_at: NaiveDateTime,
 }
 
 fn heads_text(heads: &[automerge::ChangeHash]) -> String {
@@ -166,11 +190,15 @@ fn received_span(conn: &mut DbConnection, id: &str) -> ApiResult<(NaiveDateTime,
 pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
     diesel::delete(patrols::table).execute(conn)?;
     diesel::delete(problems::table).execute(conn)?;
-    let docs: Vec<(String, i64)> = sync_documents::table
+    let docs: Vec<(String, i64, NaiveDateTime)> = sync_documents::table
         .order(sync_documents::created_at.asc())
-        .select((sync_documents::id, sync_documents::grid_id))
+        .select((
+            sync_documents::id,
+            sync_documents::grid_id,
+            sync_documents::created_at,
+        ))
         .load(conn)?;
-    for (id, grid_id) in &docs {
+    for (id, grid_id, created) in &docs {
         let changes: Vec<Vec<u8>> = sync_changes::table
             .filter(sync_changes::doc_id.eq(id))
             .order(sync_changes::seq.asc())
@@ -178,8 +206,8 @@ pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
             .load(conn)?;
         let doc = sync_protocol::server::load_stored(changes)
             .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
-        let received = received_span(conn, id)?;
-        project(conn, &doc, *grid_id, received)?;
+        let (_, last) = received_span(conn, id)?;
+        project(conn, &doc, *grid_id, (*created, last))?;
     }
     Ok(docs.len())
 }
@@ -289,12 +317,15 @@ impl Store for DbStore<'_> {
     fn load(&mut self, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
         // Take the document's row lock first, so that two server processes merging the same
         // document one after the other each see the other's committed changes.
-        let locked = diesel::update(sync_documents::table.find(id))
+        let locked: Option<NaiveDateTime> = diesel::update(sync_documents::table.find(id))
             .set(sync_documents::version.eq(sync_documents::version + 1))
-            .execute(self.conn)?;
-        if locked == 0 {
+            .returning(sync_documents::created_at)
+            .get_result(self.conn)
+            .optional()?;
+        let Some(created) = locked else {
             return Ok((Vec::new(), 0));
-        }
+        };
+        self.created.insert(id.to_string(), created);
         let changes: Vec<Vec<u8>> = sync_changes::table
             .filter(sync_changes::doc_id.eq(id))
             .order(sync_changes::seq.asc())
@@ -334,40 +365,51 @@ impl Store for DbStore<'_> {
             return Ok(());
         }
         let actor = self.authority.actor.to_hex_string();
-        for (hash, bytes) in &merged.new_changes {
-            on_each_backend!(self.conn, |c| diesel::insert_into(sync_changes::table)
-                .values((
-                    sync_changes::doc_id.eq(id),
-                    sync_changes::hash.eq(hash.to_string()),
-                    sync_changes::bytes.eq(bytes),
-                    sync_changes::actor.eq(&actor),
-                    sync_changes::device_id.eq(self.authority.device_id),
-                    sync_changes::user_id.eq(self.authority.user_id),
-                    sync_changes::received_at.eq(at),
-                ))
-                .on_conflict((sync_changes::doc_id, sync_changes::hash))
-                .do_nothing()
-                .execute(c))?;
+        let rows: Vec<NewChange<'_>> = merged
+            .new_changes
+            .iter()
+            .map(|(hash, bytes)| NewChange {
+                doc_id: id,
+                hash: hash.to_string(),
+                bytes,
+                actor: &actor,
+                device_id: self.authority.device_id,
+                user_id: self.authority.user_id,
+                received_at: at,
+            })
+            .collect();
+        // A change another process stored meanwhile is skipped. PostgreSQL takes them in one
+        // statement (a round trip each would dominate); diesel cannot batch `ON CONFLICT` on
+        // SQLite, where a statement per change costs microseconds in-process.
+        match &mut *self.conn {
+            DbConnection::Sqlite(c) => {
+                for row in &rows {
+                    diesel::insert_into(sync_changes::table)
+                        .values(row)
+                        .on_conflict((sync_changes::doc_id, sync_changes::hash))
+                        .do_nothing()
+                        .execute(c)?;
+                }
+            }
+            DbConnection::Postgres(c) => {
+                diesel::insert_into(sync_changes::table)
+                    .values(&rows)
+                    .on_conflict((sync_changes::doc_id, sync_changes::hash))
+                    .do_nothing()
+                    .execute(c)?;
+            }
         }
-        let (count, bytes): (i64, Option<i64>) = sync_changes::table
-            .filter(sync_changes::doc_id.eq(id))
-            .select((
-                diesel::dsl::count_star(),
-                diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
-                    "CAST(SUM(LENGTH(bytes)) AS BIGINT)",
-                ),
-            ))
-            .first(self.conn)?;
+        let new_bytes = i64::try_from(merged.new_bytes).unwrap_or(i64::MAX);
         diesel::update(sync_documents::table.find(id))
             .set((
                 sync_documents::heads.eq(heads_text(&merged.heads)),
-                sync_documents::change_count.eq(count as i32),
-                sync_documents::bytes.eq(bytes.unwrap_or(0)),
+                sync_documents::change_count.eq(sync_documents::change_count + rows.len() as i32),
+                sync_documents::bytes.eq(sync_documents::bytes + new_bytes),
                 sync_documents::updated_at.eq(at),
             ))
             .execute(self.conn)?;
-        let received = received_span(self.conn, id)?;
-        project(self.conn, &merged.doc, grid_id, received)
+        let first = self.created.get(id).copied().unwrap_or(at);
+        project(self.conn, &merged.doc, grid_id, (first, at))
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {

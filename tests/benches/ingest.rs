@@ -1,0 +1,365 @@
+//! Server ingest: typical patrols (45 minutes, a fix every 10 s, a change a minute) pushed by
+//! phones over real HTTP in batches, on SQLite and on PostgreSQL with two server processes, beside
+//! the pure Automerge cost of loading the same documents, measured in the same run.
+//!
+//!     cargo bench -p gridpatrol-tests --bench ingest                 # 10,000 patrols, SQLite
+//!     GRIDPATROL_TEST_PG_URL=postgres://… cargo bench -p gridpatrol-tests --bench ingest
+//!
+//! `scripts/test` runs it once in quick mode (200 patrols) as a smoke test.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use automerge::{AutoCommit, Automerge, Change};
+use gridpatrol_tests::phone::Phone;
+use gridpatrol_tests::{Backend, TestApp, TestDb, serve_config};
+use sync_protocol::client::ClientState;
+use sync_protocol::schema::{self, DocKind, Fix, FixSource, Method, NewPatrol};
+use sync_protocol::wire::{self, SyncResponse};
+
+const T0: i64 = 1_795_000_000_000;
+const PHONES: usize = 40;
+const BATCH: usize = 10;
+const PARALLEL: usize = 4;
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn typical_patrol(phone: &Phone, village: &str, n: usize) -> (String, Vec<Vec<u8>>) {
+    let id = schema::new_id();
+    let started = T0 + n as i64 * 3_600_000;
+    let mut doc = AutoCommit::new().with_actor(phone.actor.clone());
+    schema::create_patrol(
+        &mut doc,
+        &NewPatrol {
+            id: id.clone(),
+            grid: village.into(),
+            inspector: phone.user_id,
+            device: phone.device_id,
+            method: Method::Routine,
+            started_at_ms: started,
+        },
+    )
+    .expect("create");
+    let fixes: Vec<Fix> = (0..270)
+        .map(|i| Fix {
+            at_ms: started + 10_000 * i,
+            lon: 108.52 + 0.00015 * (i as f64 / 9.0).sin() + 0.00003 * i as f64,
+            lat: 25.93 + 0.0001 * (i as f64 / 7.0).cos(),
+            datum: schema::Datum::Gcj02,
+            accuracy_m: Some(3.0 + (i % 11) as f32),
+            source: FixSource::Fused,
+            mock: false,
+        })
+        .collect();
+    for minute in fixes.chunks(6) {
+        schema::add_fixes(&mut doc, minute).expect("fixes");
+    }
+    for k in 0..3 {
+        schema::add_note(
+            &mut doc,
+            &schema::Note {
+                at_ms: started + 600_000 * k,
+                text: "巡查河道两岸，未发现异常".into(),
+            },
+        )
+        .expect("note");
+    }
+    schema::submit(&mut doc, started + 2_700_000).expect("submit");
+    let changes = doc
+        .get_changes(&[])
+        .into_iter()
+        .map(|mut c| c.bytes().into_owned())
+        .collect();
+    (id, changes)
+}
+
+struct Workload {
+    /// Per phone: its patrols as (id, change chunks).
+    per_phone: Vec<Vec<(String, Vec<Vec<u8>>)>>,
+}
+
+impl Workload {
+    fn total(&self) -> usize {
+        self.per_phone.iter().map(Vec::len).sum()
+    }
+}
+
+/// The pure Automerge baseline: decode and apply every patrol's changes into a fresh document.
+fn automerge_baseline(work: &Workload) -> f64 {
+    let started = Instant::now();
+    let mut heads = 0;
+    for phone in &work.per_phone {
+        for (_, changes) in phone {
+            let decoded: Vec<Change> = changes
+                .iter()
+                .map(|b| Change::try_from(&b[..]).expect("change"))
+                .collect();
+            let mut doc = Automerge::new();
+            doc.apply_changes(decoded).expect("apply");
+            heads += doc.get_heads().len();
+        }
+    }
+    assert!(heads >= work.total());
+    work.total() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The request bodies each phone sends: its patrols, BATCH per request (built before the clock
+/// starts, so that the phones' own work is not counted as the server's).
+fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<Vec<u8>>> {
+    phones
+        .iter()
+        .zip(&work.per_phone)
+        .map(|(phone, patrols)| {
+            let mut state = ClientState {
+                actor: Some(phone.actor.clone()),
+                ..ClientState::default()
+            };
+            patrols
+                .chunks(BATCH)
+                .map(|batch| {
+                    let mut docs = std::collections::BTreeMap::new();
+                    for (id, changes) in batch {
+                        let decoded: Vec<Change> = changes
+                            .iter()
+                            .map(|b| Change::try_from(&b[..]).expect("change"))
+                            .collect();
+                        let mut doc = Automerge::new();
+                        doc.apply_changes(decoded).expect("apply");
+                        docs.insert(id.clone(), doc);
+                        state.track(id, DocKind::Patrol);
+                    }
+                    let request = wire::encode(&state.request(&docs, 0));
+                    for id in docs.keys() {
+                        state.docs.remove(id);
+                    }
+                    request
+                })
+                .collect()
+        })
+        .collect()
+}
+
+struct Anyone(automerge::ActorId);
+
+impl sync_protocol::server::Authority for Anyone {
+    fn user_id(&self) -> i64 {
+        0
+    }
+    fn device_id(&self) -> i64 {
+        0
+    }
+    fn actor(&self) -> &automerge::ActorId {
+        &self.0
+    }
+    fn may_author(&self, _: &str) -> bool {
+        true
+    }
+    fn may_review(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// The protocol's merge and checks alone (no HTTP, no database), to split the server's cost.
+fn merge_only(phones: &[Phone], work: &Workload) -> f64 {
+    let started = Instant::now();
+    for (phone, patrols) in phones.iter().zip(&work.per_phone) {
+        let who = Anyone(phone.actor.clone());
+        struct Named<'a>(&'a Anyone, i64, i64);
+        impl sync_protocol::server::Authority for Named<'_> {
+            fn user_id(&self) -> i64 {
+                self.1
+            }
+            fn device_id(&self) -> i64 {
+                self.2
+            }
+            fn actor(&self) -> &automerge::ActorId {
+                &(self.0).0
+            }
+            fn may_author(&self, _: &str) -> bool {
+                true
+            }
+            fn may_review(&self, _: &str) -> bool {
+                false
+            }
+        }
+        let named = Named(&who, phone.user_id, phone.device_id);
+        for (id, changes) in patrols {
+            let push = wire::DocPush {
+                id: id.clone(),
+                kind: DocKind::Patrol,
+                have: vec![],
+                changes: changes
+                    .iter()
+                    .cloned()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                sync_message: None,
+            };
+            let merged = sync_protocol::server::merge(
+                &Automerge::new(),
+                0,
+                &push,
+                &named,
+                &sync_protocol::Limits::default(),
+            )
+            .expect("merge");
+            assert!(merged.created);
+        }
+    }
+    work.total() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Sends every phone's requests, PARALLEL phones at a time, alternating phones between the given
+/// servers. Returns documents per second.
+async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> f64 {
+    let bodies = requests(phones, work);
+    let started = Instant::now();
+    let mut next = 0usize;
+    while next < phones.len() {
+        let mut tasks = Vec::new();
+        for p in next..(next + PARALLEL).min(phones.len()) {
+            let app = servers[p % servers.len()].clone();
+            let token = phones[p].token.clone();
+            let bodies = bodies[p].clone();
+            tasks.push(tokio::spawn(async move {
+                for body in bodies {
+                    let response = app
+                        .client
+                        .post(format!("{}/v1/sync", app.base))
+                        .bearer_auth(&token)
+                        .header("content-type", sync_protocol::CONTENT_TYPE)
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("sync");
+                    assert_eq!(response.status(), 200);
+                    let bytes = response.bytes().await.expect("body");
+                    let response: SyncResponse = wire::decode(&bytes).expect("decode");
+                    assert!(
+                        response
+                            .results
+                            .iter()
+                            .all(|r| r.outcome == wire::Outcome::Accepted)
+                    );
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("phone");
+        }
+        next += PARALLEL;
+    }
+    work.total() as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn setup(app: &TestApp, patrols: usize) -> (Vec<Phone>, Workload) {
+    let leader = app.token("admin-522632").await;
+    let villages: Vec<String> = app
+        .with_conn(|conn| {
+            use diesel::prelude::*;
+            use gridpatrol_server::schema::grids;
+            grids::table
+                .filter(grids::level.eq("village"))
+                .order(grids::code.asc())
+                .select(grids::code)
+                .limit(PHONES as i64)
+                .load(conn)
+        })
+        .await;
+    let mut phones = Vec::new();
+    for village in &villages {
+        phones.push(Phone::enroll(app, &leader, &format!("inspector-{village}-1")).await);
+    }
+    let per = patrols / PHONES;
+    let per_phone = phones
+        .iter()
+        .zip(&villages)
+        .map(|(phone, village)| {
+            (0..per)
+                .map(|n| typical_patrol(phone, village, n))
+                .collect()
+        })
+        .collect();
+    (phones, Workload { per_phone })
+}
+
+async fn patrol_count(app: &TestApp) -> i64 {
+    app.with_conn(|conn| {
+        use diesel::prelude::*;
+        gridpatrol_server::schema::patrols::table
+            .count()
+            .get_result(conn)
+    })
+    .await
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let patrols = if quick { 200 } else { 10_000 };
+    println!(
+        "{patrols} patrols, {PHONES} phones, {BATCH} patrols per request, {PARALLEL} phones at a time"
+    );
+    println!();
+    println!(
+        "| backend | documents/s | vs pure Automerge load (same run) | peak RSS after (MiB) |"
+    );
+    println!("|---|---|---|---|");
+
+    let app = Arc::new(TestApp::with_demo(Backend::Sqlite).await);
+    let (phones, work) = setup(&app, patrols).await;
+    let baseline = automerge_baseline(&work);
+    let merge = merge_only(&phones, &work);
+    let rss_before = peak_rss_mib();
+    let rate = ingest(std::slice::from_ref(&app), &phones, &work).await;
+    assert_eq!(patrol_count(&app).await, work.total() as i64);
+    println!(
+        "| pure Automerge: decode + apply, one core | {baseline:.0} | 1.00× | {rss_before:.0} |"
+    );
+    println!(
+        "| protocol merge and checks only, one core (no HTTP, no database) | {merge:.0} | {:.2}× slower | |",
+        baseline / merge
+    );
+    println!(
+        "| SQLite, one server process | {rate:.0} | {:.2}× slower | {:.0} |",
+        baseline / rate,
+        peak_rss_mib()
+    );
+
+    if std::env::var("GRIDPATROL_TEST_PG_URL").is_ok() {
+        let first = Arc::new(TestApp::with_demo(Backend::Postgres).await);
+        let second = Arc::new(
+            TestApp::start(
+                TestDb {
+                    url: first.db.url.clone(),
+                    dir: tempfile::tempdir().expect("tmp"),
+                },
+                serve_config(),
+            )
+            .await,
+        );
+        let (phones, work) = setup(&first, patrols).await;
+        let rate = ingest(&[first.clone(), second], &phones, &work).await;
+        println!(
+            "| PostgreSQL, two server processes | {rate:.0} | {:.2}× slower | {:.0} |",
+            baseline / rate,
+            peak_rss_mib()
+        );
+        assert_eq!(patrol_count(&first).await, work.total() as i64);
+    } else {
+        println!("(PostgreSQL skipped: GRIDPATROL_TEST_PG_URL is not set)");
+    }
+}
