@@ -76,6 +76,8 @@ pub struct DbStore<'a> {
     pub authority: &'a DeviceAuthority,
     /// When each document loaded in this transaction was first stored.
     pub created: HashMap<String, NaiveDateTime>,
+    /// This transaction holds the change log's append lock (PostgreSQL).
+    log_locked: bool,
 }
 
 impl<'a> DbStore<'a> {
@@ -84,6 +86,7 @@ impl<'a> DbStore<'a> {
             conn,
             authority,
             created: HashMap::new(),
+            log_locked: false,
         }
     }
 }
@@ -392,6 +395,14 @@ impl Store for DbStore<'_> {
                 }
             }
             DbConnection::Postgres(c) => {
+                // Sequence numbers are handed out at insert, not at commit: without this lock a
+                // transaction holding seq 100 could commit after one holding 101, and a phone whose
+                // cursor moved past 101 would never hear of 100. Held until commit, it makes the
+                // log grow in commit order (SQLite gets that from its single writer).
+                if !self.log_locked {
+                    diesel::sql_query("SELECT pg_advisory_xact_lock(7417001)").execute(c)?;
+                    self.log_locked = true;
+                }
                 diesel::insert_into(sync_changes::table)
                     .values(&rows)
                     .on_conflict((sync_changes::doc_id, sync_changes::hash))

@@ -676,3 +676,88 @@ async fn deflated_requests_and_responses(backend: Backend) {
 }
 
 both_backends!(deflated_requests_and_responses);
+
+async fn a_problem_found_on_a_patrol_syncs_with_it(backend: Backend) {
+    use gridpatrol_server::schema::problems;
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let patrol = phone.start_patrol(VILLAGE, T0);
+    phone.walk(&patrol, 8, T0);
+    let problem = schema::new_id();
+    let found = schema::NewProblem {
+        id: problem.clone(),
+        grid: VILLAGE.into(),
+        inspector: phone.user_id,
+        device: phone.device_id,
+        patrol: patrol.clone(),
+        category: "固体废物".into(),
+        description: "河道旁倾倒建筑垃圾约2立方米".into(),
+        position: (108.5215, 25.9307, schema::Datum::Gcj02),
+        disposition: schema::Disposition::Escalated,
+        found_at_ms: T0 + 60_000,
+    };
+    phone.edit(&problem, |doc| {
+        schema::create_problem(doc, &found).expect("problem")
+    });
+    phone.state.track(&problem, DocKind::Problem);
+    phone.edit(&patrol, |doc| {
+        schema::add_problem_ref(doc, &problem).expect("ref")
+    });
+    let synced = phone.sync(&app).await;
+    assert_eq!(synced.request.docs.len(), 2);
+    assert!(
+        synced
+            .response
+            .results
+            .iter()
+            .all(|r| r.outcome == Outcome::Accepted),
+        "{:?}",
+        synced.response.results
+    );
+    let row: (String, String, String) = app
+        .with_conn({
+            let problem = problem.clone();
+            move |conn| {
+                problems::table
+                    .find(problem)
+                    .select((
+                        problems::patrol_id,
+                        problems::category,
+                        problems::disposition,
+                    ))
+                    .first(conn)
+            }
+        })
+        .await;
+    assert_eq!(
+        row,
+        (
+            patrol.clone(),
+            "固体废物".to_string(),
+            "escalated".to_string()
+        )
+    );
+    let count: i32 = app
+        .with_conn(move |conn| {
+            patrols::table
+                .find(patrol)
+                .select(patrols::problem_count)
+                .first(conn)
+        })
+        .await;
+    assert_eq!(count, 1);
+    let feed = app.get("/v1/feed?after=0", Some(&leader)).await;
+    let kinds: Vec<String> = feed.assert_ok()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"problem".to_string()) && kinds.contains(&"patrol".to_string()),
+        "{kinds:?}"
+    );
+}
+
+both_backends!(a_problem_found_on_a_patrol_syncs_with_it);
