@@ -105,6 +105,24 @@ pub struct Merged {
     pub waiting: usize,
     /// Hashes of every pushed change, stored before or not.
     pub pushed: Vec<ChangeHash>,
+    /// The merged document, read and checked.
+    pub view: View,
+}
+
+/// A document read through its schema.
+#[derive(Debug, Clone, PartialEq)]
+pub enum View {
+    Patrol(schema::PatrolView),
+    Problem(schema::ProblemView),
+}
+
+impl View {
+    pub fn read(doc: &Automerge) -> Result<View, schema::SchemaError> {
+        match schema::read_identity(doc)?.kind {
+            DocKind::Patrol => schema::read_patrol(doc).map(View::Patrol),
+            DocKind::Problem => schema::read_problem(doc).map(View::Problem),
+        }
+    }
 }
 
 /// Builds a document from stored plain change chunks (which were checked when they arrived).
@@ -351,11 +369,7 @@ pub fn merge(
         }
     }
 
-    let valid = match identity.kind {
-        DocKind::Patrol => schema::read_patrol(&doc).map(|_| ()),
-        DocKind::Problem => schema::read_problem(&doc).map(|_| ()),
-    };
-    valid.map_err(|e| reject("invalid_document", e.to_string()))?;
+    let view = View::read(&doc).map_err(|e| reject("invalid_document", e.to_string()))?;
 
     Ok(Merged {
         heads: doc.get_heads(),
@@ -366,6 +380,7 @@ pub fn merge(
         created,
         waiting,
         pushed,
+        view,
     })
 }
 

@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 use geo::{Distance, Haversine, Point};
 use sync_protocol::schema::{self, DocKind};
-use sync_protocol::server::{Authority, FeedItem, FeedPage, Merged, Store};
+use sync_protocol::server::{Authority, FeedItem, FeedPage, Merged, Store, View};
 use sync_protocol::wire::{Cursor, Hash};
 
 use crate::db::{DbConnection, now};
@@ -210,7 +210,9 @@ pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
         let doc = sync_protocol::server::load_stored(changes)
             .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
         let (_, last) = received_span(conn, id)?;
-        project(conn, &doc, *grid_id, (*created, last))?;
+        let view = View::read(&doc)
+            .map_err(|e| ApiError::internal(format!("stored document {id}: {e}")))?;
+        project(conn, &view, *grid_id, (*created, last))?;
     }
     Ok(docs.len())
 }
@@ -218,14 +220,13 @@ pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
 /// Writes the relational rows of a document (patrols, problems) from its merged state.
 pub fn project(
     conn: &mut DbConnection,
-    doc: &automerge::Automerge,
+    view: &View,
     grid_id: i64,
     received: (NaiveDateTime, NaiveDateTime),
 ) -> ApiResult<()> {
-    let identity = schema::read_identity(doc).map_err(ApiError::internal)?;
-    match identity.kind {
-        DocKind::Patrol => {
-            let view = schema::read_patrol(doc).map_err(ApiError::internal)?;
+    match view {
+        View::Patrol(view) => {
+            let identity = view.identity.clone();
             let row = PatrolRow {
                 id: identity.id,
                 grid_id,
@@ -267,15 +268,15 @@ pub fn project(
                 ))
                 .execute(c))?;
         }
-        DocKind::Problem => {
-            let view = schema::read_problem(doc).map_err(ApiError::internal)?;
+        View::Problem(view) => {
+            let identity = view.identity.clone();
             let row = ProblemRow {
                 id: identity.id,
                 grid_id,
-                patrol_id: view.patrol,
+                patrol_id: view.patrol.clone(),
                 inspector_id: identity.inspector,
-                category: view.category,
-                description: view.description,
+                category: view.category.clone(),
+                description: view.description.clone(),
                 disposition: view.disposition.as_str().into(),
                 lon: view.lon,
                 lat: view.lat,
@@ -381,18 +382,15 @@ impl Store for DbStore<'_> {
                 received_at: at,
             })
             .collect();
-        // A change another process stored meanwhile is skipped. PostgreSQL takes them in one
-        // statement (a round trip each would dominate); diesel cannot batch `ON CONFLICT` on
-        // SQLite, where a statement per change costs microseconds in-process.
+        // One statement for all of them. On SQLite the write transaction is the only writer and
+        // `merge` left out what is stored, so nothing can conflict (and diesel cannot batch
+        // `ON CONFLICT` there); on PostgreSQL another process may have stored a change meanwhile,
+        // which is skipped.
         match &mut *self.conn {
             DbConnection::Sqlite(c) => {
-                for row in &rows {
-                    diesel::insert_into(sync_changes::table)
-                        .values(row)
-                        .on_conflict((sync_changes::doc_id, sync_changes::hash))
-                        .do_nothing()
-                        .execute(c)?;
-                }
+                diesel::insert_into(sync_changes::table)
+                    .values(&rows)
+                    .execute(c)?;
             }
             DbConnection::Postgres(c) => {
                 // Sequence numbers are handed out at insert, not at commit: without this lock a
@@ -420,7 +418,7 @@ impl Store for DbStore<'_> {
             ))
             .execute(self.conn)?;
         let first = self.created.get(id).copied().unwrap_or(at);
-        project(self.conn, &merged.doc, grid_id, (first, at))
+        project(self.conn, &merged.view, grid_id, (first, at))
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
