@@ -110,6 +110,12 @@ enum UserCommand {
     },
 }
 
+/// mimalloc instead of glibc's allocator: merging Automerge documents allocates many small,
+/// short-lived objects from several threads, where glibc's arenas spent a quarter of the ingest time
+/// (perf, `cargo bench -p gridpatrol-tests --bench ingest`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);

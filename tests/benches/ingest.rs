@@ -17,6 +17,10 @@ use sync_protocol::client::ClientState;
 use sync_protocol::schema::{self, DocKind, Fix, FixSource, Method, NewPatrol};
 use sync_protocol::wire::{self, SyncResponse};
 
+/// The allocator of the `gridpatrol` binary, so that the servers in this process behave like it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_795_000_000_000;
 const PHONES: usize = 40;
 const BATCH: usize = 10;

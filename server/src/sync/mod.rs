@@ -76,8 +76,8 @@ pub struct DbStore<'a> {
     pub authority: &'a DeviceAuthority,
     /// When each document loaded in this transaction was first stored.
     pub created: HashMap<String, NaiveDateTime>,
-    /// This transaction holds the change log's append lock (PostgreSQL).
-    log_locked: bool,
+    /// Changes merged in this request, appended to the log all at once by [`DbStore::append`].
+    pending: Vec<NewChange>,
 }
 
 impl<'a> DbStore<'a> {
@@ -86,18 +86,54 @@ impl<'a> DbStore<'a> {
             conn,
             authority,
             created: HashMap::new(),
-            log_locked: false,
+            pending: Vec::new(),
         }
+    }
+
+    /// Appends the request's new changes to the log in one statement, as late as possible: on
+    /// PostgreSQL this takes the log's append lock, held until the commit.
+    fn append(&mut self) -> ApiResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.pending);
+        // On SQLite the write transaction is the only writer and `merge` left out what is stored,
+        // so nothing can conflict (and diesel cannot batch `ON CONFLICT` there); on PostgreSQL
+        // another process may have stored a change meanwhile, which is skipped.
+        match &mut *self.conn {
+            DbConnection::Sqlite(c) => {
+                for chunk in rows.chunks(500) {
+                    diesel::insert_into(sync_changes::table)
+                        .values(chunk)
+                        .execute(c)?;
+                }
+            }
+            DbConnection::Postgres(c) => {
+                // Sequence numbers are handed out at insert, not at commit: without this lock a
+                // transaction holding seq 100 could commit after one holding 101, and a phone
+                // whose cursor moved past 101 would never hear of 100. Held until the commit, it
+                // makes the log grow in commit order (SQLite gets that from its single writer).
+                diesel::sql_query("SELECT pg_advisory_xact_lock(7417001)").execute(c)?;
+                for chunk in rows.chunks(500) {
+                    diesel::insert_into(sync_changes::table)
+                        .values(chunk)
+                        .on_conflict((sync_changes::doc_id, sync_changes::hash))
+                        .do_nothing()
+                        .execute(c)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 #[derive(Insertable)]
 #[diesel(table_name = sync_changes)]
-struct NewChange<'a> {
-    doc_id: &'a str,
+pub struct NewChange {
+    doc_id: String,
     hash: String,
-    bytes: &'a [u8],
-    actor: &'a str,
+    bytes: Vec<u8>,
+    actor: String,
     device_id: i64,
     user_id: i64,
     received_at: NaiveDateTime,
@@ -369,50 +405,23 @@ impl Store for DbStore<'_> {
             return Ok(());
         }
         let actor = self.authority.actor.to_hex_string();
-        let rows: Vec<NewChange<'_>> = merged
-            .new_changes
-            .iter()
-            .map(|(hash, bytes)| NewChange {
-                doc_id: id,
+        let count = merged.new_changes.len();
+        for (hash, bytes) in &merged.new_changes {
+            self.pending.push(NewChange {
+                doc_id: id.to_string(),
                 hash: hash.to_string(),
-                bytes,
-                actor: &actor,
+                bytes: bytes.clone(),
+                actor: actor.clone(),
                 device_id: self.authority.device_id,
                 user_id: self.authority.user_id,
                 received_at: at,
-            })
-            .collect();
-        // One statement for all of them. On SQLite the write transaction is the only writer and
-        // `merge` left out what is stored, so nothing can conflict (and diesel cannot batch
-        // `ON CONFLICT` there); on PostgreSQL another process may have stored a change meanwhile,
-        // which is skipped.
-        match &mut *self.conn {
-            DbConnection::Sqlite(c) => {
-                diesel::insert_into(sync_changes::table)
-                    .values(&rows)
-                    .execute(c)?;
-            }
-            DbConnection::Postgres(c) => {
-                // Sequence numbers are handed out at insert, not at commit: without this lock a
-                // transaction holding seq 100 could commit after one holding 101, and a phone whose
-                // cursor moved past 101 would never hear of 100. Held until commit, it makes the
-                // log grow in commit order (SQLite gets that from its single writer).
-                if !self.log_locked {
-                    diesel::sql_query("SELECT pg_advisory_xact_lock(7417001)").execute(c)?;
-                    self.log_locked = true;
-                }
-                diesel::insert_into(sync_changes::table)
-                    .values(&rows)
-                    .on_conflict((sync_changes::doc_id, sync_changes::hash))
-                    .do_nothing()
-                    .execute(c)?;
-            }
+            });
         }
         let new_bytes = i64::try_from(merged.new_bytes).unwrap_or(i64::MAX);
         diesel::update(sync_documents::table.find(id))
             .set((
                 sync_documents::heads.eq(heads_text(&merged.heads)),
-                sync_documents::change_count.eq(sync_documents::change_count + rows.len() as i32),
+                sync_documents::change_count.eq(sync_documents::change_count + count as i32),
                 sync_documents::bytes.eq(sync_documents::bytes + new_bytes),
                 sync_documents::updated_at.eq(at),
             ))
@@ -422,6 +431,8 @@ impl Store for DbStore<'_> {
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
+        // The handler asks for the feed last: append what this request merged first.
+        self.append()?;
         let newest: Option<i64> = sync_changes::table
             .select(diesel::dsl::max(sync_changes::seq))
             .first(self.conn)?;
