@@ -101,19 +101,24 @@ impl Workload {
     }
 }
 
+/// Decodes change chunks and applies them to a new document: the work the baseline measures.
+fn load(changes: &[Vec<u8>]) -> Automerge {
+    let decoded: Vec<Change> = changes
+        .iter()
+        .map(|b| Change::try_from(&b[..]).expect("change"))
+        .collect();
+    let mut doc = Automerge::new();
+    doc.apply_changes(decoded).expect("apply");
+    doc
+}
+
 /// The pure Automerge baseline: decode and apply every patrol's changes into a fresh document.
 fn automerge_baseline(work: &Workload) -> f64 {
     let started = Instant::now();
     let mut heads = 0;
     for phone in &work.per_phone {
         for (_, changes) in phone {
-            let decoded: Vec<Change> = changes
-                .iter()
-                .map(|b| Change::try_from(&b[..]).expect("change"))
-                .collect();
-            let mut doc = Automerge::new();
-            doc.apply_changes(decoded).expect("apply");
-            heads += doc.get_heads().len();
+            heads += load(changes).get_heads().len();
         }
     }
     assert!(heads >= work.total());
@@ -136,13 +141,7 @@ fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<Vec<u8>>> {
                 .map(|batch| {
                     let mut docs = std::collections::BTreeMap::new();
                     for (id, changes) in batch {
-                        let decoded: Vec<Change> = changes
-                            .iter()
-                            .map(|b| Change::try_from(&b[..]).expect("change"))
-                            .collect();
-                        let mut doc = Automerge::new();
-                        doc.apply_changes(decoded).expect("apply");
-                        docs.insert(id.clone(), doc);
+                        docs.insert(id.clone(), load(changes));
                         state.track(id, DocKind::Patrol);
                     }
                     let request = wire::encode(&state.request(&docs, 0));
