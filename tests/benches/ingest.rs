@@ -343,6 +343,17 @@ async fn main() {
     );
 
     if std::env::var("GRIDPATROL_TEST_PG_URL").is_ok() {
+        let single = Arc::new(TestApp::with_demo(Backend::Postgres).await);
+        let (phones, work) = setup(&single, patrols).await;
+        let rate = ingest(std::slice::from_ref(&single), &phones, &work).await;
+        println!(
+            "| PostgreSQL, one server process | {rate:.0} | {:.2}× slower | {:.0} |",
+            baseline / rate,
+            peak_rss_mib()
+        );
+        assert_eq!(patrol_count(&single).await, work.total() as i64);
+        drop((phones, work, single));
+
         let first = Arc::new(TestApp::with_demo(Backend::Postgres).await);
         let second = Arc::new(
             TestApp::start(
