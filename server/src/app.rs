@@ -29,6 +29,16 @@ use crate::policy::Policies;
 
 pub use actix_web::web::Json;
 
+impl AppState {
+    /// Rebuilds the grid index when the grids table changed (here or in another process).
+    pub async fn refresh_index(&self) -> Result<bool, ApiError> {
+        let index = self.index.clone();
+        self.db
+            .run(move |conn| index.refresh(conn).map_err(ApiError::internal))
+            .await
+    }
+}
+
 /// Everything a handler may need, shared by all workers.
 pub struct AppState {
     pub db: Db,
@@ -196,15 +206,7 @@ pub fn launch(
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
-            let index = handle.index.clone();
-            let result = handle
-                .db
-                .run(move |conn| {
-                    index
-                        .refresh(conn)
-                        .map_err(|e| crate::db::DbError::Pool(e.to_string()))
-                })
-                .await;
+            let result = handle.refresh_index().await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "grid index refresh failed");
             }

@@ -340,15 +340,10 @@ fn serve_command(
                 .write(demo::load_if_empty)
                 .await
                 .map_err(|e| anyhow::anyhow!("loading the demo: {}", e.message))?;
-            let index = state.index.clone();
             state
-                .db
-                .run(move |conn| {
-                    index
-                        .refresh(conn)
-                        .map_err(|e| gridpatrol_server::db::DbError::Pool(e.to_string()))
-                })
-                .await?;
+                .refresh_index()
+                .await
+                .map_err(|e| anyhow::anyhow!("rebuilding the grid index: {}", e.message))?;
             print_demo(&serve, loaded);
         }
         let listener =

@@ -447,7 +447,7 @@ pub fn handle<S: Store>(
 
     let mut results = Vec::with_capacity(request.docs.len());
     let mut updates = Vec::new();
-    let mut answered = HashSet::new();
+    let pushed: HashSet<&str> = request.docs.iter().map(|d| d.id.as_str()).collect();
     for push in &request.docs {
         let (stored_changes, stored_bytes) = store.load(&push.id)?;
         let stored = match load_stored(stored_changes) {
@@ -480,7 +480,6 @@ pub fn handle<S: Store>(
                         heads: from_change_hashes(&merged.heads),
                     });
                 }
-                answered.insert(push.id.clone());
                 let (outcome, error) = if merged.waiting > 0 {
                     let message = format!(
                         "{} change(s) wait for changes the server lacks; push again after their authors synced",
@@ -528,7 +527,7 @@ pub fn handle<S: Store>(
     }
     let page = store.feed(&request.cursor)?;
     for item in page.items {
-        if answered.contains(&item.id) || request.docs.iter().any(|d| d.id == item.id) {
+        if pushed.contains(item.id.as_str()) {
             continue;
         }
         updates.push(DocUpdate {

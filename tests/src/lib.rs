@@ -177,16 +177,7 @@ impl TestApp {
     }
 
     pub async fn refresh_index(&self) {
-        let index = self.state.index.clone();
-        self.state
-            .db
-            .run(move |conn| {
-                index
-                    .refresh(conn)
-                    .map_err(|e| gridpatrol_server::db::DbError::Pool(e.to_string()))
-            })
-            .await
-            .expect("index refresh");
+        self.state.refresh_index().await.expect("index refresh");
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Resp {

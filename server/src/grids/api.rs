@@ -263,11 +263,7 @@ async fn import_grids(
         .db
         .write(move |conn| import::import(conn, &body, &importer).map_err(import_error))
         .await?;
-    let index = state.index.clone();
-    state
-        .db
-        .run(move |conn| index.refresh(conn).map_err(ApiError::internal))
-        .await?;
+    state.refresh_index().await?;
     Ok(web::Json(report))
 }
 

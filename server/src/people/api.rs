@@ -9,7 +9,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{
     Employment, NewUser, StaffingReport, check_may_grant, create_user, grant_role, grid_or_404,
-    require_manage_user, staffing_report,
+    require_manage_user, require_see_user, require_user, staffing_report,
 };
 use crate::app::{AppState, Json};
 use crate::auth::api::{RoleView, role_views};
@@ -248,16 +248,7 @@ async fn get_user(
     let view = state
         .db
         .run(move |conn| {
-            if authed.user_id != id {
-                let exists: i64 = users::table.find(id).count().get_result(conn)?;
-                if exists == 0 {
-                    return Err(ApiError::not_found("user_not_found", "no such user"));
-                }
-                let paths = super::role_paths(conn, id)?;
-                if !authed.is_superuser && !paths.iter().any(|p| authed.can_see(p)) {
-                    return Err(ApiError::outside_subtree());
-                }
-            }
+            require_see_user(conn, &authed, id)?;
             user_view(conn, &authed, id)
         })
         .await?;
@@ -289,10 +280,7 @@ async fn add_role(
     let view = state
         .db
         .write(move |conn| {
-            let exists: i64 = users::table.find(id).count().get_result(conn)?;
-            if exists == 0 {
-                return Err(ApiError::not_found("user_not_found", "no such user"));
-            }
+            require_user(conn, id)?;
             let grid = grid_or_404(conn, grant.grid_id)?;
             check_may_grant(&authed, &grid, grant.role)?;
             grant_role(conn, id, grant.grid_id, grant.role, grant.employment)?;

@@ -149,16 +149,35 @@ pub fn role_paths(conn: &mut DbConnection, user_id: i64) -> QueryResult<Vec<Stri
         .load(conn)
 }
 
+/// `user_not_found` unless the user exists.
+pub fn require_user(conn: &mut DbConnection, user_id: i64) -> ApiResult<()> {
+    let exists: i64 = users::table.find(user_id).count().get_result(conn)?;
+    if exists == 0 {
+        return Err(ApiError::not_found("user_not_found", "no such user"));
+    }
+    Ok(())
+}
+
+/// A user is seen by whoever sees any grid where the user holds a role, and by themselves.
+pub fn require_see_user(conn: &mut DbConnection, authed: &Authed, user_id: i64) -> ApiResult<()> {
+    require_user(conn, user_id)?;
+    if authed.is_superuser || authed.user_id == user_id {
+        return Ok(());
+    }
+    if role_paths(conn, user_id)?.iter().any(|p| authed.can_see(p)) {
+        Ok(())
+    } else {
+        Err(ApiError::outside_subtree())
+    }
+}
+
 /// A user is managed by whoever manages any grid where the user holds a role.
 pub fn require_manage_user(
     conn: &mut DbConnection,
     authed: &Authed,
     user_id: i64,
 ) -> ApiResult<()> {
-    let exists: i64 = users::table.find(user_id).count().get_result(conn)?;
-    if exists == 0 {
-        return Err(ApiError::not_found("user_not_found", "no such user"));
-    }
+    require_user(conn, user_id)?;
     if authed.is_superuser {
         return Ok(());
     }
