@@ -44,6 +44,9 @@ struct Mem(BTreeMap<String, Vec<Vec<u8>>>);
 
 impl Store for Mem {
     type Error = Infallible;
+    fn lock(&mut self, id: &str) -> Result<u64, Infallible> {
+        Ok(self.0.get(id).map_or(0, |c| c.len() as u64))
+    }
     fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Infallible> {
         let changes = self.0.get(id).cloned().unwrap_or_default();
         let len = changes.iter().map(Vec::len).sum();
@@ -127,8 +130,16 @@ fn ours(
             return m;
         }
         let up = wire::encode(&request);
-        let response = handle(&request, &Me(actor.clone()), server, &Limits::default(), 0)
-            .expect("infallible");
+        let handled = handle(
+            &request,
+            &Me(actor.clone()),
+            server,
+            &Limits::default(),
+            Default::default(),
+        )
+        .expect("infallible");
+        let page = server.feed(&request.cursor).expect("infallible");
+        let response = handled.respond(page, 0);
         let down = wire::encode(&response);
         let response: SyncResponse = wire::decode(&down).expect("decode");
         state.apply(&request, &response, &mut docs).expect("apply");

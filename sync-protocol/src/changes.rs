@@ -86,6 +86,20 @@ fn write_uleb(mut value: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether `doc` has applied the change. Asks Automerge's change graph (a hash lookup), where
+/// `get_change_by_hash` rebuilds the whole change from the op set; only a document with queued
+/// changes (waiting for their dependencies) takes that slow way.
+pub fn holds(doc: &automerge::Automerge, hash: &automerge::ChangeHash) -> bool {
+    use automerge::ReadDoc;
+    if doc.get_missing_deps(&[]).is_empty() {
+        // Nothing queued: a change is missing from its own "missing dependencies" exactly when
+        // the document lacks it.
+        doc.get_missing_deps(std::slice::from_ref(hash)).is_empty()
+    } else {
+        doc.get_change_by_hash(hash).is_some()
+    }
+}
+
 /// Decodes one change chunk (plain or compressed), refusing anything over `limits`.
 /// Returns the change and the length of its plain (inflated) chunk.
 pub fn decode_change(bytes: &[u8], limits: &Limits) -> Result<(Change, usize), ChangeError> {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash};
 use serde_bytes::ByteBuf;
 
 use crate::changes::{Limits, decode_change};
@@ -199,10 +199,7 @@ impl ClientState {
                 resync: false,
             });
             let server_heads = to_change_hashes(&update.heads);
-            if server_heads
-                .iter()
-                .all(|h| doc.get_change_by_hash(h).is_some())
-            {
+            if server_heads.iter().all(|h| crate::changes::holds(doc, h)) {
                 state.acked = server_heads;
             }
             if !known {
@@ -225,7 +222,7 @@ impl ClientState {
                     let heads = to_change_hashes(&result.heads);
                     // The receipt counts only if we hold every change it names.
                     if let Some(doc) = doc
-                        && heads.iter().all(|h| doc.get_change_by_hash(h).is_some())
+                        && heads.iter().all(|h| crate::changes::holds(doc, h))
                     {
                         state.acked = heads;
                         state.rejected = None;

@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
-use crate::changes::{ChangeError, Limits, decode_change};
+use crate::changes::{ChangeError, Limits, decode_change, holds};
 use crate::schema::{self, DocKind, IDENTITY_FIELDS, Identity};
 use crate::wire::{Cursor, DocPush, SyncRequest, to_change_hashes};
 
@@ -88,10 +88,8 @@ pub fn check_request(request: &SyncRequest, limits: &Limits) -> Result<(), Reque
     Ok(())
 }
 
-/// The result of merging one push.
+/// The result of merging one push (the merged document itself is returned beside it).
 pub struct Merged {
-    /// The document with the push applied.
-    pub doc: Automerge,
     /// Changes the server did not have, as plain change chunks, in causal order: store these.
     pub new_changes: Vec<(ChangeHash, Vec<u8>)>,
     /// Inflated bytes of `new_changes`.
@@ -194,7 +192,7 @@ pub fn merge(
     push: &DocPush,
     authority: &dyn Authority,
     limits: &Limits,
-) -> Result<Merged, MergeError> {
+) -> Result<(Merged, Automerge), MergeError> {
     if push.changes.len() > limits.changes_per_doc {
         return Err(reject(
             "too_many_changes",
@@ -206,7 +204,7 @@ pub fn merge(
         ));
     }
     for have in to_change_hashes(&push.have) {
-        if stored.get_change_by_hash(&have).is_none() {
+        if !holds(stored, &have) {
             return Err(MergeError::Resync(format!(
                 "the server does not have change {have}"
             )));
@@ -222,7 +220,7 @@ pub fn merge(
         let (change, plain_len) = decode_change(bytes, limits)?;
         let hash = change.hash();
         pushed.push(hash);
-        if stored.get_change_by_hash(&hash).is_some() || !seen.insert(hash) {
+        if holds(stored, &hash) || !seen.insert(hash) {
             continue; // a resend: already stored, nothing to check
         }
         if change.actor_id() != authority.actor() {
@@ -267,10 +265,14 @@ pub fn merge(
     // Changes whose dependencies the server lacks wait (Automerge queues them); the rest are
     // checked and stored. Partly applied pushes answer `resync`, and the phone pushes again once
     // the missing changes arrived from their authors.
-    let waiting = new_changes
-        .iter()
-        .filter(|c| doc.get_change_by_hash(&c.hash()).is_none())
-        .count();
+    let waiting = if doc.get_missing_deps(&[]).is_empty() {
+        0 // nothing queued: everything applied (the common case, answered cheaply)
+    } else {
+        new_changes
+            .iter()
+            .filter(|c| doc.get_change_by_hash(&c.hash()).is_none())
+            .count()
+    };
     if waiting > 0 {
         new_changes.retain(|c| doc.get_change_by_hash(&c.hash()).is_some());
         plain_chunks.retain(|(hash, _)| doc.get_change_by_hash(hash).is_some());
@@ -371,26 +373,30 @@ pub fn merge(
 
     let view = View::read(&doc).map_err(|e| reject("invalid_document", e.to_string()))?;
 
-    Ok(Merged {
-        heads: doc.get_heads(),
+    Ok((
+        Merged {
+            heads: doc.get_heads(),
+            new_changes: plain_chunks,
+            new_bytes,
+            identity,
+            created,
+            waiting,
+            pushed,
+            view,
+        },
         doc,
-        new_changes: plain_chunks,
-        new_bytes,
-        identity,
-        created,
-        waiting,
-        pushed,
-        view,
-    })
+    ))
 }
 
 /// Changes of `doc` that a peer holding `known` (hashes it has, not necessarily heads) lacks.
 pub fn changes_missing_from(doc: &Automerge, known: &[ChangeHash]) -> Vec<Vec<u8>> {
-    let known: Vec<ChangeHash> = known
-        .iter()
-        .copied()
-        .filter(|h| doc.get_change_by_hash(h).is_some())
-        .collect();
+    // A peer holding every head holds their whole history: nothing to send (the common case,
+    // decided without asking Automerge to rebuild any change).
+    let heads = doc.get_heads();
+    if heads.iter().all(|h| known.contains(h)) {
+        return Vec::new();
+    }
+    let known: Vec<ChangeHash> = known.iter().copied().filter(|h| holds(doc, h)).collect();
     doc.get_changes(&known)
         .into_iter()
         .map(|c| c.raw_bytes().to_vec())
@@ -420,129 +426,231 @@ pub struct FeedPage {
 /// algorithm stays here.
 pub trait Store {
     type Error;
+    /// Locks the document until the transaction ends (another request merging it waits) and
+    /// returns how many changes are stored for it (0 when unknown). Changes are only ever
+    /// appended, so an equal count means equal contents.
+    fn lock(&mut self, id: &str) -> Result<u64, Self::Error>;
     /// The stored plain change chunks of a document (empty when unknown) and their total bytes.
     fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Self::Error>;
     /// Appends a merged document's new changes (idempotent per change hash) and updates whatever
     /// the server derives from the document.
     fn save(&mut self, id: &str, merged: &Merged) -> Result<(), Self::Error>;
     /// Changes the caller should hear about that were stored after `cursor` by someone else, per
-    /// document, with the document's current heads; and the new cursor. When the store has no
+    /// document, with the document's current heads; and the new cursor. Read after the request's
+    /// documents were saved (the server reads it after the commit, outside the write lock). When the store has no
     /// change with the cursor's hash at the cursor's position (it was restored from a backup), it
     /// starts from the beginning and says `reset`.
     fn feed(&mut self, cursor: &Cursor) -> Result<FeedPage, Self::Error>;
 }
 
-/// Answers one request: merges every pushed document (a refused document does not stop the
-/// others), then adds what the phone lacks. The caller commits the store's work before sending
-/// the response, so that a receipt always means "durably stored".
+/// What one pushed document comes to: merged (to save, then answer) or refused.
+enum Step {
+    Merged {
+        merged: Box<Merged>,
+        result: crate::wire::DocResult,
+        update: Option<crate::wire::DocUpdate>,
+    },
+    Refused(crate::wire::DocResult),
+}
+
+/// Loads, merges and checks one pushed document against what is stored, and works out the answer.
+/// The merged Automerge document is dropped here: only what is saved and sent is kept.
+fn step(
+    stored_changes: Vec<Vec<u8>>,
+    stored_bytes: usize,
+    push: &DocPush,
+    authority: &dyn Authority,
+    limits: &Limits,
+) -> Step {
+    use crate::wire::{DocResult, DocUpdate, Outcome, Rejection, from_change_hashes};
+    use serde_bytes::ByteBuf;
+
+    let refused = |outcome, heads: &[ChangeHash], code: &str, message: String| {
+        Step::Refused(DocResult {
+            id: push.id.clone(),
+            outcome,
+            heads: from_change_hashes(heads),
+            error: Some(Rejection {
+                code: code.into(),
+                message,
+            }),
+            sync_message: None,
+        })
+    };
+    let stored = match load_stored(stored_changes) {
+        Ok(doc) => doc,
+        Err(e) => return refused(Outcome::Rejected, &[], "stored_document_unreadable", e),
+    };
+    match merge(&stored, stored_bytes, push, authority, limits) {
+        Ok((merged, doc)) => {
+            let mut known = to_change_hashes(&push.have);
+            known.extend(merged.pushed.iter().copied());
+            let missing = changes_missing_from(&doc, &known);
+            let update = (!missing.is_empty()).then(|| DocUpdate {
+                id: push.id.clone(),
+                kind: push.kind,
+                changes: missing.into_iter().map(ByteBuf::from).collect(),
+                heads: from_change_hashes(&merged.heads),
+            });
+            let (outcome, error) = if merged.waiting > 0 {
+                let message = format!(
+                    "{} change(s) wait for changes the server lacks; push again after their authors synced",
+                    merged.waiting
+                );
+                (
+                    Outcome::Resync,
+                    Some(Rejection {
+                        code: "resync".into(),
+                        message,
+                    }),
+                )
+            } else {
+                (Outcome::Accepted, None)
+            };
+            let result = DocResult {
+                id: push.id.clone(),
+                outcome,
+                heads: from_change_hashes(&merged.heads),
+                error,
+                sync_message: None,
+            };
+            Step::Merged {
+                merged: Box::new(merged),
+                result,
+                update,
+            }
+        }
+        Err(MergeError::Rejected { code, message }) => {
+            refused(Outcome::Rejected, &stored.get_heads(), code, message)
+        }
+        Err(MergeError::Resync(message)) => {
+            refused(Outcome::Resync, &stored.get_heads(), "resync", message)
+        }
+    }
+}
+
+/// Documents of a request merged ahead of the write transaction ([`premerge`]), each with the
+/// number of stored changes it was merged against.
+#[derive(Default)]
+pub struct Premerged {
+    steps: HashMap<String, (u64, Step)>,
+}
+
+impl Premerged {
+    /// How many documents were merged ahead.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// Merges and checks a request's documents against a read of the store made outside any write
+/// transaction, so that the costly part of a request runs in parallel with other requests'.
+/// [`handle`] then uses each result whose document is still as it was read, and merges again
+/// any document that changed meanwhile. `load` returns a document's stored changes and their
+/// total bytes, as [`Store::load`]; documents are merged ahead only until their stored and pushed
+/// bytes together pass `budget`, so that a request's memory stays bounded.
+pub fn premerge<E>(
+    request: &SyncRequest,
+    authority: &dyn Authority,
+    limits: &Limits,
+    budget: usize,
+    mut load: impl FnMut(&str) -> Result<(Vec<Vec<u8>>, usize), E>,
+) -> Result<Premerged, E> {
+    let mut premerged = Premerged::default();
+    let mut spent = 0usize;
+    for push in &request.docs {
+        if spent >= budget {
+            break;
+        }
+        let (changes, bytes) = load(&push.id)?;
+        spent += bytes + push.changes.iter().map(|c| c.len()).sum::<usize>();
+        let version = changes.len() as u64;
+        let step = step(changes, bytes, push, authority, limits);
+        premerged.steps.insert(push.id.clone(), (version, step));
+    }
+    Ok(premerged)
+}
+
+/// A request's documents merged and saved ([`handle`]); [`Handled::respond`] adds the feed.
+pub struct Handled {
+    results: Vec<crate::wire::DocResult>,
+    updates: Vec<crate::wire::DocUpdate>,
+    pushed: HashSet<String>,
+}
+
+/// Merges and saves every pushed document of a request (a refused document does not stop the
+/// others). Documents in `premerged` that are still as they were read are not merged again. The
+/// caller commits the store's work, then reads the feed ([`Store::feed`], in the same or a later
+/// transaction) and answers with [`Handled::respond`], so that a receipt always means "durably
+/// stored".
 pub fn handle<S: Store>(
     request: &SyncRequest,
     authority: &dyn Authority,
     store: &mut S,
     limits: &Limits,
-    server_time_ms: i64,
-) -> Result<crate::wire::SyncResponse, S::Error> {
-    use crate::wire::{DocResult, DocUpdate, Outcome, Rejection, from_change_hashes};
-    use serde_bytes::ByteBuf;
-
+    mut premerged: Premerged,
+) -> Result<Handled, S::Error> {
     let mut results = Vec::with_capacity(request.docs.len());
     let mut updates = Vec::new();
-    let pushed: HashSet<&str> = request.docs.iter().map(|d| d.id.as_str()).collect();
     for push in &request.docs {
-        let (stored_changes, stored_bytes) = store.load(&push.id)?;
-        let stored = match load_stored(stored_changes) {
-            Ok(doc) => doc,
-            Err(e) => {
-                results.push(DocResult {
-                    id: push.id.clone(),
-                    outcome: Outcome::Rejected,
-                    heads: Vec::new(),
-                    error: Some(Rejection {
-                        code: "stored_document_unreadable".into(),
-                        message: e,
-                    }),
-                    sync_message: None,
-                });
-                continue;
+        let stored_count = store.lock(&push.id)?;
+        let step = match premerged.steps.remove(&push.id) {
+            Some((version, step)) if version == stored_count => step,
+            _ => {
+                let (changes, bytes) = store.load(&push.id)?;
+                step(changes, bytes, push, authority, limits)
             }
         };
-        match merge(&stored, stored_bytes, push, authority, limits) {
-            Ok(merged) => {
+        match step {
+            Step::Merged {
+                merged,
+                result,
+                update,
+            } => {
                 store.save(&push.id, &merged)?;
-                let mut known = to_change_hashes(&push.have);
-                known.extend(merged.pushed.iter().copied());
-                let missing = changes_missing_from(&merged.doc, &known);
-                if !missing.is_empty() {
-                    updates.push(DocUpdate {
-                        id: push.id.clone(),
-                        kind: push.kind,
-                        changes: missing.into_iter().map(ByteBuf::from).collect(),
-                        heads: from_change_hashes(&merged.heads),
-                    });
-                }
-                let (outcome, error) = if merged.waiting > 0 {
-                    let message = format!(
-                        "{} change(s) wait for changes the server lacks; push again after their authors synced",
-                        merged.waiting
-                    );
-                    (
-                        Outcome::Resync,
-                        Some(Rejection {
-                            code: "resync".into(),
-                            message,
-                        }),
-                    )
-                } else {
-                    (Outcome::Accepted, None)
-                };
-                results.push(DocResult {
-                    id: push.id.clone(),
-                    outcome,
-                    heads: from_change_hashes(&merged.heads),
-                    error,
-                    sync_message: None,
-                });
+                results.push(result);
+                updates.extend(update);
             }
-            Err(MergeError::Rejected { code, message }) => results.push(DocResult {
-                id: push.id.clone(),
-                outcome: Outcome::Rejected,
-                heads: from_change_hashes(&stored.get_heads()),
-                error: Some(Rejection {
-                    code: code.into(),
-                    message,
-                }),
-                sync_message: None,
-            }),
-            Err(MergeError::Resync(message)) => results.push(DocResult {
-                id: push.id.clone(),
-                outcome: Outcome::Resync,
-                heads: from_change_hashes(&stored.get_heads()),
-                error: Some(Rejection {
-                    code: "resync".into(),
-                    message,
-                }),
-                sync_message: None,
-            }),
+            Step::Refused(result) => results.push(result),
         }
     }
-    let page = store.feed(&request.cursor)?;
-    for item in page.items {
-        if pushed.contains(item.id.as_str()) {
-            continue;
-        }
-        updates.push(DocUpdate {
-            id: item.id,
-            kind: item.kind,
-            changes: item.changes.into_iter().map(ByteBuf::from).collect(),
-            heads: from_change_hashes(&item.heads),
-        });
-    }
-    Ok(crate::wire::SyncResponse {
-        v: crate::wire::PROTOCOL_VERSION,
+    Ok(Handled {
         results,
         updates,
-        cursor: page.cursor,
-        reset: page.reset,
-        server_time_ms,
+        pushed: request.docs.iter().map(|d| d.id.clone()).collect(),
     })
+}
+
+impl Handled {
+    /// The response: the documents' results, what the phone lacks of them, and the feed page
+    /// (less the documents the request pushed, whose missing changes are already here).
+    pub fn respond(self, page: FeedPage, server_time_ms: i64) -> crate::wire::SyncResponse {
+        use crate::wire::DocUpdate;
+        use serde_bytes::ByteBuf;
+
+        let mut updates = self.updates;
+        for item in page.items {
+            if self.pushed.contains(&item.id) {
+                continue;
+            }
+            updates.push(DocUpdate {
+                id: item.id,
+                kind: item.kind,
+                changes: item.changes.into_iter().map(ByteBuf::from).collect(),
+                heads: crate::wire::from_change_hashes(&item.heads),
+            });
+        }
+        crate::wire::SyncResponse {
+            v: crate::wire::PROTOCOL_VERSION,
+            results: self.results,
+            updates,
+            cursor: page.cursor,
+            reset: page.reset,
+            server_time_ms,
+        }
+    }
 }

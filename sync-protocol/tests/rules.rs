@@ -92,7 +92,7 @@ fn push(stored: &Automerge, doc: &mut AutoCommit, who: &Who) -> Result<Automerge
         changes,
         sync_message: None,
     };
-    merge(stored, 0, &push, who, &Limits::default()).map(|m| m.doc)
+    merge(stored, 0, &push, who, &Limits::default()).map(|(_, doc)| doc)
 }
 
 fn code(result: Result<Automerge, MergeError>) -> String {
@@ -281,11 +281,11 @@ fn pushed_ids_and_kinds_must_match_the_document() {
         changes: changes.clone(),
         sync_message: None,
     };
-    let result = merge(&Automerge::new(), 0, &wrong, &who, &Limits::default()).map(|m| m.doc);
+    let result = merge(&Automerge::new(), 0, &wrong, &who, &Limits::default()).map(|(_, doc)| doc);
     assert_eq!(code(result), "id_mismatch");
     wrong.id = id_of(&doc);
     wrong.kind = DocKind::Problem;
-    let result = merge(&Automerge::new(), 0, &wrong, &who, &Limits::default()).map(|m| m.doc);
+    let result = merge(&Automerge::new(), 0, &wrong, &who, &Limits::default()).map(|(_, doc)| doc);
     assert_eq!(code(result), "kind_mismatch");
     // A push building on changes the server never saw asks for a resync.
     let stored = load_stored(Vec::new()).expect("empty");
@@ -302,6 +302,6 @@ fn pushed_ids_and_kinds_must_match_the_document() {
         changes: vec![ByteBuf::from(last)],
         sync_message: None,
     };
-    let result = merge(&stored, 0, &orphan, &who, &Limits::default()).map(|m| m.doc);
+    let result = merge(&stored, 0, &orphan, &who, &Limits::default()).map(|(_, doc)| doc);
     assert_eq!(code(result), "resync");
 }

@@ -15,7 +15,7 @@ use sync_protocol::client::{ClientState, Event};
 use sync_protocol::schema::{
     self, DocKind, Fix, FixSource, Method, NewPatrol, Review, ReviewState,
 };
-use sync_protocol::server::{Authority, FeedItem, FeedPage, Merged, Store, handle};
+use sync_protocol::server::{Authority, FeedItem, FeedPage, Merged, Store, handle, premerge};
 use sync_protocol::wire::{self, Cursor, Hash, SyncRequest, SyncResponse};
 
 // ---------------------------------------------------------------- the server
@@ -77,18 +77,28 @@ struct Txn<'a> {
     caller: &'a Caller,
 }
 
-impl Store for Txn<'_> {
-    type Error = std::convert::Infallible;
-
-    fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Self::Error> {
-        Ok(match self.next.docs.get(id) {
+impl MemServer {
+    fn load(&self, id: &str) -> (Vec<Vec<u8>>, usize) {
+        match self.docs.get(id) {
             Some(doc) => {
                 let bytes: Vec<Vec<u8>> = doc.changes.iter().map(|c| c.bytes.clone()).collect();
                 let total = bytes.iter().map(Vec::len).sum();
                 (bytes, total)
             }
             None => (Vec::new(), 0),
-        })
+        }
+    }
+}
+
+impl Store for Txn<'_> {
+    type Error = std::convert::Infallible;
+
+    fn lock(&mut self, id: &str) -> Result<u64, Self::Error> {
+        Ok(self.next.docs.get(id).map_or(0, |d| d.changes.len() as u64))
+    }
+
+    fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Self::Error> {
+        Ok(self.next.load(id))
     }
 
     fn save(&mut self, id: &str, merged: &Merged) -> Result<(), Self::Error> {
@@ -162,15 +172,30 @@ impl Store for Txn<'_> {
 }
 
 impl MemServer {
-    /// Handles a request; `crash` drops the work before the commit (no response either).
-    fn serve(&mut self, caller: &Caller, request: &[u8], crash: bool) -> Option<Vec<u8>> {
+    /// Handles a request; `crash` drops the work before the commit (no response either). The
+    /// documents are merged ahead against `read` (a state of this server from before other
+    /// requests committed, as when requests run concurrently) or against the current state.
+    fn serve(
+        &mut self,
+        caller: &Caller,
+        request: &[u8],
+        crash: bool,
+        read: Option<&MemServer>,
+    ) -> Option<Vec<u8>> {
         let request: SyncRequest = wire::decode(request).expect("requests decode");
+        let read = read.unwrap_or(self);
+        let premerged = premerge(&request, caller, &Limits::default(), usize::MAX, |id| {
+            Ok::<_, std::convert::Infallible>(read.load(id))
+        })
+        .expect("infallible");
         let mut txn = Txn {
             next: self.clone(),
             caller,
         };
-        let response =
-            handle(&request, caller, &mut txn, &Limits::default(), 0).expect("infallible");
+        let handled =
+            handle(&request, caller, &mut txn, &Limits::default(), premerged).expect("infallible");
+        let page = txn.feed(&request.cursor).expect("infallible");
+        let response = handled.respond(page, 0);
         if crash {
             return None;
         }
@@ -295,6 +320,9 @@ struct Faults {
     drop_response: f64,
     duplicate: f64,
     replay_stale: f64,
+    /// Chance that the server merged the request ahead against a read from before another
+    /// request committed (its merge must be redone for the documents that changed).
+    stale_read: f64,
 }
 
 /// One sync attempt of a phone over the faulty network.
@@ -306,18 +334,22 @@ fn attempt(
     faults: &Faults,
 ) {
     let (request, bytes) = phone.request();
+    // The server reads for the request before a stale replay commits, as two requests handled
+    // at once would.
+    let read_before = server.clone();
     if rng.random_bool(faults.replay_stale) && !stale.is_empty() {
         let old = stale[rng.random_range(0..stale.len())].clone();
-        let _ = server.serve(&phone.caller, &old, false); // its response is lost
+        let _ = server.serve(&phone.caller, &old, false, None); // its response is lost
     }
     stale.push(bytes.clone());
     if rng.random_bool(faults.drop_request) {
         return;
     }
     let crash = rng.random_bool(faults.crash);
-    let response = server.serve(&phone.caller, &bytes, crash);
+    let read = rng.random_bool(faults.stale_read).then_some(&read_before);
+    let response = server.serve(&phone.caller, &bytes, crash, read);
     if rng.random_bool(faults.duplicate) {
-        let _ = server.serve(&phone.caller, &bytes, false);
+        let _ = server.serve(&phone.caller, &bytes, false, None);
     }
     let Some(response) = response else {
         return;
@@ -333,7 +365,7 @@ fn quiet_sync(server: &mut MemServer, phone: &mut Phone) {
     for _ in 0..4 {
         let (request, bytes) = phone.request();
         let response = server
-            .serve(&phone.caller, &bytes, false)
+            .serve(&phone.caller, &bytes, false, None)
             .expect("no crash");
         if std::env::var("SIM_DEBUG").is_ok() {
             let decoded: SyncResponse = wire::decode(&response).expect("decode");
@@ -551,6 +583,7 @@ fn converges_without_faults() {
         drop_response: 0.0,
         duplicate: 0.0,
         replay_stale: 0.0,
+        stale_read: 0.0,
     };
     let (mut patrols, mut reviews) = (0, 0);
     for seed in 0..5 {
@@ -573,6 +606,7 @@ fn converges_and_loses_nothing_on_a_bad_network() {
         drop_response: 0.3,
         duplicate: 0.2,
         replay_stale: 0.2,
+        stale_read: 0.5,
     };
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
@@ -600,6 +634,7 @@ fn a_server_restored_from_backup_gets_everything_back_from_the_phones() {
         drop_response: 0.1,
         duplicate: 0.1,
         replay_stale: 0.0,
+        stale_read: 0.0,
     };
     let (mut patrols, mut reviews) = (0, 0);
     let seeds: u64 = std::env::var("SIM_SEEDS")
@@ -618,6 +653,49 @@ fn a_server_restored_from_backup_gets_everything_back_from_the_phones() {
 }
 
 #[test]
+fn a_document_merged_ahead_against_a_stale_read_is_merged_again() {
+    let mut server = MemServer::default();
+    let mut phone = Phone::new(7, 70, &["5226321"], &[]);
+    let before = server.clone();
+    let id = phone.start_patrol("522632100001", 1);
+    let (first, bytes) = phone.request();
+    let response = server
+        .serve(&phone.caller, &bytes, false, None)
+        .expect("served");
+    phone.receive(&first, &response);
+    assert_eq!(server.docs[&id].changes.len(), 1);
+    // The next push builds on the stored change; merged ahead against a read from before the
+    // patrol was stored it would need a resync, and the server must notice and merge it again.
+    phone.add_fix(&id, 2);
+    let (second, bytes) = phone.request();
+    let stale = premerge(
+        &second,
+        &phone.caller,
+        &Limits::default(),
+        usize::MAX,
+        |id| Ok::<_, std::convert::Infallible>(before.load(id)),
+    )
+    .expect("infallible");
+    assert_eq!(stale.len(), 1);
+    let response = server
+        .serve(&phone.caller, &bytes, false, Some(&before))
+        .expect("served");
+    let decoded: SyncResponse = wire::decode(&response).expect("decode");
+    assert_eq!(decoded.results[0].outcome, wire::Outcome::Accepted);
+    assert_eq!(server.docs[&id].changes.len(), 2);
+    // Merged ahead against the current state, the result is used as it is.
+    phone.receive(&second, &response);
+    phone.add_fix(&id, 3);
+    let (_, bytes) = phone.request();
+    let response = server
+        .serve(&phone.caller, &bytes, false, None)
+        .expect("served");
+    let decoded: SyncResponse = wire::decode(&response).expect("decode");
+    assert_eq!(decoded.results[0].outcome, wire::Outcome::Accepted);
+    assert_eq!(server.docs[&id].changes.len(), 3);
+}
+
+#[test]
 #[ignore = "debugging aid: SIM_SEED=N cargo test --test sim one_seed -- --ignored"]
 fn one_seed() {
     let seed: u64 = std::env::var("SIM_SEED")
@@ -631,6 +709,7 @@ fn one_seed() {
         drop_response: 0.1,
         duplicate: 0.1,
         replay_stale: 0.0,
+        stale_read: 0.0,
     };
     run(seed, &restores);
 }

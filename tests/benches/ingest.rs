@@ -125,9 +125,10 @@ fn automerge_baseline(work: &Workload) -> f64 {
     work.total() as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The request bodies each phone sends: its patrols, BATCH per request (built before the clock
-/// starts, so that the phones' own work is not counted as the server's).
-fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<Vec<u8>>> {
+/// The requests each phone sends: its patrols, BATCH per request (built before the clock starts,
+/// so that the phones' own work is not counted as the server's). Each is encoded when sent, with
+/// the cursor of the phone's previous response, as a phone does.
+fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<wire::SyncRequest>> {
     phones
         .iter()
         .zip(&work.per_phone)
@@ -144,7 +145,7 @@ fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<Vec<u8>>> {
                         docs.insert(id.clone(), load(changes));
                         state.track(id, DocKind::Patrol);
                     }
-                    let request = wire::encode(&state.request(&docs, 0));
+                    let request = state.request(&docs, 0);
                     for id in docs.keys() {
                         state.docs.remove(id);
                     }
@@ -153,6 +154,21 @@ fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<Vec<u8>>> {
                 .collect()
         })
         .collect()
+}
+
+/// CPU seconds this process has used so far (user and system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th field.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 struct Anyone(automerge::ActorId);
@@ -211,7 +227,7 @@ fn merge_only(phones: &[Phone], work: &Workload) -> f64 {
                     .collect(),
                 sync_message: None,
             };
-            let merged = sync_protocol::server::merge(
+            let (merged, _) = sync_protocol::server::merge(
                 &Automerge::new(),
                 0,
                 &push,
@@ -225,26 +241,59 @@ fn merge_only(phones: &[Phone], work: &Workload) -> f64 {
     work.total() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// CPU seconds the whole machine has been busy so far (every process, PostgreSQL's too).
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or("");
+    // cpu  user nice system idle iowait irq softirq steal …
+    let fields: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let busy: f64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .take(7)
+        .map(|(_, v)| v)
+        .sum();
+    busy / 100.0
+}
+
+/// What one ingest run measured.
+struct Rate {
+    docs_per_s: f64,
+    /// Cores busy on average in this process (servers and the phones' HTTP clients).
+    cores: f64,
+    /// Cores busy on average in the whole machine (PostgreSQL included).
+    machine_cores: f64,
+}
+
 /// Sends every phone's requests, PARALLEL phones at a time, alternating phones between the given
-/// servers. Returns documents per second.
-async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> f64 {
-    let bodies = requests(phones, work);
+/// servers.
+async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> Rate {
+    let requests = requests(phones, work);
     let started = Instant::now();
+    let cpu = cpu_seconds();
+    let machine = machine_cpu_seconds();
     let mut next = 0usize;
     while next < phones.len() {
         let mut tasks = Vec::new();
         for p in next..(next + PARALLEL).min(phones.len()) {
             let app = servers[p % servers.len()].clone();
             let token = phones[p].token.clone();
-            let bodies = bodies[p].clone();
+            let requests = requests[p].clone();
             tasks.push(tokio::spawn(async move {
-                for body in bodies {
+                let mut cursor = wire::Cursor::default();
+                for mut request in requests {
+                    request.cursor = cursor;
                     let response = app
                         .client
                         .post(format!("{}/v1/sync", app.base))
                         .bearer_auth(&token)
                         .header("content-type", sync_protocol::CONTENT_TYPE)
-                        .body(body)
+                        .body(wire::encode(&request))
                         .send()
                         .await
                         .expect("sync");
@@ -257,6 +306,7 @@ async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> 
                             .iter()
                             .all(|r| r.outcome == wire::Outcome::Accepted)
                     );
+                    cursor = response.cursor;
                 }
             }));
         }
@@ -265,7 +315,12 @@ async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> 
         }
         next += PARALLEL;
     }
-    work.total() as f64 / started.elapsed().as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    Rate {
+        docs_per_s: work.total() as f64 / seconds,
+        cores: (cpu_seconds() - cpu) / seconds,
+        machine_cores: (machine_cpu_seconds() - machine) / seconds,
+    }
 }
 
 async fn setup(app: &TestApp, patrols: usize) -> (Vec<Phone>, Workload) {
@@ -309,6 +364,25 @@ async fn patrol_count(app: &TestApp) -> i64 {
     .await
 }
 
+/// The servers run as `gridpatrol serve` does by default: an HTTP worker per core.
+fn served() -> gridpatrol_server::config::ServeConfig {
+    gridpatrol_server::config::ServeConfig {
+        workers: None,
+        ..serve_config()
+    }
+}
+
+fn print_rate(what: &str, rate: &Rate, baseline: f64) {
+    println!(
+        "| {what} | {:.0} | {:.2}× slower | {:.2} / {:.2} | {:.0} |",
+        rate.docs_per_s,
+        baseline / rate.docs_per_s,
+        rate.cores,
+        rate.machine_cores,
+        peak_rss_mib()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -318,11 +392,11 @@ async fn main() {
     );
     println!();
     println!(
-        "| backend | documents/s | vs pure Automerge load (same run) | peak RSS after (MiB) |"
+        "| backend | documents/s | vs pure Automerge load (same run) | cores busy: this process / machine | peak RSS after (MiB) |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
 
-    let app = Arc::new(TestApp::with_demo(Backend::Sqlite).await);
+    let app = Arc::new(TestApp::with_demo_serving(Backend::Sqlite, served()).await);
     let (phones, work) = setup(&app, patrols).await;
     let baseline = automerge_baseline(&work);
     let merge = merge_only(&phones, &work);
@@ -330,48 +404,36 @@ async fn main() {
     let rate = ingest(std::slice::from_ref(&app), &phones, &work).await;
     assert_eq!(patrol_count(&app).await, work.total() as i64);
     println!(
-        "| pure Automerge: decode + apply, one core | {baseline:.0} | 1.00× | {rss_before:.0} |"
+        "| pure Automerge: decode + apply, one core | {baseline:.0} | 1.00× | 1 | {rss_before:.0} |"
     );
     println!(
-        "| protocol merge and checks only, one core (no HTTP, no database) | {merge:.0} | {:.2}× slower | |",
+        "| protocol merge and checks only, one core (no HTTP, no database) | {merge:.0} | {:.2}× slower | 1 | |",
         baseline / merge
     );
-    println!(
-        "| SQLite, one server process | {rate:.0} | {:.2}× slower | {:.0} |",
-        baseline / rate,
-        peak_rss_mib()
-    );
+    print_rate("SQLite, one server process", &rate, baseline);
 
     if std::env::var("GRIDPATROL_TEST_PG_URL").is_ok() {
-        let single = Arc::new(TestApp::with_demo(Backend::Postgres).await);
+        let single = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
         let (phones, work) = setup(&single, patrols).await;
         let rate = ingest(std::slice::from_ref(&single), &phones, &work).await;
-        println!(
-            "| PostgreSQL, one server process | {rate:.0} | {:.2}× slower | {:.0} |",
-            baseline / rate,
-            peak_rss_mib()
-        );
+        print_rate("PostgreSQL, one server process", &rate, baseline);
         assert_eq!(patrol_count(&single).await, work.total() as i64);
         drop((phones, work, single));
 
-        let first = Arc::new(TestApp::with_demo(Backend::Postgres).await);
+        let first = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
         let second = Arc::new(
             TestApp::start(
                 TestDb {
                     url: first.db.url.clone(),
                     dir: tempfile::tempdir().expect("tmp"),
                 },
-                serve_config(),
+                served(),
             )
             .await,
         );
         let (phones, work) = setup(&first, patrols).await;
         let rate = ingest(&[first.clone(), second], &phones, &work).await;
-        println!(
-            "| PostgreSQL, two server processes | {rate:.0} | {:.2}× slower | {:.0} |",
-            baseline / rate,
-            peak_rss_mib()
-        );
+        print_rate("PostgreSQL, two servers", &rate, baseline);
         assert_eq!(patrol_count(&first).await, work.total() as i64);
     } else {
         println!("(PostgreSQL skipped: GRIDPATROL_TEST_PG_URL is not set)");

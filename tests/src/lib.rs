@@ -143,7 +143,13 @@ pub fn serve_config() -> ServeConfig {
 impl TestApp {
     /// A server with the 榕江县 demo jurisdiction loaded.
     pub async fn with_demo(backend: Backend) -> TestApp {
-        let app = Self::empty(backend).await;
+        Self::with_demo_serving(backend, serve_config()).await
+    }
+
+    /// A server with the demo jurisdiction and the given HTTP settings (benchmarks run it as
+    /// `serve` does by default: a worker per core).
+    pub async fn with_demo_serving(backend: Backend, serve: ServeConfig) -> TestApp {
+        let app = Self::start(fresh_database(backend), serve).await;
         app.state
             .db
             .write(demo::load_if_empty)

@@ -1,19 +1,22 @@
 //! `POST /v1/sync` (CBOR, for phones) and `GET /v1/feed` (JSON, for screens and integrations).
 
-use std::sync::Arc;
-
 use actix_web::{HttpRequest, HttpResponse, get, http::header, post, web};
 use automerge::ActorId;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use sync_protocol::CONTENT_TYPE;
+use sync_protocol::server::{self, Store};
 use sync_protocol::wire::{self, SyncRequest};
-use sync_protocol::{CONTENT_TYPE, server};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{DbStore, DeviceAuthority};
+use super::{DbStore, DeviceAuthority, load_changes};
+
+/// Stored and pushed bytes of the documents one request merges ahead of its write transaction;
+/// the rest are merged inside it (bounding a request's memory).
+const PREMERGE_BYTES: usize = 16 * 1024 * 1024;
 use crate::app::AppState;
 use crate::auth::{Authed, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody, Kind};
@@ -127,9 +130,12 @@ async fn sync(
     let user_id = authed.user_id;
     let span = tracing::info_span!("sync", user_id, device_id, docs = request.docs.len());
     let _guard = span.enter();
-    let response = state
+    // First, outside any write transaction: the documents are loaded, merged and checked, so
+    // that requests do this costly part in parallel. The write transaction then locks each
+    // document and uses the merge if nothing was stored for it meanwhile (merging again if so).
+    let (request, authority, premerged) = state
         .db
-        .write(move |conn| {
+        .run(move |conn| {
             let actor_hex: String = devices::table
                 .find(device_id)
                 .select(devices::actor_id)
@@ -148,11 +154,31 @@ async fn sync(
                 actor,
                 author_paths: paths(|r| r == Role::Inspector),
                 review_paths: paths(Role::manages),
-                index: Arc::clone(&index),
+                index,
             };
+            let premerged =
+                server::premerge(&request, &authority, &limits, PREMERGE_BYTES, |id| {
+                    load_changes(conn, id)
+                })?;
+            Ok::<_, ApiError>((request, authority, premerged))
+        })
+        .await?;
+    let (request, authority, handled) = state
+        .db
+        .write(move |conn| {
             let mut store = DbStore::new(conn, &authority);
+            let handled = server::handle(&request, &authority, &mut store, &limits, premerged)?;
+            store.append()?;
+            Ok::<_, ApiError>((request, authority, handled))
+        })
+        .await?;
+    // Committed: now what the phone lacks from others, outside the write lock.
+    let response = state
+        .db
+        .run(move |conn| {
+            let page = DbStore::new(conn, &authority).feed(&request.cursor)?;
             let now_ms = chrono::Utc::now().timestamp_millis();
-            server::handle(&request, &authority, &mut store, &limits, now_ms)
+            Ok::<_, ApiError>(handled.respond(page, now_ms))
         })
         .await?;
     for result in &response.results {

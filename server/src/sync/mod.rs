@@ -90,9 +90,9 @@ impl<'a> DbStore<'a> {
         }
     }
 
-    /// Appends the request's new changes to the log in one statement, as late as possible: on
-    /// PostgreSQL this takes the log's append lock, held until the commit.
-    fn append(&mut self) -> ApiResult<()> {
+    /// Appends the request's new changes to the log, once every document is saved: as late as
+    /// possible, because on PostgreSQL this takes the log's append lock, held until the commit.
+    pub fn append(&mut self) -> ApiResult<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -114,13 +114,45 @@ impl<'a> DbStore<'a> {
                 // whose cursor moved past 101 would never hear of 100. Held until the commit, it
                 // makes the log grow in commit order (SQLite gets that from its single writer).
                 diesel::sql_query("SELECT pg_advisory_xact_lock(7417001)").execute(c)?;
-                for chunk in rows.chunks(500) {
-                    diesel::insert_into(sync_changes::table)
-                        .values(chunk)
-                        .on_conflict((sync_changes::doc_id, sync_changes::hash))
-                        .do_nothing()
-                        .execute(c)?;
+                // One statement with seven array parameters, whatever the number of rows: a
+                // multi-row VALUES list would be parsed and planned anew with 7 parameters a row,
+                // all while the append lock is held.
+                use diesel::sql_types::{Array, BigInt, Binary, Text, Timestamp};
+                let mut columns = (
+                    Vec::with_capacity(rows.len()),
+                    Vec::with_capacity(rows.len()),
+                    Vec::with_capacity(rows.len()),
+                    Vec::with_capacity(rows.len()),
+                    Vec::with_capacity(rows.len()),
+                    Vec::with_capacity(rows.len()),
+                    Vec::with_capacity(rows.len()),
+                );
+                for row in rows {
+                    columns.0.push(row.doc_id);
+                    columns.1.push(row.hash);
+                    columns.2.push(row.bytes);
+                    columns.3.push(row.actor);
+                    columns.4.push(row.device_id);
+                    columns.5.push(row.user_id);
+                    columns.6.push(row.received_at);
                 }
+                diesel::sql_query(
+                    "INSERT INTO sync_changes \
+                       (doc_id, hash, bytes, actor, device_id, user_id, received_at) \
+                     SELECT doc_id, hash, bytes, actor, device_id, user_id, received_at \
+                     FROM UNNEST($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY \
+                       AS r (doc_id, hash, bytes, actor, device_id, user_id, received_at, n) \
+                     ORDER BY n \
+                     ON CONFLICT (doc_id, hash) DO NOTHING",
+                )
+                .bind::<Array<Text>, _>(columns.0)
+                .bind::<Array<Text>, _>(columns.1)
+                .bind::<Array<Binary>, _>(columns.2)
+                .bind::<Array<Text>, _>(columns.3)
+                .bind::<Array<BigInt>, _>(columns.4)
+                .bind::<Array<BigInt>, _>(columns.5)
+                .bind::<Array<Timestamp>, _>(columns.6)
+                .execute(c)?;
             }
         }
         Ok(())
@@ -238,11 +270,7 @@ pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
         ))
         .load(conn)?;
     for (id, grid_id, created) in &docs {
-        let changes: Vec<Vec<u8>> = sync_changes::table
-            .filter(sync_changes::doc_id.eq(id))
-            .order(sync_changes::seq.asc())
-            .select(sync_changes::bytes)
-            .load(conn)?;
+        let (changes, _) = load_changes(conn, id)?;
         let doc = sync_protocol::server::load_stored(changes)
             .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
         let (_, last) = received_span(conn, id)?;
@@ -337,6 +365,29 @@ pub fn project(
     Ok(())
 }
 
+/// The stored plain change chunks of a document, in the order they were stored, and their total
+/// bytes (empty when the document is unknown).
+pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
+    let changes: Vec<Vec<u8>> = sync_changes::table
+        .filter(sync_changes::doc_id.eq(id))
+        .order(sync_changes::seq.asc())
+        .select(sync_changes::bytes)
+        .load(conn)?;
+    let total = changes.iter().map(Vec::len).sum();
+    Ok((changes, total))
+}
+
+/// How many changes are stored for a document: its version for [`Store::lock`]. Counted, not
+/// read from `sync_documents.change_count`, so that it always matches what [`load_changes`]
+/// returns (an index-only count).
+fn stored_count(conn: &mut DbConnection, id: &str) -> ApiResult<u64> {
+    let count: i64 = sync_changes::table
+        .filter(sync_changes::doc_id.eq(id))
+        .count()
+        .get_result(conn)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
 impl DbStore<'_> {
     /// The hash of the change stored at `seq`, if any.
     fn hash_at(&mut self, seq: i64) -> ApiResult<Option<Hash>> {
@@ -354,8 +405,8 @@ impl DbStore<'_> {
 impl Store for DbStore<'_> {
     type Error = ApiError;
 
-    fn load(&mut self, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
-        // Take the document's row lock first, so that two server processes merging the same
+    fn lock(&mut self, id: &str) -> ApiResult<u64> {
+        // The document's row lock, held to the commit: two server processes merging the same
         // document one after the other each see the other's committed changes.
         let locked: Option<NaiveDateTime> = diesel::update(sync_documents::table.find(id))
             .set(sync_documents::version.eq(sync_documents::version + 1))
@@ -363,16 +414,14 @@ impl Store for DbStore<'_> {
             .get_result(self.conn)
             .optional()?;
         let Some(created) = locked else {
-            return Ok((Vec::new(), 0));
+            return Ok(0);
         };
         self.created.insert(id.to_string(), created);
-        let changes: Vec<Vec<u8>> = sync_changes::table
-            .filter(sync_changes::doc_id.eq(id))
-            .order(sync_changes::seq.asc())
-            .select(sync_changes::bytes)
-            .load(self.conn)?;
-        let total = changes.iter().map(Vec::len).sum();
-        Ok((changes, total))
+        stored_count(self.conn, id)
+    }
+
+    fn load(&mut self, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
+        load_changes(self.conn, id)
     }
 
     fn save(&mut self, id: &str, merged: &Merged) -> ApiResult<()> {
@@ -383,27 +432,6 @@ impl Store for DbStore<'_> {
             .get_by_code(&merged.identity.grid)
             .ok_or_else(|| ApiError::internal(format!("grid {} vanished", merged.identity.grid)))?;
         let grid_id = grid.id;
-        if merged.created {
-            on_each_backend!(self.conn, |c| diesel::insert_into(sync_documents::table)
-                .values((
-                    sync_documents::id.eq(id),
-                    sync_documents::kind.eq(merged.identity.kind.as_str()),
-                    sync_documents::grid_id.eq(grid_id),
-                    sync_documents::inspector_id.eq(merged.identity.inspector),
-                    sync_documents::heads.eq(""),
-                    sync_documents::change_count.eq(0),
-                    sync_documents::bytes.eq(0_i64),
-                    sync_documents::version.eq(0_i64),
-                    sync_documents::created_at.eq(at),
-                    sync_documents::updated_at.eq(at),
-                ))
-                .on_conflict(sync_documents::id)
-                .do_nothing()
-                .execute(c))?;
-        }
-        if merged.new_changes.is_empty() {
-            return Ok(());
-        }
         let actor = self.authority.actor.to_hex_string();
         let count = merged.new_changes.len();
         for (hash, bytes) in &merged.new_changes {
@@ -418,21 +446,49 @@ impl Store for DbStore<'_> {
             });
         }
         let new_bytes = i64::try_from(merged.new_bytes).unwrap_or(i64::MAX);
-        diesel::update(sync_documents::table.find(id))
-            .set((
-                sync_documents::heads.eq(heads_text(&merged.heads)),
-                sync_documents::change_count.eq(sync_documents::change_count + count as i32),
-                sync_documents::bytes.eq(sync_documents::bytes + new_bytes),
-                sync_documents::updated_at.eq(at),
-            ))
-            .execute(self.conn)?;
+        let mut inserted = 0;
+        if merged.created {
+            // One statement for a new document. Another process creating the same document at
+            // the same moment makes this a no-op, and the update below counts the changes.
+            inserted = on_each_backend!(self.conn, |c| diesel::insert_into(sync_documents::table)
+                .values((
+                    sync_documents::id.eq(id),
+                    sync_documents::kind.eq(merged.identity.kind.as_str()),
+                    sync_documents::grid_id.eq(grid_id),
+                    sync_documents::inspector_id.eq(merged.identity.inspector),
+                    sync_documents::heads.eq(heads_text(&merged.heads)),
+                    sync_documents::change_count.eq(count as i32),
+                    sync_documents::bytes.eq(new_bytes),
+                    sync_documents::version.eq(0_i64),
+                    sync_documents::created_at.eq(at),
+                    sync_documents::updated_at.eq(at),
+                ))
+                .on_conflict(sync_documents::id)
+                .do_nothing()
+                .execute(c))?;
+        }
+        if inserted == 0 && count > 0 {
+            diesel::update(sync_documents::table.find(id))
+                .set((
+                    sync_documents::heads.eq(heads_text(&merged.heads)),
+                    sync_documents::change_count.eq(sync_documents::change_count + count as i32),
+                    sync_documents::bytes.eq(sync_documents::bytes + new_bytes),
+                    sync_documents::updated_at.eq(at),
+                ))
+                .execute(self.conn)?;
+        }
+        if count == 0 {
+            return Ok(());
+        }
         let first = self.created.get(id).copied().unwrap_or(at);
         project(self.conn, &merged.view, grid_id, (first, at))
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
-        // The handler asks for the feed last: append what this request merged first.
-        self.append()?;
+        // Read after the request's own transaction committed, outside the write lock. Without a
+        // transaction of its own: the log only grows, in commit order (SQLite's single writer,
+        // PostgreSQL's append lock), so every change up to `newest`, read first, is there when
+        // the rows are read, and a change committed later has a higher seq.
         let newest: Option<i64> = sync_changes::table
             .select(diesel::dsl::max(sync_changes::seq))
             .first(self.conn)?;
@@ -445,7 +501,11 @@ impl Store for DbStore<'_> {
         let me = self.authority.user_id;
         let mut query = sync_changes::table
             .inner_join(sync_documents::table.inner_join(grids::table))
+            // Bounded on both sides: the two-sided range also keeps PostgreSQL's planner on the
+            // log's primary key while its statistics lag behind a fast-growing log (a one-sided
+            // `seq > $1` is then guessed to match a third of the table: a parallel full scan).
             .filter(sync_changes::seq.gt(cursor))
+            .filter(sync_changes::seq.le(newest))
             .filter(sync_changes::device_id.ne(self.authority.device_id))
             .select((
                 sync_changes::seq,
