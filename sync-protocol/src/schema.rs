@@ -373,7 +373,7 @@ fn get_obj(doc: &impl ReadDoc, key: &'static str) -> Result<ObjId, SchemaError> 
 }
 
 fn write_identity(
-    doc: &mut AutoCommit,
+    doc: &mut impl Doc,
     kind: DocKind,
     id: &str,
     grid: &str,
@@ -389,8 +389,26 @@ fn write_identity(
     Ok(())
 }
 
+/// A document being written: an [`AutoCommit`], where each schema function makes one change, or
+/// an open [`automerge::transaction::Transaction`] on an [`automerge::Automerge`] (what the SDK
+/// keeps), which its caller commits.
+pub trait Doc: Transactable + ReadDoc {
+    /// Ends the schema function's change.
+    fn finish(&mut self);
+}
+
+impl Doc for AutoCommit {
+    fn finish(&mut self) {
+        self.commit();
+    }
+}
+
+impl Doc for automerge::transaction::Transaction<'_> {
+    fn finish(&mut self) {}
+}
+
 /// Writes a new patrol as one change (the document must be empty).
-pub fn create_patrol(doc: &mut AutoCommit, patrol: &NewPatrol) -> Result<(), SchemaError> {
+pub fn create_patrol(doc: &mut impl Doc, patrol: &NewPatrol) -> Result<(), SchemaError> {
     write_identity(
         doc,
         DocKind::Patrol,
@@ -410,12 +428,12 @@ pub fn create_patrol(doc: &mut AutoCommit, patrol: &NewPatrol) -> Result<(), Sch
     doc.put_object(ROOT, field::NOTES, ObjType::List)?;
     doc.put_object(ROOT, field::PHOTOS, ObjType::List)?;
     doc.put_object(ROOT, field::PROBLEMS, ObjType::List)?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
 /// Appends fixes to the track as one change.
-pub fn add_fixes(doc: &mut AutoCommit, fixes: &[Fix]) -> Result<(), SchemaError> {
+pub fn add_fixes(doc: &mut impl Doc, fixes: &[Fix]) -> Result<(), SchemaError> {
     let started = get_int(doc, &ROOT, field::STARTED_AT)?;
     let track = get_obj(doc, field::TRACK)?;
     for fix in fixes {
@@ -426,21 +444,21 @@ pub fn add_fixes(doc: &mut AutoCommit, fixes: &[Fix]) -> Result<(), SchemaError>
             ScalarValue::Bytes(fix.encode(started)?.to_vec()),
         )?;
     }
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
-pub fn add_note(doc: &mut AutoCommit, note: &Note) -> Result<(), SchemaError> {
+pub fn add_note(doc: &mut impl Doc, note: &Note) -> Result<(), SchemaError> {
     let notes = get_obj(doc, field::NOTES)?;
     let len = doc.length(&notes);
     let item = doc.insert_object(&notes, len, ObjType::Map)?;
     doc.put(&item, "at", ScalarValue::Timestamp(note.at_ms))?;
     doc.put(&item, "text", note.text.as_str())?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
-pub fn add_photo(doc: &mut AutoCommit, photo: &PhotoRef) -> Result<(), SchemaError> {
+pub fn add_photo(doc: &mut impl Doc, photo: &PhotoRef) -> Result<(), SchemaError> {
     let photos = get_obj(doc, field::PHOTOS)?;
     let len = doc.length(&photos);
     let item = doc.insert_object(&photos, len, ObjType::Map)?;
@@ -451,35 +469,35 @@ pub fn add_photo(doc: &mut AutoCommit, photo: &PhotoRef) -> Result<(), SchemaErr
         doc.put(&item, "lat", lat)?;
     }
     doc.put(&item, "caption", photo.caption.as_str())?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
 /// Records that a problem document was found on this patrol.
-pub fn add_problem_ref(doc: &mut AutoCommit, problem_id: &str) -> Result<(), SchemaError> {
+pub fn add_problem_ref(doc: &mut impl Doc, problem_id: &str) -> Result<(), SchemaError> {
     let problems = get_obj(doc, field::PROBLEMS)?;
     let len = doc.length(&problems);
     doc.insert(&problems, len, problem_id)?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
 /// Ends and submits the patrol.
-pub fn submit(doc: &mut AutoCommit, ended_at_ms: i64) -> Result<(), SchemaError> {
+pub fn submit(doc: &mut impl Doc, ended_at_ms: i64) -> Result<(), SchemaError> {
     doc.put(ROOT, field::ENDED_AT, ScalarValue::Timestamp(ended_at_ms))?;
     doc.put(ROOT, field::STATUS, PatrolStatus::Submitted.as_str())?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
 /// A supervisor's verdict, replacing any earlier one.
-pub fn set_review(doc: &mut AutoCommit, review: &Review) -> Result<(), SchemaError> {
+pub fn set_review(doc: &mut impl Doc, review: &Review) -> Result<(), SchemaError> {
     let map = doc.put_object(ROOT, field::REVIEW, ObjType::Map)?;
     doc.put(&map, "state", review.state.as_str())?;
     doc.put(&map, "comment", review.comment.as_str())?;
     doc.put(&map, "reviewer", review.reviewer)?;
     doc.put(&map, "at", ScalarValue::Timestamp(review.at_ms))?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 
@@ -636,7 +654,7 @@ pub struct NewProblem {
     pub found_at_ms: i64,
 }
 
-pub fn create_problem(doc: &mut AutoCommit, problem: &NewProblem) -> Result<(), SchemaError> {
+pub fn create_problem(doc: &mut impl Doc, problem: &NewProblem) -> Result<(), SchemaError> {
     write_identity(
         doc,
         DocKind::Problem,
@@ -659,7 +677,7 @@ pub fn create_problem(doc: &mut AutoCommit, problem: &NewProblem) -> Result<(), 
         field::FOUND_AT,
         ScalarValue::Timestamp(problem.found_at_ms),
     )?;
-    doc.commit();
+    doc.finish();
     Ok(())
 }
 

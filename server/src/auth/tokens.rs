@@ -329,14 +329,15 @@ pub fn rotate(
             .find(session_id)
             .select((sessions::user_id, sessions::device_id, sessions::revoked_at))
             .first(conn)?;
+    // A revoked device says so (its sessions were ended with it), as the extractor does.
+    if let Some(device_id) = device_id {
+        require_live_device(conn, device_id)?;
+    }
     if revoked_at.is_some() {
         return Err(ApiError::unauthorized(
             "session_revoked",
             "this session was ended; sign in or enroll again",
         ));
-    }
-    if let Some(device_id) = device_id {
-        require_live_device(conn, device_id)?;
     }
     let current = now();
     if expires_at < current {

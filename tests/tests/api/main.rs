@@ -6,4 +6,5 @@ mod import;
 mod migrations;
 mod ops;
 mod people;
+mod sdk;
 mod sync;

@@ -1,0 +1,375 @@
+//! Talking to the server: enrollment, tokens, and the sync round trip. The protocol itself (what
+//! to send, what a response means) is `sync_protocol::client`; this is its IO.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use sync_protocol::client::Event;
+use sync_protocol::wire::{self, SyncRequest, SyncResponse};
+
+use crate::client::{Client, GridInfo, META_GRIDS, META_SESSION, Session, Skew};
+use crate::clock::skew_ms;
+use crate::error::SdkError;
+use crate::store::{self, Batch, Write};
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Documents pushed in the request.
+    pub pushed: u32,
+    /// Documents now durable on the server (their receipt covers everything recorded).
+    pub durable: u32,
+    /// Documents that received changes from elsewhere (a review …) or arrived new.
+    pub received: u32,
+    /// Documents the server refused (they stay on the phone, marked).
+    pub rejected: u32,
+    /// Round trips made (1 normally; 2 when the server asked for a resync).
+    pub round_trips: u32,
+}
+
+#[derive(Deserialize)]
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    user_id: i64,
+    device_id: Option<i64>,
+}
+
+/// The server's error body: `{"error": "<stable code>", "message": "…"}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct Me {
+    roles: Vec<Role>,
+}
+
+#[derive(Deserialize)]
+struct Role {
+    role: String,
+    grid_code: String,
+    grid_name: String,
+    grid_level: String,
+}
+
+fn network(error: reqwest::Error) -> SdkError {
+    SdkError::Network {
+        message: error.to_string(),
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> SdkError {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => SdkError::Server {
+            status,
+            code: body.error,
+            message: body.message,
+        },
+        Err(_) => SdkError::Server {
+            status,
+            code: "unexpected".into(),
+            message: text.chars().take(200).collect(),
+        },
+    }
+}
+
+/// Exponential backoff with full jitter, for retrying syncs on a bad network: the n-th wait is
+/// uniform in [0, min(cap, base · 2ⁿ)].
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry `attempt` (0-based), with `unit` a random number in [0, 1).
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+impl Client {
+    /// Enrolls this phone with the one-time code an administrator or supervisor gave, and fetches
+    /// the inspector's grids (kept for offline use).
+    pub async fn enroll(&self, code: &str, device_name: &str) -> Result<(), SdkError> {
+        let response = self
+            .http
+            .post(format!("{}/v1/devices/enroll", self.base_url))
+            .json(&serde_json::json!({
+                "code": code,
+                "device_name": device_name,
+                "actor_id": self.actor_id(),
+            }))
+            .send()
+            .await
+            .map_err(network)?;
+        if !response.status().is_success() {
+            return Err(match error_of(response).await {
+                SdkError::Server {
+                    status: 400 | 403 | 409,
+                    code,
+                    message,
+                } => SdkError::Enrollment { code, message },
+                other => other,
+            });
+        }
+        let pair: TokenPair = response.json().await.map_err(network)?;
+        let session = Session {
+            user_id: pair.user_id,
+            device_id: pair.device_id.ok_or_else(|| SdkError::Protocol {
+                message: "the enrollment answer names no device".into(),
+            })?,
+            actor: self.actor_id(),
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+        };
+        self.store.write(&Batch(vec![Write::Meta {
+            key: META_SESSION.into(),
+            value: store::encode(&session),
+        }]))?;
+        self.inner().session = Some(session);
+        self.refresh_grids().await
+    }
+
+    /// Fetches the inspector's grids again (after a role change).
+    pub async fn refresh_grids(&self) -> Result<(), SdkError> {
+        let response = self.authorized_get("/v1/me").await?;
+        let me: Me = response.json().await.map_err(network)?;
+        let grids: Vec<GridInfo> = me
+            .roles
+            .into_iter()
+            .filter(|r| r.role == "inspector")
+            .map(|r| GridInfo {
+                code: r.grid_code,
+                name: r.grid_name,
+                level: r.grid_level,
+            })
+            .collect();
+        self.store.write(&Batch(vec![Write::Meta {
+            key: META_GRIDS.into(),
+            value: store::encode(&grids),
+        }]))?;
+        self.inner().grids = grids;
+        Ok(())
+    }
+
+    fn access_token(&self) -> Result<String, SdkError> {
+        self.inner()
+            .session
+            .as_ref()
+            .map(|s| s.access_token.clone())
+            .ok_or(SdkError::NotEnrolled)
+    }
+
+    /// Exchanges the refresh token for a new pair and stores it. A retry after a lost answer is
+    /// safe: the server answers a refresh token presented again within a minute with a new pair.
+    async fn refresh_tokens(&self) -> Result<(), SdkError> {
+        let refresh = self
+            .inner()
+            .session
+            .as_ref()
+            .map(|s| s.refresh_token.clone())
+            .ok_or(SdkError::NotEnrolled)?;
+        let response = self
+            .http
+            .post(format!("{}/v1/auth/refresh", self.base_url))
+            .json(&serde_json::json!({ "refresh_token": refresh }))
+            .send()
+            .await
+            .map_err(network)?;
+        if !response.status().is_success() {
+            return Err(match error_of(response).await {
+                SdkError::Server { code, .. } if code == "device_revoked" => {
+                    SdkError::DeviceRevoked
+                }
+                SdkError::Server {
+                    status: 401,
+                    code,
+                    message,
+                } => SdkError::SignedOut { code, message },
+                other => other,
+            });
+        }
+        let pair: TokenPair = response.json().await.map_err(network)?;
+        let mut inner = self.inner();
+        let Some(session) = inner.session.as_mut() else {
+            return Err(SdkError::NotEnrolled);
+        };
+        session.access_token = pair.access_token;
+        session.refresh_token = pair.refresh_token;
+        let encoded = store::encode(session);
+        drop(inner);
+        self.store.write(&Batch(vec![Write::Meta {
+            key: META_SESSION.into(),
+            value: encoded,
+        }]))
+    }
+
+    /// Sends a request with the access token, refreshing it once on a 401.
+    async fn authorized(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SdkError> {
+        for attempt in 0..2 {
+            let token = self.access_token()?;
+            let response = build(&token).send().await.map_err(network)?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                let error = error_of(response).await;
+                if let SdkError::Server { code, .. } = &error
+                    && code == "device_revoked"
+                {
+                    return Err(SdkError::DeviceRevoked);
+                }
+                self.refresh_tokens().await?;
+                continue;
+            }
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            return Err(match error_of(response).await {
+                SdkError::Server { code, .. } if code == "device_revoked" => {
+                    SdkError::DeviceRevoked
+                }
+                other => other,
+            });
+        }
+        Err(SdkError::SignedOut {
+            code: "unauthorized".into(),
+            message: "the server refused fresh tokens".into(),
+        })
+    }
+
+    async fn authorized_get(&self, path: &str) -> Result<reqwest::Response, SdkError> {
+        let url = format!("{}{path}", self.base_url);
+        self.authorized(|token| self.http.get(&url).bearer_auth(token))
+            .await
+    }
+
+    /// One sync: pushes everything the server has not acknowledged and brings back what the
+    /// phone lacks (reviews, documents for this device), in one round trip; a second one only
+    /// when the server asks for a resync. Safe to call again after any failure: a resent request
+    /// gets the same receipts.
+    pub async fn sync(&self) -> Result<SyncReport, SdkError> {
+        let mut report = SyncReport::default();
+        for _ in 0..3 {
+            let request: SyncRequest = {
+                let inner = self.inner();
+                if inner.session.is_none() {
+                    return Err(SdkError::NotEnrolled);
+                }
+                inner.protocol.request(&inner.docs, self.clock.now_ms())
+            };
+            let ids: Vec<String> = request.docs.iter().map(|d| d.id.clone()).collect();
+            self.mark_sent(&ids)?;
+            let body = wire::encode(&request);
+            let url = format!("{}/v1/sync", self.base_url);
+            let sent_ms = self.clock.now_ms();
+            let response = self
+                .authorized(|token| {
+                    self.http
+                        .post(&url)
+                        .bearer_auth(token)
+                        .header("content-type", sync_protocol::CONTENT_TYPE)
+                        .body(body.clone())
+                })
+                .await?;
+            let bytes = response.bytes().await.map_err(network)?;
+            let received_ms = self.clock.now_ms();
+            let response: SyncResponse = wire::decode(&bytes).map_err(|e| SdkError::Protocol {
+                message: e.to_string(),
+            })?;
+            let skew = Skew {
+                skew_ms: skew_ms(sent_ms, received_ms, response.server_time_ms),
+                measured_device_ms: received_ms,
+            };
+            let events = self.absorb(&request, &response, skew)?;
+            report.round_trips += 1;
+            report.pushed += request.docs.len() as u32;
+            let mut again = response.reset;
+            let mut changed = Vec::new();
+            for event in &events {
+                match event {
+                    Event::Durable { id } => {
+                        report.durable += 1;
+                        changed.push(id.clone());
+                    }
+                    Event::Received { id } | Event::Updated { id } => {
+                        report.received += 1;
+                        changed.push(id.clone());
+                    }
+                    Event::Rejected { id, .. } => {
+                        report.rejected += 1;
+                        changed.push(id.clone());
+                    }
+                    Event::ResyncNeeded { id } => {
+                        again = true;
+                        changed.push(id.clone());
+                    }
+                    Event::PartlyDurable { id } => changed.push(id.clone()),
+                }
+            }
+            self.notify(&changed);
+            if !again {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Syncs, retrying transient failures (no network, server errors) with exponential backoff
+    /// and jitter, at most `attempts` times. Errors that need the user (revoked, signed out) are
+    /// returned at once.
+    pub async fn sync_with_retry(
+        &self,
+        attempts: u32,
+        backoff: Backoff,
+    ) -> Result<SyncReport, SdkError> {
+        let mut attempt = 0;
+        loop {
+            match self.sync().await {
+                Ok(report) => return Ok(report),
+                Err(error) if error.is_transient() && attempt + 1 < attempts => {
+                    // Jitter from the monotonic clock's low bits: no RNG dependency, and phones
+                    // that failed together do not retry together.
+                    let unit = (self.clock.monotonic_ms().rem_euclid(1000)) as f64 / 1000.0;
+                    tokio::time::sleep(backoff.delay(attempt, unit)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_jitters_below_it() {
+        let backoff = Backoff::default();
+        assert_eq!(backoff.delay(0, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff.delay(3, 1.0), Duration::from_secs(16));
+        assert_eq!(backoff.delay(30, 1.0), Duration::from_secs(300));
+        assert_eq!(backoff.delay(5, 0.0), Duration::ZERO);
+        assert_eq!(backoff.delay(2, 0.5), Duration::from_secs(4));
+    }
+}

@@ -1,0 +1,257 @@
+//! The client SDK against the real server: an inspector's phone enrolls, records offline, syncs,
+//! and hears the supervisor's verdict; a revoked phone keeps its records; a wrong clock is
+//! measured.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use diesel::prelude::*;
+use gridpatrol_sdk::clock::{Clock, SystemClock};
+use gridpatrol_sdk::store::SqliteStore;
+use gridpatrol_sdk::{
+    Client, FixInput, Method, NewProblemInput, ProblemDisposition, SdkError, SyncState,
+};
+use gridpatrol_server::schema::patrols;
+use gridpatrol_tests::phone::Phone;
+use gridpatrol_tests::{Backend, TestApp, both_backends};
+use serde_json::json;
+use sync_protocol::client::Event;
+use sync_protocol::schema::{self, Review, ReviewState};
+
+const VILLAGE: &str = "522632100001"; // in 古州镇
+const INSPECTOR: &str = "inspector-522632100001-1";
+
+/// An enrollment code for `username`, as the township leader hands it out.
+async fn code_for(app: &TestApp, username: &str) -> String {
+    let leader = app.token("leader-522632100").await;
+    let user = app.user_id(username).await;
+    let code = app
+        .post(
+            &format!("/v1/users/{user}/enrollment-codes"),
+            Some(&leader),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(code.status, 201, "{}", code.text);
+    code.body["code"].as_str().expect("code").to_string()
+}
+
+fn open(app: &TestApp, dir: &tempfile::TempDir, clock: Arc<dyn Clock>) -> Client {
+    let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
+    Client::open_with_clock(Arc::new(store), &app.base, clock).expect("open")
+}
+
+fn fix(i: i64, now: i64) -> FixInput {
+    FixInput {
+        at_ms: now + 10_000 * i,
+        lon: 108.520 + 0.0002 * i as f64,
+        lat: 25.930 + 0.0001 * i as f64,
+        gcj02: true,
+        accuracy_m: Some(5.0),
+        mock: false,
+    }
+}
+
+async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    let phone = open(&app, &dir, Arc::clone(&clock));
+    assert_eq!(
+        phone.start_patrol(VILLAGE, Method::Routine),
+        Err(SdkError::NotEnrolled)
+    );
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    assert!(phone.my_grids().iter().any(|g| g.code == VILLAGE));
+    assert_eq!(
+        phone
+            .start_patrol("522632101001", Method::Routine)
+            .expect_err("another township's village")
+            .code(),
+        "invalid"
+    );
+
+    // Offline: the whole patrol is recorded without the server.
+    let now = clock.now_ms();
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    for i in 0..30 {
+        phone.add_fix(&id, fix(i, now)).expect("fix");
+    }
+    phone
+        .add_note(&id, "巡查河道两岸，未发现异常")
+        .expect("note");
+    let problem = phone
+        .record_problem(
+            &id,
+            NewProblemInput {
+                category: "固体废物".into(),
+                description: "河岸堆放建筑垃圾".into(),
+                lon: 108.521,
+                lat: 25.931,
+                gcj02: true,
+                disposition: ProblemDisposition::Escalated,
+            },
+        )
+        .expect("problem");
+    phone.submit(&id).expect("submit");
+    assert_eq!(
+        phone
+            .add_note(&id, "too late")
+            .expect_err("submitted")
+            .code(),
+        "invalid"
+    );
+    let listed = phone.patrol(&id).expect("listed");
+    assert_eq!(
+        (listed.fix_count, listed.note_count, listed.problem_count),
+        (30, 1, 1)
+    );
+    assert!(listed.submitted);
+    assert_eq!(listed.sync, SyncState::LocalOnly);
+
+    // Back in signal: one sync, one round trip, both documents durable.
+    let report = phone.sync().await.expect("sync");
+    assert_eq!(report.round_trips, 1);
+    assert_eq!((report.pushed, report.durable), (2, 2), "{report:?}");
+    assert_eq!(phone.patrol(&id).expect("listed").sync, SyncState::Durable);
+    let problems: i64 = app
+        .with_conn(|conn| {
+            gridpatrol_server::schema::problems::table
+                .count()
+                .get_result(conn)
+        })
+        .await;
+    assert_eq!(problems, 1, "problem {problem} stored");
+
+    // The township leader's tablet receives the patrol and returns it with a comment.
+    let admin = app.token("admin-522632").await;
+    let mut tablet = Phone::enroll(&app, &admin, "leader-522632100").await;
+    let synced = tablet.sync(&app).await;
+    assert!(synced.events.contains(&Event::Received { id: id.clone() }));
+    let review = Review {
+        state: ReviewState::Returned,
+        comment: "轨迹不完整，请补充巡查".into(),
+        reviewer: tablet.user_id,
+        at_ms: now + 3_600_000,
+    };
+    tablet.edit(&id, |doc| schema::set_review(doc, &review).expect("review"));
+    tablet.sync(&app).await;
+
+    // The verdict reaches the phone through the same sync, and observers hear of it.
+    let heard = Arc::new(AtomicUsize::new(0));
+    let observer = {
+        let heard = Arc::clone(&heard);
+        let id = id.clone();
+        phone.observe(move |changed| {
+            if changed == id {
+                heard.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let report = phone.sync().await.expect("sync");
+    assert_eq!(report.received, 1, "{report:?}");
+    assert_eq!(
+        phone.patrol(&id).expect("listed").sync,
+        SyncState::Returned {
+            comment: "轨迹不完整，请补充巡查".into()
+        }
+    );
+    assert_eq!(heard.load(Ordering::SeqCst), 1);
+    drop(observer);
+    phone.sync().await.expect("sync");
+
+    // Everything survives reopening the store; nothing is pending any more.
+    drop(phone);
+    let phone = open(&app, &dir, clock);
+    let again = phone.patrol(&id).expect("listed");
+    assert_eq!(again.fix_count, 30);
+    assert!(matches!(again.sync, SyncState::Returned { .. }));
+    assert_eq!(phone.sync().await.expect("sync").pushed, 0);
+    let row: (i32, Option<String>) = app
+        .with_conn(move |conn| {
+            patrols::table
+                .find(id)
+                .select((patrols::fix_count, patrols::review_state))
+                .first(conn)
+        })
+        .await;
+    assert_eq!(row, (30, Some("returned".into())));
+}
+
+async fn a_revoked_phone_keeps_its_records(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "旧手机")
+        .await
+        .expect("enroll");
+    let id = phone
+        .start_patrol(VILLAGE, Method::Unannounced)
+        .expect("start");
+    phone.add_fix(&id, fix(0, 1_795_000_000_000)).expect("fix");
+
+    let leader = app.token("leader-522632100").await;
+    let device = phone.device_id().expect("device");
+    let revoked = app
+        .post(
+            &format!("/v1/devices/{device}/revoke"),
+            Some(&leader),
+            &json!({"reason": "手机丢失"}),
+        )
+        .await;
+    assert!(revoked.status < 300, "{}", revoked.text);
+
+    assert_eq!(
+        phone.sync().await.expect_err("revoked"),
+        SdkError::DeviceRevoked
+    );
+    let kept = phone.patrol(&id).expect("still there");
+    assert_eq!(kept.fix_count, 1);
+    assert_ne!(kept.sync, SyncState::Durable);
+    // Recording goes on offline; nothing is lost.
+    phone.add_fix(&id, fix(1, 1_795_000_000_000)).expect("fix");
+    assert_eq!(phone.patrol(&id).expect("listed").fix_count, 2);
+}
+
+/// A phone whose clock is two hours slow.
+struct Slow(SystemClock);
+
+impl Clock for Slow {
+    fn now_ms(&self) -> i64 {
+        self.0.now_ms() - 2 * 3_600_000
+    }
+    fn monotonic_ms(&self) -> i64 {
+        self.0.monotonic_ms()
+    }
+}
+
+async fn a_clock_two_hours_slow_is_measured(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = open(&app, &dir, Arc::new(Slow(SystemClock::default())));
+    assert_eq!(phone.clock_skew_ms(), None);
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "时间不准的手机")
+        .await
+        .expect("enroll");
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    phone.sync().await.expect("sync");
+    let skew = phone.clock_skew_ms().expect("measured");
+    assert!(
+        (skew - 7_200_000).abs() < 5_000,
+        "measured {skew} ms, expected about 2 h"
+    );
+    // The patrol keeps the device's own (wrong) time; the server keeps its receive time.
+    let started = phone.patrol(&id).expect("listed").started_at_ms;
+    assert!(SystemClock::default().now_ms() - started > 7_000_000);
+}
+
+both_backends!(
+    an_inspector_records_offline_syncs_and_hears_the_verdict,
+    a_revoked_phone_keeps_its_records,
+    a_clock_two_hours_slow_is_measured,
+);
