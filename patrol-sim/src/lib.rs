@@ -1,0 +1,3 @@
+//! Simulated inspectors for demos, load tests and benchmarks.
+
+pub mod track;
