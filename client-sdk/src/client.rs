@@ -16,7 +16,7 @@ use crate::error::SdkError;
 use crate::store::{self, Batch, Store, Write};
 
 /// How a patrol is carried out (榕江: "工作方法采取'巡查、明查、暗查'").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum Method {
     /// 巡查: the routine walk of the grid.
     Routine,
@@ -37,7 +37,7 @@ impl Method {
 }
 
 /// One GPS fix as the platform reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, uniffi::Record)]
 pub struct FixInput {
     /// The fix's own time (device clock), milliseconds since the Unix epoch.
     pub at_ms: i64,
@@ -51,7 +51,7 @@ pub struct FixInput {
 }
 
 /// What an inspector did about a problem on the spot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum ProblemDisposition {
     /// 制止: stopped on site.
     StoppedOnSite,
@@ -60,7 +60,7 @@ pub enum ProblemDisposition {
 }
 
 /// A problem found on a patrol.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct NewProblemInput {
     pub category: String,
     pub description: String,
@@ -71,7 +71,7 @@ pub struct NewProblemInput {
 }
 
 /// A grid the signed-in inspector patrols (cached for offline use).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
 pub struct GridInfo {
     pub code: String,
     pub name: String,
@@ -79,7 +79,7 @@ pub struct GridInfo {
 }
 
 /// A supervisor's verdict as the phone received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ReviewInfo {
     pub approved: bool,
     pub comment: String,
@@ -87,7 +87,7 @@ pub struct ReviewInfo {
 }
 
 /// Where a patrol stands between the phone and the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum SyncState {
     /// Recorded on the phone only; never sent.
     LocalOnly,
@@ -104,7 +104,7 @@ pub enum SyncState {
 }
 
 /// A patrol as an app lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct PatrolSummary {
     pub id: String,
     pub grid: String,
@@ -643,6 +643,45 @@ impl Client {
     pub fn submit(&self, patrol: &str) -> Result<(), SdkError> {
         let now = self.clock.now_ms();
         self.edit_recording(patrol, |tx| schema::submit(tx, now))
+    }
+
+    /// A supervisor's verdict on a patrol this device received (a leader's or supervisor's
+    /// tablet): approved, or returned with a comment. The server accepts it only from a
+    /// supervisor of a grid above the patrol's.
+    pub fn review_patrol(
+        &self,
+        patrol: &str,
+        approved: bool,
+        comment: &str,
+    ) -> Result<(), SdkError> {
+        if !approved && comment.trim().is_empty() {
+            return Err(SdkError::invalid("a returned patrol needs a comment"));
+        }
+        let mut inner = self.inner();
+        let (user, _) = Self::session_ids(&inner)?;
+        Self::patrol_view(&inner, patrol)?;
+        let review = schema::Review {
+            state: if approved {
+                ReviewState::Accepted
+            } else {
+                ReviewState::Returned
+            },
+            comment: comment.to_string(),
+            reviewer: user,
+            at_ms: self.clock.now_ms(),
+        };
+        let mut batch = Batch::default();
+        self.change(
+            &mut inner,
+            patrol,
+            None,
+            |tx| schema::set_review(tx, &review).map_err(|e| SdkError::invalid(e.to_string())),
+            &mut batch,
+        )?;
+        self.commit(&mut inner, batch)?;
+        drop(inner);
+        self.notify(&[patrol.to_string()]);
+        Ok(())
     }
 
     /// Every patrol on the phone, newest first, with where it stands.

@@ -2,7 +2,8 @@
 //! (`client-sdk/README.md` lists what an app should show for each).
 
 /// What went wrong. `code()` is stable; the message is for logs and support.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
 pub enum SdkError {
     /// The phone has not been enrolled yet.
     #[error("this phone is not enrolled: enroll it with the code from your supervisor")]

@@ -8,8 +8,11 @@
 mod client;
 pub mod clock;
 pub mod error;
+pub mod ffi;
 pub mod store;
 mod sync;
+
+uniffi::setup_scaffolding!();
 
 pub use client::{
     Client, FixInput, GridInfo, Method, NewProblemInput, Observer, PatrolSummary,

@@ -460,4 +460,3 @@ mod tests {
         conformance::run(&mut || SqliteStore::open(&path).expect("open"));
     }
 }
-

@@ -13,7 +13,7 @@ use crate::error::SdkError;
 use crate::store::{self, Batch, Write};
 
 /// What one sync did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
 pub struct SyncReport {
     /// Documents pushed in the request.
     pub pushed: u32,

@@ -1,0 +1,159 @@
+//! The surface the Kotlin, Swift and Python bindings see (UniFFI). Every call is synchronous for
+//! the foreign side: local calls return at once, and network calls (`enroll`, `sync`) run on a
+//! runtime the SDK owns, so the app needs no Rust executor. Call them off the UI thread.
+
+use std::sync::{Arc, Mutex};
+
+use crate::store::{MemoryStore, SqliteStore, Store};
+use crate::{
+    Backoff, Client, FixInput, GridInfo, Method, NewProblemInput, Observer, PatrolSummary,
+    SdkError, SyncReport,
+};
+
+/// Told of every patrol or problem that changed (recorded, received, acknowledged, refused).
+#[uniffi::export(foreign)]
+pub trait PatrolObserver: Send + Sync {
+    fn on_change(&self, id: String);
+}
+
+/// Keeps an observer registered; `cancel()` (or letting it go) stops it.
+#[derive(uniffi::Object)]
+pub struct Subscription {
+    observer: Mutex<Option<Observer>>,
+}
+
+#[uniffi::export]
+impl Subscription {
+    pub fn cancel(&self) {
+        self.observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+/// The SDK for an app: one per phone.
+#[derive(uniffi::Object)]
+pub struct GridPatrol {
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, SdkError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gridpatrol-sdk")
+        .enable_all()
+        .build()
+        .map_err(|e| SdkError::Storage {
+            message: format!("cannot start the SDK's runtime: {e}"),
+        })
+}
+
+#[uniffi::export]
+impl GridPatrol {
+    /// Opens the SDK with its store at `db_path` (a file in the app's private storage), for
+    /// the server at `server_url`.
+    #[uniffi::constructor]
+    pub fn open(db_path: String, server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(std::path::Path::new(&db_path))?);
+        Self::with_store(store, &server_url)
+    }
+
+    /// An SDK that keeps nothing between runs (tests, demos).
+    #[uniffi::constructor]
+    pub fn in_memory(server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
+        Self::with_store(Arc::new(MemoryStore::new()), &server_url)
+    }
+
+    pub fn enroll(&self, code: String, device_name: String) -> Result<(), SdkError> {
+        self.runtime
+            .block_on(self.client.enroll(&code, &device_name))
+    }
+
+    pub fn is_enrolled(&self) -> bool {
+        self.client.is_enrolled()
+    }
+
+    pub fn my_grids(&self) -> Vec<GridInfo> {
+        self.client.my_grids()
+    }
+
+    pub fn start_patrol(&self, grid: String, method: Method) -> Result<String, SdkError> {
+        self.client.start_patrol(&grid, method)
+    }
+
+    pub fn add_fix(&self, patrol: String, fix: FixInput) -> Result<(), SdkError> {
+        self.client.add_fix(&patrol, fix)
+    }
+
+    pub fn add_note(&self, patrol: String, text: String) -> Result<(), SdkError> {
+        self.client.add_note(&patrol, &text)
+    }
+
+    pub fn record_problem(
+        &self,
+        patrol: String,
+        problem: NewProblemInput,
+    ) -> Result<String, SdkError> {
+        self.client.record_problem(&patrol, problem)
+    }
+
+    pub fn submit(&self, patrol: String) -> Result<(), SdkError> {
+        self.client.submit(&patrol)
+    }
+
+    pub fn review_patrol(
+        &self,
+        patrol: String,
+        approved: bool,
+        comment: String,
+    ) -> Result<(), SdkError> {
+        self.client.review_patrol(&patrol, approved, &comment)
+    }
+
+    pub fn patrols(&self) -> Vec<PatrolSummary> {
+        self.client.patrols()
+    }
+
+    pub fn patrol(&self, id: String) -> Result<PatrolSummary, SdkError> {
+        self.client.patrol(&id)
+    }
+
+    /// One sync now (one round trip in the common case).
+    pub fn sync(&self) -> Result<SyncReport, SdkError> {
+        self.runtime.block_on(self.client.sync())
+    }
+
+    /// Syncs, retrying network failures up to `attempts` times with backoff and jitter (call
+    /// when the platform says the network is back).
+    pub fn sync_with_retry(&self, attempts: u32) -> Result<SyncReport, SdkError> {
+        self.runtime
+            .block_on(self.client.sync_with_retry(attempts, Backoff::default()))
+    }
+
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        self.client.clock_skew_ms()
+    }
+
+    pub fn observe(&self, observer: Arc<dyn PatrolObserver>) -> Arc<Subscription> {
+        let registered = self
+            .client
+            .observe(move |id| observer.on_change(id.to_string()));
+        Arc::new(Subscription {
+            observer: Mutex::new(Some(registered)),
+        })
+    }
+}
+
+impl GridPatrol {
+    fn with_store(store: Arc<dyn Store>, server_url: &str) -> Result<Arc<GridPatrol>, SdkError> {
+        let runtime = runtime()?;
+        // The HTTP client is made inside the runtime, where its connection pool will live.
+        let client = {
+            let _entered = runtime.enter();
+            Client::open(store, server_url)?
+        };
+        Ok(Arc::new(GridPatrol { client, runtime }))
+    }
+}

@@ -1,0 +1,180 @@
+"""The SDK through its Python bindings, against a real server.
+
+Run by scripts/test after it generated the bindings:
+
+    GRIDPATROL_BIN=target/debug/gridpatrol BINDINGS=target/bindings/python \
+        python3 client-sdk/tests/python/test_sdk.py
+
+An inspector's phone enrolls, records a patrol offline, syncs; the township leader's tablet
+receives it and sends it back with a comment; the phone's next sync brings the verdict.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.environ["BINDINGS"])
+from gridpatrol_sdk import (  # noqa: E402  (the path above first)
+    FixInput,
+    GridPatrol,
+    Method,
+    NewProblemInput,
+    PatrolObserver,
+    ProblemDisposition,
+    SdkError,
+    SyncState,
+)
+
+VILLAGE = "522632100001"  # in 古州镇
+INSPECTOR = "inspector-522632100001-1"
+LEADER = "leader-522632100"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`gridpatrol serve --demo` on a fresh data directory."""
+
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = dict(
+            os.environ,
+            GRIDPATROL_DATA_DIR=self.dir.name,
+            GRIDPATROL_LISTEN=f"127.0.0.1:{port}",
+            RUST_LOG="warn",
+        )
+        self.process = subprocess.Popen(
+            [os.environ["GRIDPATROL_BIN"], "serve", "--demo"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(
+                    "the server did not start: " + self.process.stderr.read().decode()
+                )
+            time.sleep(0.2)
+
+    def enrollment_code(self, user):
+        out = subprocess.run(
+            [os.environ["GRIDPATROL_BIN"], "enroll", "--user", user],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return re.search(r"enrollment code for \S+: (\S+)", out).group(1)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process.stderr.close()
+        self.dir.cleanup()
+
+
+class Heard(PatrolObserver):
+    def __init__(self):
+        self.ids = []
+
+    def on_change(self, id):
+        self.ids.append(id)
+
+
+class PatrolThroughTheBindings(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def test_offline_patrol_sync_and_review(self):
+        phone_dir = tempfile.TemporaryDirectory()
+        self.addCleanup(phone_dir.cleanup)
+        phone = GridPatrol.open(os.path.join(phone_dir.name, "phone.sqlite3"), self.server.url)
+        with self.assertRaises(SdkError.NotEnrolled):
+            phone.start_patrol(VILLAGE, Method.ROUTINE)
+        phone.enroll(self.server.enrollment_code(INSPECTOR), "红米 Note 12")
+        self.assertIn(VILLAGE, [g.code for g in phone.my_grids()])
+        with self.assertRaises(SdkError.Invalid):
+            phone.start_patrol("522632101001", Method.ROUTINE)  # another township's village
+
+        # Offline: nothing below talks to the server.
+        now = int(time.time() * 1000)
+        patrol = phone.start_patrol(VILLAGE, Method.UNANNOUNCED)
+        for i in range(20):
+            phone.add_fix(
+                patrol,
+                FixInput(
+                    at_ms=now + 10_000 * i,
+                    lon=108.52 + 0.0002 * i,
+                    lat=25.93 + 0.0001 * i,
+                    gcj02=True,
+                    accuracy_m=5.0,
+                    mock=False,
+                ),
+            )
+        phone.add_note(patrol, "巡查河道两岸，未发现异常")
+        phone.record_problem(
+            patrol,
+            NewProblemInput(
+                category="固体废物",
+                description="河岸堆放建筑垃圾",
+                lon=108.521,
+                lat=25.931,
+                gcj02=True,
+                disposition=ProblemDisposition.ESCALATED,
+            ),
+        )
+        phone.submit(patrol)
+        listed = phone.patrol(patrol)
+        self.assertEqual((listed.fix_count, listed.problem_count), (20, 1))
+        self.assertTrue(listed.sync.is_local_only())
+
+        report = phone.sync()
+        self.assertEqual((report.round_trips, report.pushed, report.durable), (1, 2, 2))
+        self.assertTrue(phone.patrol(patrol).sync.is_durable())
+
+        # The township leader's tablet receives the patrol and sends it back.
+        tablet = GridPatrol.in_memory(self.server.url)
+        tablet.enroll(self.server.enrollment_code(LEADER), "镇长的平板")
+        tablet.sync()
+        self.assertIn(patrol, [p.id for p in tablet.patrols()])
+        tablet.review_patrol(patrol, False, "请补充问题照片")
+        tablet.sync()
+
+        heard = Heard()
+        subscription = phone.observe(heard)
+        report = phone.sync()
+        self.assertEqual(report.received, 1)
+        state = phone.patrol(patrol).sync
+        self.assertTrue(state.is_returned(), state)
+        self.assertEqual(state.comment, "请补充问题照片")
+        self.assertIn(patrol, heard.ids)
+        subscription.cancel()
+        phone.sync()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
