@@ -110,6 +110,17 @@ impl Client {
     /// Enrolls this phone with the one-time code an administrator or supervisor gave, and fetches
     /// the inspector's grids (kept for offline use).
     pub async fn enroll(&self, code: &str, device_name: &str) -> Result<(), SdkError> {
+        if !self.is_enrolled() {
+            // A fresh actor for each enrollment attempt, stored before the server hears of it:
+            // if the app dies after the server bound an actor but before the tokens were stored,
+            // the next attempt (with a new code) must not present an actor already taken.
+            let actor = automerge::ActorId::random();
+            self.store.write(&Batch(vec![Write::Meta {
+                key: crate::client::META_ACTOR.into(),
+                value: actor.to_hex_string().into_bytes(),
+            }]))?;
+            self.inner().protocol.actor = Some(actor);
+        }
         let response = self
             .http
             .post(format!("{}/v1/devices/enroll", self.base_url))

@@ -1,0 +1,345 @@
+//! `patrol-sim`: village grid inspectors walking their grids, through the real client SDK.
+//!
+//! Signs in as the county administrator to hand out enrollment codes, enrolls one phone per
+//! inspector (the first inspector of each of the first N village grids of the demo), and for each
+//! simulated day walks every inspector through a patrol of their village: a believable track,
+//! notes, now and then a problem, submitted; phones that are offline that day sync the next time
+//! they have a network. `serve --demo` plus this gives a week of data:
+//!
+//!     cargo run -- serve --demo &
+//!     cargo run -p patrol-sim -- --server http://127.0.0.1:8080 --inspectors 20 --days 7
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use clap::Parser;
+use gridpatrol_sdk::clock::Clock;
+use gridpatrol_sdk::store::{MemoryStore, SqliteStore, Store};
+use gridpatrol_sdk::{Client, FixInput, Method, NewProblemInput, ProblemDisposition};
+use patrol_sim::track::{self, TrackOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Simulated village grid inspectors, through the GridPatrol SDK"
+)]
+struct Args {
+    /// The GridPatrol server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Inspectors to simulate (one per village grid, in code order).
+    #[arg(long, default_value_t = 20)]
+    inspectors: usize,
+    /// Days to simulate, one patrol per inspector a day.
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// The first simulated day's 08:00 China time, as Unix milliseconds (default: 7 days ago).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// Keep each phone's store in this directory (`<username>.sqlite3`), so that a second run
+    /// resumes the same phones; without it, phones live in memory.
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// The administrator who hands out enrollment codes, and their password.
+    #[arg(long, default_value = "admin-522632")]
+    admin: String,
+    #[arg(long, default_value = "gridpatrol-demo")]
+    password: String,
+    /// Share of days a phone has no network at the end of its patrol.
+    #[arg(long, default_value_t = 0.3)]
+    offline: f64,
+    /// Share of phones reporting GCJ-02 (a Chinese map SDK) rather than raw GNSS.
+    #[arg(long, default_value_t = 0.7)]
+    gcj02: f64,
+    /// Share of patrols that stray outside the grid for a while.
+    #[arg(long, default_value_t = 0.1)]
+    stray: f64,
+    /// Share of patrols recorded with a mock-location app.
+    #[arg(long, default_value_t = 0.02)]
+    mock: f64,
+    /// Share of "desk patrols" where the phone never moves.
+    #[arg(long, default_value_t = 0.05)]
+    desk: f64,
+    /// Share of patrols that find a problem.
+    #[arg(long, default_value_t = 0.15)]
+    problems: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// The phone's clocks, moved by the simulation.
+struct SimClock {
+    now: AtomicI64,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        self.now.load(Ordering::Relaxed)
+    }
+    fn monotonic_ms(&self) -> i64 {
+        self.now.load(Ordering::Relaxed)
+    }
+}
+
+struct Inspector {
+    username: String,
+    grid: track::Grid,
+    phone: Client,
+    clock: Arc<SimClock>,
+    gcj02: bool,
+}
+
+const DAY_MS: i64 = 86_400_000;
+const NOTES: [&str; 4] = [
+    "巡查河道两岸，未发现异常",
+    "沿村道巡查，垃圾收集点清运正常",
+    "查看养殖场周边，无异味",
+    "与村民交谈，了解秸秆焚烧情况",
+];
+const CATEGORIES: [(&str, &str); 3] = [
+    ("固体废物", "河岸堆放建筑垃圾"),
+    ("大气污染", "田间焚烧秸秆"),
+    ("水污染", "养殖废水直排沟渠"),
+];
+
+async fn admin_token(http: &reqwest::Client, args: &Args) -> Result<String, String> {
+    let response = http
+        .post(format!("{}/v1/auth/login", args.server))
+        .json(&serde_json::json!({"username": args.admin, "password": args.password}))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.server))?;
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    body["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("sign-in as {} failed: {body}", args.admin))
+}
+
+async fn enrollment_code(
+    http: &reqwest::Client,
+    args: &Args,
+    token: &str,
+    user_id: i64,
+) -> Result<String, String> {
+    let response = http
+        .post(format!(
+            "{}/v1/users/{user_id}/enrollment-codes",
+            args.server
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    body["code"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no enrollment code for user {user_id}: {body}"))
+}
+
+async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Inspector>, String> {
+    let grids = track::load_grids(include_str!(
+        "../../server/demo/rongjiang_522632_grids.geojson"
+    ))?;
+    let mut villages: Vec<track::Grid> =
+        grids.into_iter().filter(|g| g.level == "village").collect();
+    villages.sort_by(|a, b| a.code.cmp(&b.code));
+    villages.truncate(args.inspectors);
+
+    let http = reqwest::Client::new();
+    let token = admin_token(&http, args).await?;
+    let users: serde_json::Value = http
+        .get(format!("{}/v1/users?role=inspector", args.server))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let user_id = |username: &str| {
+        users
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["username"] == username)
+            .and_then(|u| u["id"].as_i64())
+    };
+    let mut inspectors = Vec::new();
+    for grid in villages {
+        let username = format!("inspector-{}-1", grid.code);
+        let Some(id) = user_id(&username) else {
+            return Err(format!(
+                "no inspector {username} on the server (run serve --demo)"
+            ));
+        };
+        let store: Arc<dyn Store> = match &args.store_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                Arc::new(
+                    SqliteStore::open(&dir.join(format!("{username}.sqlite3")))
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            None => Arc::new(MemoryStore::new()),
+        };
+        let clock = Arc::new(SimClock {
+            now: AtomicI64::new(start_ms),
+        });
+        let phone = Client::open_with_clock(store, &args.server, clock.clone())
+            .map_err(|e| e.to_string())?;
+        if !phone.is_enrolled() {
+            let code = enrollment_code(&http, args, &token, id).await?;
+            phone
+                .enroll(&code, &format!("{username} 的手机"))
+                .await
+                .map_err(|e| format!("{username}: {e}"))?;
+        }
+        inspectors.push(Inspector {
+            username,
+            grid,
+            phone,
+            clock,
+            gcj02: rng.random_bool(args.gcj02),
+        });
+    }
+    Ok(inspectors)
+}
+
+/// One inspector's patrol of the day. Returns the number of fixes recorded.
+fn patrol(
+    args: &Args,
+    inspector: &Inspector,
+    day_start_ms: i64,
+    rng: &mut StdRng,
+) -> Result<usize, String> {
+    let started = day_start_ms + rng.random_range(0..6 * 3_600_000);
+    let options = TrackOptions {
+        start_ms: started,
+        duration_s: rng.random_range(30..75) * 60,
+        gcj02: inspector.gcj02,
+        stray_outside: rng.random_bool(args.stray),
+        mock_location: rng.random_bool(args.mock),
+        desk: rng.random_bool(args.desk),
+        ..TrackOptions::default()
+    };
+    let fixes = track::walk(&inspector.grid.polygon, &options, rng);
+    let phone = &inspector.phone;
+    inspector.clock.now.store(started, Ordering::Relaxed);
+    let method = match rng.random_range(0..10) {
+        0 => Method::Announced,
+        1 => Method::Unannounced,
+        _ => Method::Routine,
+    };
+    let id = phone
+        .start_patrol(&inspector.grid.code, method)
+        .map_err(|e| e.to_string())?;
+    let note_at: Vec<usize> = (0..rng.random_range(1..4))
+        .map(|_| rng.random_range(0..fixes.len().max(1)))
+        .collect();
+    let problem_at = rng
+        .random_bool(args.problems)
+        .then(|| rng.random_range(0..fixes.len().max(1)));
+    for (i, fix) in fixes.iter().enumerate() {
+        inspector.clock.now.store(fix.at_ms, Ordering::Relaxed);
+        phone
+            .add_fix(
+                &id,
+                FixInput {
+                    at_ms: fix.at_ms,
+                    lon: fix.lon,
+                    lat: fix.lat,
+                    gcj02: fix.datum == track::Datum::Gcj02,
+                    accuracy_m: Some(fix.accuracy_m),
+                    mock: fix.mock,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        if note_at.contains(&i) {
+            let note = NOTES[rng.random_range(0..NOTES.len())];
+            phone.add_note(&id, note).map_err(|e| e.to_string())?;
+        }
+        if problem_at == Some(i) {
+            let (category, description) = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
+            phone
+                .record_problem(
+                    &id,
+                    NewProblemInput {
+                        category: category.into(),
+                        description: description.into(),
+                        lon: fix.lon,
+                        lat: fix.lat,
+                        gcj02: fix.datum == track::Datum::Gcj02,
+                        disposition: if rng.random_bool(0.6) {
+                            ProblemDisposition::StoppedOnSite
+                        } else {
+                            ProblemDisposition::Escalated
+                        },
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    phone.submit(&id).map_err(|e| e.to_string())?;
+    Ok(fixes.len())
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    // Midnight UTC is 08:00 in China (UTC+8): the first day's morning, a week ago.
+    let start_ms = args
+        .start_ms
+        .unwrap_or_else(|| (now - 7 * DAY_MS).div_euclid(DAY_MS) * DAY_MS);
+    let inspectors = phones(&args, start_ms, &mut rng).await?;
+    println!(
+        "{} inspectors enrolled; simulating {} days from {start_ms}",
+        inspectors.len(),
+        args.days
+    );
+    let (mut patrols, mut fixes, mut synced) = (0usize, 0usize, 0usize);
+    for day in 0..args.days {
+        let day_start = start_ms + i64::from(day) * DAY_MS;
+        for inspector in &inspectors {
+            fixes += patrol(&args, inspector, day_start, &mut rng)?;
+            patrols += 1;
+            if !rng.random_bool(args.offline) {
+                let report = inspector
+                    .phone
+                    .sync()
+                    .await
+                    .map_err(|e| format!("{}: {e}", inspector.username))?;
+                synced += report.durable as usize;
+            }
+        }
+        println!("day {}: {patrols} patrols, {fixes} fixes so far", day + 1);
+    }
+    // The last day ends with a network everywhere.
+    for inspector in &inspectors {
+        let report = inspector
+            .phone
+            .sync()
+            .await
+            .map_err(|e| format!("{}: {e}", inspector.username))?;
+        synced += report.durable as usize;
+    }
+    println!("{patrols} patrols ({fixes} fixes) recorded; {synced} documents acknowledged");
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    if let Err(error) = run(args).await {
+        eprintln!("patrol-sim: {error}");
+        std::process::exit(1);
+    }
+}
