@@ -480,14 +480,26 @@ impl Client {
         schema::read_patrol(doc).map_err(|e| SdkError::invalid(format!("{id}: {e}")))
     }
 
-    fn recording(inner: &Inner, id: &str) -> Result<schema::PatrolView, SdkError> {
-        let view = Self::patrol_view(inner, id)?;
-        if view.status != PatrolStatus::Recording {
+    /// The patrol's identity, if it is still recording (checked on every fix: reads neither the
+    /// track nor the notes).
+    fn recording(inner: &Inner, id: &str) -> Result<schema::Identity, SdkError> {
+        let doc = inner
+            .docs
+            .get(id)
+            .ok_or_else(|| SdkError::invalid(format!("no patrol {id}")))?;
+        let identity =
+            schema::read_identity(doc).map_err(|e| SdkError::invalid(format!("{id}: {e}")))?;
+        if identity.kind != DocKind::Patrol {
+            return Err(SdkError::invalid(format!("{id} is not a patrol")));
+        }
+        let status =
+            schema::read_status(doc).map_err(|e| SdkError::invalid(format!("{id}: {e}")))?;
+        if status != PatrolStatus::Recording {
             return Err(SdkError::invalid(format!(
                 "patrol {id} was submitted; it cannot change any more"
             )));
         }
-        Ok(view)
+        Ok(identity)
     }
 
     /// Starts a patrol in one of the inspector's grids. Returns its id.
@@ -592,11 +604,11 @@ impl Client {
         }
         let mut inner = self.inner();
         let (user, device) = Self::session_ids(&inner)?;
-        let view = Self::recording(&inner, patrol)?;
+        let identity = Self::recording(&inner, patrol)?;
         let id = schema::new_id();
         let new = schema::NewProblem {
             id: id.clone(),
-            grid: view.identity.grid.clone(),
+            grid: identity.grid.clone(),
             inspector: user,
             device,
             patrol: patrol.to_string(),

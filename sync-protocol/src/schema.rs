@@ -527,6 +527,12 @@ pub fn read_identity(doc: &impl ReadDoc) -> Result<Identity, SchemaError> {
     })
 }
 
+/// A patrol's status alone, without reading its track (the SDK asks on every recorded fix).
+pub fn read_status(doc: &impl ReadDoc) -> Result<PatrolStatus, SchemaError> {
+    let text = get_str(doc, &ROOT, field::STATUS)?;
+    PatrolStatus::parse(&text).ok_or(SchemaError::Field(field::STATUS))
+}
+
 /// A patrol as the server projects it and the SDK shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatrolView {
