@@ -172,6 +172,8 @@ pub struct Client {
     pub(crate) inner: Mutex<Inner>,
     observers: Arc<Mutex<BTreeMap<u64, Callback>>>,
     next_observer: AtomicU64,
+    /// One sync at a time (an app's explicit sync and a background one).
+    pub(crate) sync_turn: tokio::sync::Mutex<()>,
 }
 
 /// Stops its callback when dropped.
@@ -319,6 +321,7 @@ impl Client {
             inner: Mutex::new(inner),
             observers: Arc::new(Mutex::new(BTreeMap::new())),
             next_observer: AtomicU64::new(1),
+            sync_turn: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -35,8 +35,14 @@ impl Subscription {
 /// The SDK for an app: one per phone.
 #[derive(uniffi::Object)]
 pub struct GridPatrol {
-    client: Client,
+    client: Arc<Client>,
     runtime: tokio::runtime::Runtime,
+    /// The app said the network is up.
+    online: std::sync::atomic::AtomicBool,
+    /// A background sync is running (at most one at a time).
+    syncing: Arc<std::sync::atomic::AtomicBool>,
+    /// What the last background sync came to, for `last_background_sync`.
+    last_background: Arc<Mutex<Option<Result<SyncReport, SdkError>>>>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SdkError> {
@@ -99,8 +105,47 @@ impl GridPatrol {
         self.client.record_problem(&patrol, problem)
     }
 
-    pub fn submit(&self, patrol: String) -> Result<(), SdkError> {
-        self.client.submit(&patrol)
+    /// Ends and submits the patrol; with a network, it is sent in the background at once.
+    pub fn submit(self: Arc<Self>, patrol: String) -> Result<(), SdkError> {
+        self.client.submit(&patrol)?;
+        if self.online.load(std::sync::atomic::Ordering::Relaxed) {
+            self.background_sync();
+        }
+        Ok(())
+    }
+
+    /// The platform's connectivity callback: when the network comes up, the SDK syncs in the
+    /// background (retrying with backoff), and it syncs submitted patrols at once while it is up.
+    pub fn set_network_available(self: Arc<Self>, available: bool) {
+        self.online
+            .store(available, std::sync::atomic::Ordering::Relaxed);
+        if available {
+            self.background_sync();
+        }
+    }
+
+    /// Whether a background sync is running.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What the last background sync came to (`None` before the first one ended).
+    pub fn last_background_sync(&self) -> Option<SyncReport> {
+        self.last_background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .and_then(Result::ok)
+    }
+
+    /// The error of the last background sync, if it failed (e.g. `DeviceRevoked`).
+    pub fn last_background_error(&self) -> Option<String> {
+        self.last_background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .and_then(Result::err)
+            .map(|e| format!("{}: {e}", e.code()))
     }
 
     pub fn review_patrol(
@@ -147,6 +192,29 @@ impl GridPatrol {
 }
 
 impl GridPatrol {
+    /// Starts a background sync unless one is running.
+    fn background_sync(&self) {
+        use std::sync::atomic::Ordering;
+        if self
+            .syncing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let client = Arc::clone(&self.client);
+        let syncing = Arc::clone(&self.syncing);
+        let last = Arc::clone(&self.last_background);
+        self.runtime.spawn(async move {
+            let result = client.sync_with_retry(8, Backoff::default()).await;
+            if let Err(error) = &result {
+                tracing::info!(%error, "background sync failed");
+            }
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            syncing.store(false, Ordering::Release);
+        });
+    }
+
     fn with_store(store: Arc<dyn Store>, server_url: &str) -> Result<Arc<GridPatrol>, SdkError> {
         let runtime = runtime()?;
         // The HTTP client is made inside the runtime, where its connection pool will live.
@@ -154,6 +222,12 @@ impl GridPatrol {
             let _entered = runtime.enter();
             Client::open(store, server_url)?
         };
-        Ok(Arc::new(GridPatrol { client, runtime }))
+        Ok(Arc::new(GridPatrol {
+            client: Arc::new(client),
+            runtime,
+            online: std::sync::atomic::AtomicBool::new(false),
+            syncing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            last_background: Arc::new(Mutex::new(None)),
+        }))
     }
 }

@@ -12,6 +12,9 @@ use crate::clock::skew_ms;
 use crate::error::SdkError;
 use crate::store::{self, Batch, Write};
 
+/// Largest response the SDK inflates (the server sends at most a feed page of changes).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
 pub struct SyncReport {
@@ -25,6 +28,9 @@ pub struct SyncReport {
     pub rejected: u32,
     /// Round trips made (1 normally; 2 when the server asked for a resync).
     pub round_trips: u32,
+    /// Bytes of request and response bodies (what a metered 2G plan counts, less HTTP headers).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +285,7 @@ impl Client {
     /// when the server asks for a resync. Safe to call again after any failure: a resent request
     /// gets the same receipts.
     pub async fn sync(&self) -> Result<SyncReport, SdkError> {
+        let _turn = self.sync_turn.lock().await;
         let mut report = SyncReport::default();
         for _ in 0..3 {
             let request: SyncRequest = {
@@ -290,7 +297,9 @@ impl Client {
             };
             let ids: Vec<String> = request.docs.iter().map(|d| d.id.clone()).collect();
             self.mark_sent(&ids)?;
-            let body = wire::encode(&request);
+            // DEFLATE both ways: CBOR of Automerge changes shrinks about by half (see
+            // docs/BENCHMARKS.md), which is what a 2G link is short of.
+            let body = wire::deflate(&wire::encode(&request));
             let url = format!("{}/v1/sync", self.base_url);
             let sent_ms = self.clock.now_ms();
             let response = self
@@ -299,11 +308,26 @@ impl Client {
                         .post(&url)
                         .bearer_auth(token)
                         .header("content-type", sync_protocol::CONTENT_TYPE)
+                        .header("content-encoding", "deflate")
+                        .header("accept-encoding", "deflate")
                         .body(body.clone())
                 })
                 .await?;
+            let deflated = response
+                .headers()
+                .get("content-encoding")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deflate"));
             let bytes = response.bytes().await.map_err(network)?;
             let received_ms = self.clock.now_ms();
+            report.bytes_sent += body.len() as u64;
+            report.bytes_received += bytes.len() as u64;
+            let bytes = if deflated {
+                wire::inflate(&bytes, MAX_RESPONSE_BYTES).ok_or_else(|| SdkError::Protocol {
+                    message: "the response does not inflate".into(),
+                })?
+            } else {
+                bytes.to_vec()
+            };
             let response: SyncResponse = wire::decode(&bytes).map_err(|e| SdkError::Protocol {
                 message: e.to_string(),
             })?;

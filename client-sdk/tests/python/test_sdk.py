@@ -173,7 +173,18 @@ class PatrolThroughTheBindings(unittest.TestCase):
         self.assertEqual(state.comment, "请补充问题照片")
         self.assertIn(patrol, heard.ids)
         subscription.cancel()
-        phone.sync()
+
+        # The next patrol goes in the background once the platform reports a network.
+        second = phone.start_patrol(VILLAGE, Method.ROUTINE)
+        phone.add_note(second, "傍晚复查")
+        phone.submit(second)
+        self.assertTrue(phone.patrol(second).sync.is_local_only())
+        phone.set_network_available(True)
+        deadline = time.time() + 30
+        while not phone.patrol(second).sync.is_durable():
+            self.assertLess(time.time(), deadline, phone.last_background_error())
+            time.sleep(0.05)
+        self.assertIsNone(phone.last_background_error())
 
 
 if __name__ == "__main__":

@@ -217,6 +217,49 @@ async fn a_revoked_phone_keeps_its_records(backend: Backend) {
     assert_eq!(phone.patrol(&id).expect("listed").fix_count, 2);
 }
 
+async fn a_refused_patrol_stays_marked_and_is_not_resent(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "红米")
+        .await
+        .expect("enroll");
+    // Recorded offline in a village the inspector was then moved away from.
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    phone.add_fix(&id, fix(0, 1_795_000_000_000)).expect("fix");
+    let leader = app.token("leader-522632100").await;
+    let user = app.user_id(INSPECTOR).await;
+    let view = app.get(&format!("/v1/users/{user}"), Some(&leader)).await;
+    let role = view.body["roles"]
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["grid_code"] == VILLAGE && r["role"] == "inspector")
+        .and_then(|r| r["role_id"].as_i64())
+        .expect("the inspector's role");
+    let removed = app
+        .delete(&format!("/v1/users/{user}/roles/{role}"), Some(&leader))
+        .await;
+    assert!(removed.status < 300, "{}", removed.text);
+
+    let report = phone.sync().await.expect("sync");
+    assert_eq!((report.pushed, report.rejected), (1, 1), "{report:?}");
+    match phone.patrol(&id).expect("kept").sync {
+        SyncState::Rejected { code, message } => {
+            assert_eq!(code, "not_inspector_of_grid", "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Never retried as it is: the next sync pushes nothing, and the patrol stays on the phone.
+    assert_eq!(phone.sync().await.expect("sync").pushed, 0);
+    assert_eq!(phone.patrol(&id).expect("kept").fix_count, 1);
+    let stored: i64 = app
+        .with_conn(|conn| patrols::table.count().get_result(conn))
+        .await;
+    assert_eq!(stored, 0);
+}
+
 /// A phone whose clock is two hours slow.
 struct Slow(SystemClock);
 
@@ -253,5 +296,6 @@ async fn a_clock_two_hours_slow_is_measured(backend: Backend) {
 both_backends!(
     an_inspector_records_offline_syncs_and_hears_the_verdict,
     a_revoked_phone_keeps_its_records,
+    a_refused_patrol_stays_marked_and_is_not_resent,
     a_clock_two_hours_slow_is_measured,
 );
