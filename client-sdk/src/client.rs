@@ -400,7 +400,9 @@ impl Client {
         inner: &mut Inner,
         id: &str,
         create: Option<DocKind>,
-        edit: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), SdkError>,
+        edit: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+        ) -> Result<(), schema::SchemaError>,
         batch: &mut Batch,
     ) -> Result<(), SdkError> {
         let actor = inner.protocol.actor.clone().ok_or(SdkError::NotEnrolled)?;
@@ -418,7 +420,7 @@ impl Client {
         let mut tx = doc.transaction();
         if let Err(e) = edit(&mut tx) {
             tx.rollback();
-            return Err(e);
+            return Err(SdkError::invalid(format!("{id}: {e}")));
         }
         tx.commit();
         let chunk = doc
@@ -475,6 +477,24 @@ impl Client {
         Ok(())
     }
 
+    /// One change to one document: stored, then observers told.
+    fn change_one(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        id: &str,
+        create: Option<DocKind>,
+        edit: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+        ) -> Result<(), schema::SchemaError>,
+    ) -> Result<(), SdkError> {
+        let mut batch = Batch::default();
+        self.change(&mut inner, id, create, edit, &mut batch)?;
+        self.commit(&mut inner, batch)?;
+        drop(inner);
+        self.notify(&[id.to_string()]);
+        Ok(())
+    }
+
     fn patrol_view(inner: &Inner, id: &str) -> Result<schema::PatrolView, SdkError> {
         let doc = inner
             .docs
@@ -507,7 +527,7 @@ impl Client {
 
     /// Starts a patrol in one of the inspector's grids. Returns its id.
     pub fn start_patrol(&self, grid: &str, method: Method) -> Result<String, SdkError> {
-        let mut inner = self.inner();
+        let inner = self.inner();
         let (user, device) = Self::session_ids(&inner)?;
         if !inner.grids.iter().any(|g| g.code == grid) {
             return Err(SdkError::invalid(format!(
@@ -523,17 +543,9 @@ impl Client {
             method: method.schema(),
             started_at_ms: self.clock.now_ms(),
         };
-        let mut batch = Batch::default();
-        self.change(
-            &mut inner,
-            &id,
-            Some(DocKind::Patrol),
-            |tx| schema::create_patrol(tx, &patrol).map_err(|e| SdkError::invalid(e.to_string())),
-            &mut batch,
-        )?;
-        self.commit(&mut inner, batch)?;
-        drop(inner);
-        self.notify(std::slice::from_ref(&id));
+        self.change_one(inner, &id, Some(DocKind::Patrol), |tx| {
+            schema::create_patrol(tx, &patrol)
+        })?;
         Ok(id)
     }
 
@@ -580,20 +592,9 @@ impl Client {
             &mut automerge::transaction::Transaction<'_>,
         ) -> Result<(), schema::SchemaError>,
     ) -> Result<(), SdkError> {
-        let mut inner = self.inner();
+        let inner = self.inner();
         Self::recording(&inner, patrol)?;
-        let mut batch = Batch::default();
-        self.change(
-            &mut inner,
-            patrol,
-            None,
-            |tx| edit(tx).map_err(|e| SdkError::invalid(e.to_string())),
-            &mut batch,
-        )?;
-        self.commit(&mut inner, batch)?;
-        drop(inner);
-        self.notify(&[patrol.to_string()]);
-        Ok(())
+        self.change_one(inner, patrol, None, edit)
     }
 
     /// Records a problem found on a recording patrol. Returns the problem's id.
@@ -638,14 +639,14 @@ impl Client {
             &mut inner,
             &id,
             Some(DocKind::Problem),
-            |tx| schema::create_problem(tx, &new).map_err(|e| SdkError::invalid(e.to_string())),
+            |tx| schema::create_problem(tx, &new),
             &mut batch,
         )?;
         self.change(
             &mut inner,
             patrol,
             None,
-            |tx| schema::add_problem_ref(tx, &id).map_err(|e| SdkError::invalid(e.to_string())),
+            |tx| schema::add_problem_ref(tx, &id),
             &mut batch,
         )?;
         self.commit(&mut inner, batch)?;
@@ -672,7 +673,7 @@ impl Client {
         if !approved && comment.trim().is_empty() {
             return Err(SdkError::invalid("a returned patrol needs a comment"));
         }
-        let mut inner = self.inner();
+        let inner = self.inner();
         let (user, _) = Self::session_ids(&inner)?;
         Self::patrol_view(&inner, patrol)?;
         let review = schema::Review {
@@ -685,18 +686,7 @@ impl Client {
             reviewer: user,
             at_ms: self.clock.now_ms(),
         };
-        let mut batch = Batch::default();
-        self.change(
-            &mut inner,
-            patrol,
-            None,
-            |tx| schema::set_review(tx, &review).map_err(|e| SdkError::invalid(e.to_string())),
-            &mut batch,
-        )?;
-        self.commit(&mut inner, batch)?;
-        drop(inner);
-        self.notify(&[patrol.to_string()]);
-        Ok(())
+        self.change_one(inner, patrol, None, |tx| schema::set_review(tx, &review))
     }
 
     /// Every patrol on the phone, newest first, with where it stands.

@@ -289,6 +289,16 @@ fn patrol(
     Ok(fixes.len())
 }
 
+/// Syncs one phone; returns the documents it made durable.
+async fn sync(inspector: &Inspector) -> Result<usize, String> {
+    let report = inspector
+        .phone
+        .sync()
+        .await
+        .map_err(|e| format!("{}: {e}", inspector.username))?;
+    Ok(report.durable as usize)
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let now = std::time::SystemTime::now()
@@ -312,24 +322,14 @@ async fn run(args: Args) -> Result<(), String> {
             fixes += patrol(&args, inspector, day_start, &mut rng)?;
             patrols += 1;
             if !rng.random_bool(args.offline) {
-                let report = inspector
-                    .phone
-                    .sync()
-                    .await
-                    .map_err(|e| format!("{}: {e}", inspector.username))?;
-                synced += report.durable as usize;
+                synced += sync(inspector).await?;
             }
         }
         println!("day {}: {patrols} patrols, {fixes} fixes so far", day + 1);
     }
     // The last day ends with a network everywhere.
     for inspector in &inspectors {
-        let report = inspector
-            .phone
-            .sync()
-            .await
-            .map_err(|e| format!("{}: {e}", inspector.username))?;
-        synced += report.durable as usize;
+        synced += sync(inspector).await?;
     }
     println!("{patrols} patrols ({fixes} fixes) recorded; {synced} documents acknowledged");
     Ok(())

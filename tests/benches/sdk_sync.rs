@@ -69,7 +69,9 @@ async fn main() {
                     .expect("fix");
             }
             for _ in 0..3 {
-                phone.add_note(&id, "巡查河道两岸，未发现异常").expect("note");
+                phone
+                    .add_note(&id, "巡查河道两岸，未发现异常")
+                    .expect("note");
             }
             phone.submit(&id).expect("submit");
         }
@@ -91,7 +93,9 @@ async fn main() {
     let (ms, report, changes) = &rows[rows.len() / 2];
     println!("5 patrols (1,350 fixes, 15 notes), one sync; median of {runs} runs:");
     println!();
-    println!("| round trips | time (ms) | bytes sent | bytes received | Automerge change bytes | sent / changes |");
+    println!(
+        "| round trips | time (ms) | bytes sent | bytes received | Automerge change bytes | sent / changes |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| {} | {ms:.0} | {} | {} | {changes} | {:.2}× |",
