@@ -114,6 +114,7 @@ pub struct PatrolSummary {
     pub submitted: bool,
     pub fix_count: u32,
     pub note_count: u32,
+    pub photo_count: u32,
     pub problem_count: u32,
     pub review: Option<ReviewInfo>,
     pub sync: SyncState,
@@ -198,6 +199,16 @@ pub(crate) const META_VERIFY: &str = "syncs_since_verify";
 pub(crate) const META_GRIDS: &str = "grids";
 pub(crate) const META_SKEW: &str = "clock_skew";
 pub(crate) const META_ACTOR: &str = "actor";
+/// `photo:<sha256>`: a photo attached here, waiting for its upload.
+pub(crate) const META_PHOTO_PREFIX: &str = "photo:";
+
+/// A photo in the upload queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct QueuedPhoto {
+    path: String,
+    size: u64,
+    patrol: String,
+}
 
 /// A document with this many stored chunks is saved whole once it is durable.
 const COMPACT_AFTER: usize = 64;
@@ -597,6 +608,91 @@ impl Client {
         self.change_one(inner, patrol, None, edit)
     }
 
+    /// Attaches a photo to a recording patrol, by the path of the file the camera wrote. The
+    /// patrol records the photo's SHA-256, time, the position of the patrol's last fix and the
+    /// caption; the file itself is uploaded separately (content-addressed, resumable), so the
+    /// SDK keeps the path in its upload queue. Returns the SHA-256 (hex).
+    pub fn attach_photo(
+        &self,
+        patrol: &str,
+        path: &std::path::Path,
+        caption: &str,
+    ) -> Result<String, SdkError> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| SdkError::invalid(format!("cannot read {}: {e}", path.display())))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let read = file
+                .read(&mut buffer)
+                .map_err(|e| SdkError::invalid(format!("cannot read {}: {e}", path.display())))?;
+            if read == 0 {
+                break;
+            }
+            size += read as u64;
+            hasher.update(&buffer[..read]);
+        }
+        if size == 0 {
+            return Err(SdkError::invalid(format!("{} is empty", path.display())));
+        }
+        let sha256: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let inner = self.inner();
+        Self::recording(&inner, patrol)?;
+        let position = Self::patrol_view(&inner, patrol)?
+            .track
+            .last()
+            .map(|fix| (fix.lon, fix.lat));
+        let photo = schema::PhotoRef {
+            sha256: sha256.clone(),
+            taken_at_ms: self.clock.now_ms(),
+            position,
+            caption: caption.to_string(),
+        };
+        let queued = Write::Meta {
+            key: format!("{META_PHOTO_PREFIX}{sha256}"),
+            value: store::encode(&QueuedPhoto {
+                path: path.to_string_lossy().into_owned(),
+                size,
+                patrol: patrol.to_string(),
+            }),
+        };
+        let mut inner = inner;
+        let mut batch = Batch(vec![queued]);
+        self.change(
+            &mut inner,
+            patrol,
+            None,
+            |tx| schema::add_photo(tx, &photo),
+            &mut batch,
+        )?;
+        self.commit(&mut inner, batch)?;
+        drop(inner);
+        self.notify(&[patrol.to_string()]);
+        Ok(sha256)
+    }
+
+    /// Photos attached on this phone, waiting for the upload (the photo issue's resumable
+    /// upload takes them from here): (SHA-256, file path).
+    pub fn queued_photos(&self) -> Result<Vec<(String, String)>, SdkError> {
+        let snapshot = self.store.snapshot()?;
+        snapshot
+            .meta
+            .iter()
+            .filter_map(|(key, value)| {
+                key.strip_prefix(META_PHOTO_PREFIX).map(|sha| {
+                    store::decode::<QueuedPhoto>(value).map(|q| (sha.to_string(), q.path))
+                })
+            })
+            .collect()
+    }
+
     /// Records a problem found on a recording patrol. Returns the problem's id.
     pub fn record_problem(
         &self,
@@ -756,6 +852,7 @@ impl Client {
             submitted: view.status == PatrolStatus::Submitted,
             fix_count: view.track.len() as u32,
             note_count: view.notes.len() as u32,
+            photo_count: view.photos.len() as u32,
             problem_count: view.problems.len() as u32,
             review,
             sync,

@@ -97,6 +97,17 @@ impl GridPatrol {
         self.client.add_note(&patrol, &text)
     }
 
+    /// Attaches the photo at `path` (as the camera wrote it); returns its SHA-256.
+    pub fn attach_photo(
+        &self,
+        patrol: String,
+        path: String,
+        caption: String,
+    ) -> Result<String, SdkError> {
+        self.client
+            .attach_photo(&patrol, std::path::Path::new(&path), &caption)
+    }
+
     pub fn record_problem(
         &self,
         patrol: String,

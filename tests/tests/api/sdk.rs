@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use diesel::prelude::*;
 use gridpatrol_sdk::clock::{Clock, SystemClock};
-use gridpatrol_sdk::store::SqliteStore;
+use gridpatrol_sdk::store::{Batch, SqliteStore, Store, Write};
 use gridpatrol_sdk::{
     Client, FixInput, Method, NewProblemInput, ProblemDisposition, SdkError, SyncState,
 };
@@ -83,6 +83,14 @@ async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backe
     phone
         .add_note(&id, "巡查河道两岸，未发现异常")
         .expect("note");
+    let photo = dir.path().join("IMG_0001.jpg");
+    std::fs::write(&photo, b"\xff\xd8\xff\xe0 not really a JPEG").expect("photo");
+    let sha = phone.attach_photo(&id, &photo, "河岸垃圾").expect("photo");
+    assert_eq!(sha.len(), 64);
+    assert_eq!(
+        phone.queued_photos().expect("queue"),
+        vec![(sha, photo.to_string_lossy().into_owned())]
+    );
     let problem = phone
         .record_problem(
             &id,
@@ -106,8 +114,13 @@ async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backe
     );
     let listed = phone.patrol(&id).expect("listed");
     assert_eq!(
-        (listed.fix_count, listed.note_count, listed.problem_count),
-        (30, 1, 1)
+        (
+            listed.fix_count,
+            listed.note_count,
+            listed.photo_count,
+            listed.problem_count
+        ),
+        (30, 1, 1, 1)
     );
     assert!(listed.submitted);
     assert_eq!(listed.sync, SyncState::LocalOnly);
@@ -170,15 +183,62 @@ async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backe
     assert_eq!(again.fix_count, 30);
     assert!(matches!(again.sync, SyncState::Returned { .. }));
     assert_eq!(phone.sync().await.expect("sync").pushed, 0);
-    let row: (i32, Option<String>) = app
+    let row: (i32, i32, Option<String>) = app
         .with_conn(move |conn| {
             patrols::table
                 .find(id)
-                .select((patrols::fix_count, patrols::review_state))
+                .select((
+                    patrols::fix_count,
+                    patrols::photo_count,
+                    patrols::review_state,
+                ))
                 .first(conn)
         })
         .await;
-    assert_eq!(row, (30, Some("returned".into())));
+    assert_eq!(row, (30, 1, Some("returned".into())));
+}
+
+async fn a_refused_access_token_is_refreshed_on_the_way(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("phone.sqlite3");
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "红米")
+        .await
+        .expect("enroll");
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    drop(phone);
+    // The stored access token no longer works (as when it expired while the phone was off).
+    let store = SqliteStore::open(&path).expect("store");
+    let mut session: serde_json::Value =
+        serde_json::from_slice(&store.snapshot().expect("snapshot").meta["session"])
+            .expect("session");
+    session["access_token"] = json!("eyJhbGciOiJIUzI1NiJ9.e30.expired");
+    store
+        .write(&Batch(vec![Write::Meta {
+            key: "session".into(),
+            value: serde_json::to_vec(&session).expect("json"),
+        }]))
+        .expect("write");
+    drop(store);
+
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    let report = phone.sync().await.expect("refreshed, then synced");
+    assert_eq!(report.durable, 1);
+    assert_eq!(phone.patrol(&id).expect("listed").sync, SyncState::Durable);
+    // The new pair was stored: the next run of the app syncs without refreshing again.
+    drop(phone);
+    let stored: serde_json::Value = serde_json::from_slice(
+        &SqliteStore::open(&path)
+            .expect("store")
+            .snapshot()
+            .expect("snapshot")
+            .meta["session"],
+    )
+    .expect("session");
+    assert_ne!(stored["access_token"], session["access_token"]);
+    assert_ne!(stored["refresh_token"], session["refresh_token"]);
 }
 
 async fn a_revoked_phone_keeps_its_records(backend: Backend) {
@@ -297,5 +357,6 @@ both_backends!(
     an_inspector_records_offline_syncs_and_hears_the_verdict,
     a_revoked_phone_keeps_its_records,
     a_refused_patrol_stays_marked_and_is_not_resent,
+    a_refused_access_token_is_refreshed_on_the_way,
     a_clock_two_hours_slow_is_measured,
 );
