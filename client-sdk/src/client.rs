@@ -78,6 +78,19 @@ pub struct GridInfo {
     pub level: String,
 }
 
+/// A key point (重点点位: a quarry, a livestock farm, an outfall) inside the inspector's grids,
+/// cached for offline use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, uniffi::Record)]
+pub struct KeyPoint {
+    pub code: String,
+    pub name: String,
+    /// The middle of its extent (the point itself for a point with a radius).
+    pub lon: f64,
+    pub lat: f64,
+    /// Its extent: [min lon, min lat, max lon, max lat].
+    pub bbox: Vec<f64>,
+}
+
 /// A supervisor's verdict as the phone received it.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ReviewInfo {
@@ -159,6 +172,7 @@ pub(crate) struct Inner {
     pub local: BTreeMap<String, LocalState>,
     pub chunks: HashMap<String, usize>,
     pub grids: Vec<GridInfo>,
+    pub key_points: Vec<KeyPoint>,
     pub skew: Option<Skew>,
 }
 
@@ -197,6 +211,7 @@ pub(crate) const META_SESSION: &str = "session";
 pub(crate) const META_CURSOR: &str = "cursor";
 pub(crate) const META_VERIFY: &str = "syncs_since_verify";
 pub(crate) const META_GRIDS: &str = "grids";
+pub(crate) const META_KEY_POINTS: &str = "key_points";
 pub(crate) const META_SKEW: &str = "clock_skew";
 pub(crate) const META_ACTOR: &str = "actor";
 /// `photo:<sha256>`: a photo attached here, waiting for its upload.
@@ -263,6 +278,7 @@ impl Client {
             local: BTreeMap::new(),
             chunks: HashMap::new(),
             grids: Vec::new(),
+            key_points: Vec::new(),
             skew: None,
         };
         if let Some(bytes) = snapshot.meta.get(META_SESSION) {
@@ -293,6 +309,9 @@ impl Client {
         }
         if let Some(bytes) = snapshot.meta.get(META_GRIDS) {
             inner.grids = store::decode(bytes)?;
+        }
+        if let Some(bytes) = snapshot.meta.get(META_KEY_POINTS) {
+            inner.key_points = store::decode(bytes)?;
         }
         if let Some(bytes) = snapshot.meta.get(META_SKEW) {
             inner.skew = Some(store::decode(bytes)?);
@@ -367,6 +386,11 @@ impl Client {
     /// The grids this inspector patrols, as last fetched (works offline).
     pub fn my_grids(&self) -> Vec<GridInfo> {
         self.inner().grids.clone()
+    }
+
+    /// The key points inside the inspector's grids, as last fetched (works offline).
+    pub fn my_key_points(&self) -> Vec<KeyPoint> {
+        self.inner().key_points.clone()
     }
 
     /// The device clock's error against the server's at the last sync, in milliseconds
@@ -479,6 +503,7 @@ impl Client {
                     local: BTreeMap::new(),
                     chunks: HashMap::new(),
                     grids: Vec::new(),
+                    key_points: Vec::new(),
                     skew: None,
                 },
             );

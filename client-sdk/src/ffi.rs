@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::store::{MemoryStore, SqliteStore, Store};
 use crate::{
-    Backoff, Client, FixInput, GridInfo, Method, NewProblemInput, Observer, PatrolSummary,
-    SdkError, SyncReport,
+    Backoff, Client, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer,
+    PatrolSummary, SdkError, SyncReport,
 };
 
 /// Told of every patrol or problem that changed (recorded, received, acknowledged, refused).
@@ -83,6 +83,10 @@ impl GridPatrol {
 
     pub fn my_grids(&self) -> Vec<GridInfo> {
         self.client.my_grids()
+    }
+
+    pub fn my_key_points(&self) -> Vec<KeyPoint> {
+        self.client.my_key_points()
     }
 
     pub fn start_patrol(&self, grid: String, method: Method) -> Result<String, SdkError> {
@@ -199,6 +203,33 @@ impl GridPatrol {
         Arc::new(Subscription {
             observer: Mutex::new(Some(registered)),
         })
+    }
+}
+
+/// The network calls as `suspend` functions (Kotlin), `async` (Swift) and coroutines (Python
+/// asyncio): they run on the SDK's runtime, and the app's event loop only awaits them.
+#[uniffi::export]
+impl GridPatrol {
+    pub async fn enroll_async(&self, code: String, device_name: String) -> Result<(), SdkError> {
+        let client = Arc::clone(&self.client);
+        self.runtime
+            .spawn(async move { client.enroll(&code, &device_name).await })
+            .await
+            .map_err(task_failed)?
+    }
+
+    pub async fn sync_async(&self) -> Result<SyncReport, SdkError> {
+        let client = Arc::clone(&self.client);
+        self.runtime
+            .spawn(async move { client.sync().await })
+            .await
+            .map_err(task_failed)?
+    }
+}
+
+fn task_failed(error: tokio::task::JoinError) -> SdkError {
+    SdkError::Protocol {
+        message: format!("the SDK's task failed: {error}"),
     }
 }
 

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use sync_protocol::client::Event;
 use sync_protocol::wire::{self, SyncRequest, SyncResponse};
 
-use crate::client::{Client, GridInfo, META_GRIDS, META_SESSION, Session, Skew};
+use crate::client::{
+    Client, GridInfo, KeyPoint, META_GRIDS, META_KEY_POINTS, META_SESSION, Session, Skew,
+};
 use crate::clock::skew_ms;
 use crate::error::SdkError;
 use crate::store::{self, Batch, Write};
@@ -46,6 +48,13 @@ struct TokenPair {
 struct ErrorBody {
     error: String,
     message: String,
+}
+
+#[derive(Deserialize)]
+struct GridSummary {
+    code: String,
+    name: String,
+    bbox: [f64; 4],
 }
 
 #[derive(Deserialize)]
@@ -180,11 +189,35 @@ impl Client {
                 level: r.grid_level,
             })
             .collect();
-        self.store.write(&Batch(vec![Write::Meta {
-            key: META_GRIDS.into(),
-            value: store::encode(&grids),
-        }]))?;
-        self.inner().grids = grids;
+        let points: Vec<GridSummary> = self
+            .authorized_get("/v1/grids?kind=key_point")
+            .await?
+            .json()
+            .await
+            .map_err(network)?;
+        let key_points: Vec<KeyPoint> = points
+            .into_iter()
+            .map(|p| KeyPoint {
+                code: p.code,
+                name: p.name,
+                lon: (p.bbox[0] + p.bbox[2]) / 2.0,
+                lat: (p.bbox[1] + p.bbox[3]) / 2.0,
+                bbox: p.bbox.to_vec(),
+            })
+            .collect();
+        self.store.write(&Batch(vec![
+            Write::Meta {
+                key: META_GRIDS.into(),
+                value: store::encode(&grids),
+            },
+            Write::Meta {
+                key: META_KEY_POINTS.into(),
+                value: store::encode(&key_points),
+            },
+        ]))?;
+        let mut inner = self.inner();
+        inner.grids = grids;
+        inner.key_points = key_points;
         Ok(())
     }
 

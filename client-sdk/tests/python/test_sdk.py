@@ -9,6 +9,7 @@ An inspector's phone enrolls, records a patrol offline, syncs; the township lead
 receives it and sends it back with a comment; the phone's next sync brings the verdict.
 """
 
+import asyncio
 import os
 import re
 import socket
@@ -185,6 +186,15 @@ class PatrolThroughTheBindings(unittest.TestCase):
             self.assertLess(time.time(), deadline, phone.last_background_error())
             time.sleep(0.05)
         self.assertIsNone(phone.last_background_error())
+
+        # The same through asyncio: the SDK's runtime does the work, the event loop awaits it.
+        # (Offline meanwhile, or the submit would already send it in the background.)
+        phone.set_network_available(False)
+        third = phone.start_patrol(VILLAGE, Method.ANNOUNCED)
+        phone.submit(third)
+        report = asyncio.run(phone.sync_async())
+        self.assertEqual(report.durable, 1)
+        self.assertTrue(phone.patrol(third).sync.is_durable())
 
 
 if __name__ == "__main__":

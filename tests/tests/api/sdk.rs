@@ -320,6 +320,70 @@ async fn a_refused_patrol_stays_marked_and_is_not_resent(backend: Backend) {
     assert_eq!(stored, 0);
 }
 
+/// A point inside a grid's GeoJSON polygon (the outer ring of the largest part).
+fn inside(geometry: &serde_json::Value) -> (f64, f64) {
+    use geo::{Area, InteriorPoint};
+    let rings: Vec<&serde_json::Value> = match geometry["type"].as_str() {
+        Some("Polygon") => vec![&geometry["coordinates"][0]],
+        _ => geometry["coordinates"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .map(|part| &part[0])
+            .collect(),
+    };
+    let polygons = rings.into_iter().map(|ring| {
+        let coords: Vec<(f64, f64)> = ring
+            .as_array()
+            .expect("ring")
+            .iter()
+            .map(|c| (c[0].as_f64().expect("lon"), c[1].as_f64().expect("lat")))
+            .collect();
+        geo::Polygon::new(geo::LineString::from(coords), vec![])
+    });
+    let largest = polygons
+        .max_by(|a, b| a.unsigned_area().total_cmp(&b.unsigned_area()))
+        .expect("a polygon");
+    let point = largest.interior_point().expect("interior");
+    (point.x(), point.y())
+}
+
+async fn key_points_in_my_village_are_kept_for_offline_use(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    let village = app.grid_id(VILLAGE).await;
+    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
+    let (lon, lat) = inside(&detail.body["geometry"]);
+    let quarry = json!({"type": "FeatureCollection", "features": [{"type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [lon, lat]},
+        "properties": {"code": "522632100001-P01", "name": "村口砂石场", "level": "key_point",
+                       "parent_code": VILLAGE, "kind": "key_point", "radius_m": 30}}]});
+    let imported = app
+        .post_raw(
+            "/v1/grids/import",
+            Some(&admin),
+            "application/geo+json",
+            serde_json::to_vec(&quarry).expect("json"),
+        )
+        .await;
+    assert_eq!(imported.assert_ok()["created"], 1, "{}", imported.text);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "红米")
+        .await
+        .expect("enroll");
+    drop(phone);
+    // Reopened with no server at all: the key point is still there.
+    let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
+    let offline = Client::open(Arc::new(store), "http://127.0.0.1:9").expect("open");
+    let points = offline.my_key_points();
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0].name, "村口砂石场");
+    assert!((points[0].lon - lon).abs() < 1e-6 && (points[0].lat - lat).abs() < 1e-6);
+}
+
 /// A phone whose clock is two hours slow.
 struct Slow(SystemClock);
 
@@ -358,5 +422,6 @@ both_backends!(
     a_revoked_phone_keeps_its_records,
     a_refused_patrol_stays_marked_and_is_not_resent,
     a_refused_access_token_is_refreshed_on_the_way,
+    key_points_in_my_village_are_kept_for_offline_use,
     a_clock_two_hours_slow_is_measured,
 );
