@@ -241,6 +241,60 @@ async fn a_refused_access_token_is_refreshed_on_the_way(backend: Backend) {
     assert_ne!(stored["refresh_token"], session["refresh_token"]);
 }
 
+async fn several_phones_record_offline_and_sync_in_turns(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let mut phones = Vec::new();
+    for (n, dir) in dirs.iter().enumerate() {
+        let phone = open(&app, dir, Arc::new(SystemClock::default()));
+        let inspector = format!("inspector-{VILLAGE}-{}", n + 1);
+        phone
+            .enroll(&code_for(&app, &inspector).await, &inspector)
+            .await
+            .expect("enroll");
+        phones.push(phone);
+    }
+    // All three record two patrols each with no network, then sync one after the other, twice.
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        for (n, phone) in phones.iter().enumerate() {
+            let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+            for i in 0..5 {
+                phone
+                    .add_fix(&id, fix(i, 1_795_000_000_000 + n as i64 * 1_000 + round))
+                    .expect("fix");
+            }
+            phone.submit(&id).expect("submit");
+            ids.push(id);
+        }
+        for phone in &phones {
+            let report = phone.sync().await.expect("sync");
+            assert_eq!((report.pushed, report.durable), (1, 1), "{report:?}");
+            assert_eq!(report.received, 0, "a phone hears only of its own patrols");
+        }
+    }
+    for phone in &phones {
+        let mine = phone.patrols();
+        assert_eq!(mine.len(), 2);
+        assert!(mine.iter().all(|p| p.sync == SyncState::Durable));
+    }
+    // The township leader's tablet sees all six.
+    let tablet = Client::open(
+        Arc::new(gridpatrol_sdk::store::MemoryStore::new()),
+        &app.base,
+    )
+    .expect("open");
+    tablet
+        .enroll(&code_for(&app, "leader-522632100").await, "镇长的平板")
+        .await
+        .expect("enroll");
+    let report = tablet.sync().await.expect("sync");
+    assert_eq!(report.received, 6);
+    let seen: std::collections::BTreeSet<String> =
+        tablet.patrols().into_iter().map(|p| p.id).collect();
+    assert_eq!(seen, ids.into_iter().collect());
+}
+
 async fn a_revoked_phone_keeps_its_records(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -419,6 +473,7 @@ async fn a_clock_two_hours_slow_is_measured(backend: Backend) {
 
 both_backends!(
     an_inspector_records_offline_syncs_and_hears_the_verdict,
+    several_phones_record_offline_and_sync_in_turns,
     a_revoked_phone_keeps_its_records,
     a_refused_patrol_stays_marked_and_is_not_resent,
     a_refused_access_token_is_refreshed_on_the_way,
