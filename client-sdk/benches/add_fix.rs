@@ -10,7 +10,7 @@ use std::time::Instant;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT};
 use gridpatrol_sdk::store::{Batch, MemoryStore, SqliteStore, Store, Write};
-use gridpatrol_sdk::{Client, FixInput, Method};
+use gridpatrol_sdk::{Client, Datum, FixInput, Method};
 
 const GRID: &str = "522632100001";
 
@@ -43,7 +43,7 @@ fn fix(i: i64) -> FixInput {
         at_ms: 1_795_000_000_000 + 10_000 * i,
         lon: 108.52 + 0.00003 * i as f64,
         lat: 25.93 + 0.00001 * (i % 50) as f64,
-        gcj02: true,
+        datum: Datum::Gcj02,
         accuracy_m: Some(4.0 + (i % 7) as f32),
         mock: false,
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use automerge::{ActorId, Automerge};
 use serde::{Deserialize, Serialize};
 use sync_protocol::client::{ClientState, DocState, Event};
-use sync_protocol::schema::{self, Datum, DocKind, FixSource, PatrolStatus, ReviewState};
+use sync_protocol::schema::{self, DocKind, FixSource, PatrolStatus, ReviewState};
 use sync_protocol::wire::{Cursor, Rejection};
 
 use crate::clock::{Clock, SystemClock};
@@ -36,6 +36,28 @@ impl Method {
     }
 }
 
+/// The coordinate system of a position, as the platform's location SDK reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Datum {
+    /// Raw GNSS (Android `LocationManager`, iOS Core Location): WGS-84, equal to CGCS2000
+    /// within a metre.
+    Wgs84,
+    /// 国测局 GCJ-02: Amap (高德) and Tencent location SDKs.
+    Gcj02,
+    /// Baidu BD-09.
+    Bd09,
+}
+
+impl Datum {
+    fn schema(self) -> schema::Datum {
+        match self {
+            Datum::Wgs84 => schema::Datum::Wgs84,
+            Datum::Gcj02 => schema::Datum::Gcj02,
+            Datum::Bd09 => schema::Datum::Bd09,
+        }
+    }
+}
+
 /// One GPS fix as the platform reports it.
 #[derive(Debug, Clone, Copy, PartialEq, uniffi::Record)]
 pub struct FixInput {
@@ -43,8 +65,7 @@ pub struct FixInput {
     pub at_ms: i64,
     pub lon: f64,
     pub lat: f64,
-    /// `true` for GCJ-02 (most Chinese location SDKs), `false` for raw WGS-84 GNSS.
-    pub gcj02: bool,
+    pub datum: Datum,
     pub accuracy_m: Option<f32>,
     /// The platform flagged the location as mocked.
     pub mock: bool,
@@ -66,7 +87,7 @@ pub struct NewProblemInput {
     pub description: String,
     pub lon: f64,
     pub lat: f64,
-    pub gcj02: bool,
+    pub datum: Datum,
     pub disposition: ProblemDisposition,
 }
 
@@ -597,11 +618,7 @@ impl Client {
             at_ms: fix.at_ms,
             lon: fix.lon,
             lat: fix.lat,
-            datum: if fix.gcj02 {
-                Datum::Gcj02
-            } else {
-                Datum::Wgs84
-            },
+            datum: fix.datum.schema(),
             accuracy_m: fix.accuracy_m,
             source: FixSource::Gnss,
             mock: fix.mock,
@@ -739,15 +756,7 @@ impl Client {
             patrol: patrol.to_string(),
             category: problem.category,
             description: problem.description,
-            position: (
-                problem.lon,
-                problem.lat,
-                if problem.gcj02 {
-                    Datum::Gcj02
-                } else {
-                    Datum::Wgs84
-                },
-            ),
+            position: (problem.lon, problem.lat, problem.datum.schema()),
             disposition: match problem.disposition {
                 ProblemDisposition::StoppedOnSite => schema::Disposition::StoppedOnSite,
                 ProblemDisposition::Escalated => schema::Disposition::Escalated,

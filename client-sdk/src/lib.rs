@@ -15,7 +15,7 @@ mod sync;
 uniffi::setup_scaffolding!();
 
 pub use client::{
-    Client, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer, PatrolSummary,
+    Client, Datum, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer, PatrolSummary,
     ProblemDisposition, ReviewInfo, SyncState,
 };
 pub use error::SdkError;

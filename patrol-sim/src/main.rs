@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use clap::Parser;
 use gridpatrol_sdk::clock::Clock;
 use gridpatrol_sdk::store::{MemoryStore, SqliteStore, Store};
-use gridpatrol_sdk::{Client, FixInput, Method, NewProblemInput, ProblemDisposition};
+use gridpatrol_sdk::{Client, Datum, FixInput, Method, NewProblemInput, ProblemDisposition};
 use patrol_sim::track::{self, TrackOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -211,6 +211,13 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
     Ok(inspectors)
 }
 
+fn datum(fix: &track::Fix) -> Datum {
+    match fix.datum {
+        track::Datum::Wgs84 => Datum::Wgs84,
+        track::Datum::Gcj02 => Datum::Gcj02,
+    }
+}
+
 /// One inspector's patrol of the day. Returns the number of fixes recorded.
 fn patrol(
     args: &Args,
@@ -254,7 +261,7 @@ fn patrol(
                     at_ms: fix.at_ms,
                     lon: fix.lon,
                     lat: fix.lat,
-                    gcj02: fix.datum == track::Datum::Gcj02,
+                    datum: datum(fix),
                     accuracy_m: Some(fix.accuracy_m),
                     mock: fix.mock,
                 },
@@ -274,7 +281,7 @@ fn patrol(
                         description: description.into(),
                         lon: fix.lon,
                         lat: fix.lat,
-                        gcj02: fix.datum == track::Datum::Gcj02,
+                        datum: datum(fix),
                         disposition: if rng.random_bool(0.6) {
                             ProblemDisposition::StoppedOnSite
                         } else {

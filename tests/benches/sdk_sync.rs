@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gridpatrol_sdk::store::{MemoryStore, Store};
-use gridpatrol_sdk::{Client, FixInput, Method};
+use gridpatrol_sdk::{Client, Datum, FixInput, Method};
 use gridpatrol_tests::{Backend, TestApp};
 use serde_json::json;
 
@@ -61,7 +61,7 @@ async fn main() {
                             at_ms: at,
                             lon: 108.52 + 0.00003 * i as f64,
                             lat: 25.93 + 0.0001 * ((i as f64) / 9.0).sin(),
-                            gcj02: true,
+                            datum: Datum::Gcj02,
                             accuracy_m: Some(3.0 + (i % 11) as f32),
                             mock: false,
                         },

@@ -22,6 +22,7 @@ import urllib.request
 
 sys.path.insert(0, os.environ["BINDINGS"])
 from gridpatrol_sdk import (  # noqa: E402  (the path above first)
+    Datum,
     FixInput,
     GridPatrol,
     Method,
@@ -131,7 +132,7 @@ class PatrolThroughTheBindings(unittest.TestCase):
                     at_ms=now + 10_000 * i,
                     lon=108.52 + 0.0002 * i,
                     lat=25.93 + 0.0001 * i,
-                    gcj02=True,
+                    datum=Datum.GCJ02,
                     accuracy_m=5.0,
                     mock=False,
                 ),
@@ -144,7 +145,7 @@ class PatrolThroughTheBindings(unittest.TestCase):
                 description="河岸堆放建筑垃圾",
                 lon=108.521,
                 lat=25.931,
-                gcj02=True,
+                datum=Datum.GCJ02,
                 disposition=ProblemDisposition.ESCALATED,
             ),
         )

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use gridpatrol_sdk::clock::{Clock, SystemClock};
 use gridpatrol_sdk::store::{Batch, SqliteStore, Store, Write};
 use gridpatrol_sdk::{
-    Client, FixInput, Method, NewProblemInput, ProblemDisposition, SdkError, SyncState,
+    Client, Datum, FixInput, Method, NewProblemInput, ProblemDisposition, SdkError, SyncState,
 };
 use gridpatrol_server::schema::patrols;
 use gridpatrol_tests::phone::Phone;
@@ -46,7 +46,7 @@ fn fix(i: i64, now: i64) -> FixInput {
         at_ms: now + 10_000 * i,
         lon: 108.520 + 0.0002 * i as f64,
         lat: 25.930 + 0.0001 * i as f64,
-        gcj02: true,
+        datum: Datum::Gcj02,
         accuracy_m: Some(5.0),
         mock: false,
     }
@@ -99,7 +99,7 @@ async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backe
                 description: "河岸堆放建筑垃圾".into(),
                 lon: 108.521,
                 lat: 25.931,
-                gcj02: true,
+                datum: Datum::Gcj02,
                 disposition: ProblemDisposition::Escalated,
             },
         )
