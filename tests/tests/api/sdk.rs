@@ -209,19 +209,7 @@ async fn a_refused_access_token_is_refreshed_on_the_way(backend: Backend) {
         .expect("enroll");
     let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
     drop(phone);
-    // The stored access token no longer works (as when it expired while the phone was off).
-    let store = SqliteStore::open(&path).expect("store");
-    let mut session: serde_json::Value =
-        serde_json::from_slice(&store.snapshot().expect("snapshot").meta["session"])
-            .expect("session");
-    session["access_token"] = json!("eyJhbGciOiJIUzI1NiJ9.e30.expired");
-    store
-        .write(&Batch(vec![Write::Meta {
-            key: "session".into(),
-            value: serde_json::to_vec(&session).expect("json"),
-        }]))
-        .expect("write");
-    drop(store);
+    let session = spoil_access_token(&path);
 
     let phone = open(&app, &dir, Arc::new(SystemClock::default()));
     let report = phone.sync().await.expect("refreshed, then synced");
@@ -374,6 +362,64 @@ async fn a_refused_patrol_stays_marked_and_is_not_resent(backend: Backend) {
     assert_eq!(stored, 0);
 }
 
+/// Replaces the stored access token by one the server refuses (as when it expired while the
+/// phone was off), so that the next sync has to refresh. Returns the stored session.
+fn spoil_access_token(path: &std::path::Path) -> serde_json::Value {
+    let store = SqliteStore::open(path).expect("store");
+    let mut session: serde_json::Value =
+        serde_json::from_slice(&store.snapshot().expect("snapshot").meta["session"])
+            .expect("session");
+    session["access_token"] = json!("eyJhbGciOiJIUzI1NiJ9.e30.expired");
+    store
+        .write(&Batch(vec![Write::Meta {
+            key: "session".into(),
+            value: serde_json::to_vec(&session).expect("json"),
+        }]))
+        .expect("write");
+    session
+}
+
+async fn a_reused_refresh_token_signs_the_phone_out_and_keeps_its_records(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("phone.sqlite3");
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    phone
+        .enroll(&code_for(&app, INSPECTOR).await, "红米")
+        .await
+        .expect("enroll");
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    drop(phone);
+    let session = spoil_access_token(&path);
+    // Someone else spent the phone's refresh token (a copied phone), minutes ago.
+    let stolen = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": session["refresh_token"]}),
+        )
+        .await;
+    stolen.assert_ok();
+    app.with_conn(|conn| {
+        use gridpatrol_server::schema::refresh_tokens;
+        diesel::update(refresh_tokens::table.filter(refresh_tokens::used_at.is_not_null()))
+            .set(
+                refresh_tokens::used_at
+                    .eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(5)),
+            )
+            .execute(conn)
+    })
+    .await;
+
+    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
+    match phone.sync().await {
+        Err(SdkError::SignedOut { code, .. }) => assert_eq!(code, "refresh_token_reused"),
+        other => panic!("{other:?}"),
+    }
+    let kept = phone.patrol(&id).expect("still on the phone");
+    assert_eq!(kept.sync, SyncState::Sent);
+}
+
 /// A point inside a grid's GeoJSON polygon (the outer ring of the largest part).
 fn inside(geometry: &serde_json::Value) -> (f64, f64) {
     use geo::{Area, InteriorPoint};
@@ -477,6 +523,7 @@ both_backends!(
     a_revoked_phone_keeps_its_records,
     a_refused_patrol_stays_marked_and_is_not_resent,
     a_refused_access_token_is_refreshed_on_the_way,
+    a_reused_refresh_token_signs_the_phone_out_and_keeps_its_records,
     key_points_in_my_village_are_kept_for_offline_use,
     a_clock_two_hours_slow_is_measured,
 );
