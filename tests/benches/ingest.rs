@@ -272,7 +272,8 @@ struct Rate {
 
 /// Sends every phone's requests, PARALLEL phones at a time, alternating phones between the given
 /// servers.
-async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> Rate {
+async fn ingest(servers: &[String], phones: &[Phone], work: &Workload) -> Rate {
+    let client = reqwest::Client::new();
     let requests = requests(phones, work);
     let started = Instant::now();
     let cpu = cpu_seconds();
@@ -281,16 +282,16 @@ async fn ingest(servers: &[Arc<TestApp>], phones: &[Phone], work: &Workload) -> 
     while next < phones.len() {
         let mut tasks = Vec::new();
         for p in next..(next + PARALLEL).min(phones.len()) {
-            let app = servers[p % servers.len()].clone();
+            let base = servers[p % servers.len()].clone();
+            let client = client.clone();
             let token = phones[p].token.clone();
             let requests = requests[p].clone();
             tasks.push(tokio::spawn(async move {
                 let mut cursor = wire::Cursor::default();
                 for mut request in requests {
                     request.cursor = cursor;
-                    let response = app
-                        .client
-                        .post(format!("{}/v1/sync", app.base))
+                    let response = client
+                        .post(format!("{base}/v1/sync"))
                         .bearer_auth(&token)
                         .header("content-type", sync_protocol::CONTENT_TYPE)
                         .body(wire::encode(&request))
@@ -383,6 +384,158 @@ fn print_rate(what: &str, rate: &Rate, baseline: f64) {
     );
 }
 
+/// The `gridpatrol` binary built beside this bench (`cargo build --release -p gridpatrol-server`).
+fn server_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("gridpatrol");
+    bin.exists().then_some(bin)
+}
+
+/// Peak resident memory (VmHWM) of another process, in MiB.
+fn process_peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// `gridpatrol serve --demo` in its own process on a fresh SQLite file, killed when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_server(bin: &std::path::Path) -> ServerProcess {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["serve", "--demo"])
+        .env("GRIDPATROL_DATA_DIR", dir.path())
+        .env("GRIDPATROL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start gridpatrol");
+    let server = ServerProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return server;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("gridpatrol did not start");
+}
+
+/// Phones enrolled over HTTP only (no database access), for a server in another process.
+async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) {
+    let client = reqwest::Client::new();
+    let login: serde_json::Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin-522632", "password": "gridpatrol-demo"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let admin = login["access_token"].as_str().expect("token").to_string();
+    let users: Vec<serde_json::Value> = client
+        .get(format!("{base}/v1/users?role=inspector"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    let mut firsts: Vec<(String, i64)> = users
+        .iter()
+        .filter_map(|u| {
+            let name = u["username"].as_str()?;
+            let village = name.strip_prefix("inspector-")?.strip_suffix("-1")?;
+            Some((village.to_string(), u["id"].as_i64()?))
+        })
+        .collect();
+    firsts.sort();
+    firsts.truncate(PHONES);
+    let mut phones = Vec::new();
+    let mut villages = Vec::new();
+    for (village, user_id) in firsts {
+        let code: serde_json::Value = client
+            .post(format!("{base}/v1/users/{user_id}/enrollment-codes"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("code")
+            .json()
+            .await
+            .expect("json");
+        let actor = automerge::ActorId::random();
+        let pair: serde_json::Value = client
+            .post(format!("{base}/v1/devices/enroll"))
+            .json(
+                &serde_json::json!({"code": code["code"], "device_name": "bench",
+                                      "actor_id": actor.to_hex_string()}),
+            )
+            .send()
+            .await
+            .expect("enroll")
+            .json()
+            .await
+            .expect("json");
+        phones.push(Phone {
+            user_id,
+            device_id: pair["device_id"].as_i64().expect("device"),
+            actor: actor.clone(),
+            token: pair["access_token"].as_str().expect("token").to_string(),
+            state: ClientState {
+                actor: Some(actor),
+                ..ClientState::default()
+            },
+            docs: std::collections::BTreeMap::new(),
+        });
+        villages.push(village);
+    }
+    let per = patrols / PHONES;
+    let per_phone = phones
+        .iter()
+        .zip(&villages)
+        .map(|(phone, village)| {
+            (0..per)
+                .map(|n| typical_patrol(phone, village, n))
+                .collect()
+        })
+        .collect();
+    (phones, Workload { per_phone })
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -401,7 +554,7 @@ async fn main() {
     let baseline = automerge_baseline(&work);
     let merge = merge_only(&phones, &work);
     let rss_before = peak_rss_mib();
-    let rate = ingest(std::slice::from_ref(&app), &phones, &work).await;
+    let rate = ingest(std::slice::from_ref(&app.base), &phones, &work).await;
     assert_eq!(patrol_count(&app).await, work.total() as i64);
     println!(
         "| pure Automerge: decode + apply, one core | {baseline:.0} | 1.00× | 1 | {rss_before:.0} |"
@@ -410,12 +563,36 @@ async fn main() {
         "| protocol merge and checks only, one core (no HTTP, no database) | {merge:.0} | {:.2}× slower | 1 | |",
         baseline / merge
     );
-    print_rate("SQLite, one server process", &rate, baseline);
+    print_rate("SQLite, one server (in the bench process)", &rate, baseline);
+    drop((phones, work, app));
+
+    // The real binary in its own process: its peak RSS is the server's alone.
+    match (quick, server_binary()) {
+        (false, Some(bin)) => {
+            let server = spawn_server(&bin).await;
+            let (phones, work) = enroll_over_http(&server.base, patrols).await;
+            let idle = process_peak_rss_mib(server.child.id());
+            let rate = ingest(std::slice::from_ref(&server.base), &phones, &work).await;
+            println!(
+                "| SQLite, the `gridpatrol` binary in its own process | {:.0} | {:.2}× slower | {:.2} (bench) / {:.2} | server only: {:.0} after start, {:.0} peak |",
+                rate.docs_per_s,
+                baseline / rate.docs_per_s,
+                rate.cores,
+                rate.machine_cores,
+                idle,
+                process_peak_rss_mib(server.child.id())
+            );
+        }
+        (false, None) => println!(
+            "(the `gridpatrol` binary in its own process: build it first, `cargo build --release -p gridpatrol-server`)"
+        ),
+        (true, _) => {}
+    }
 
     if std::env::var("GRIDPATROL_TEST_PG_URL").is_ok() {
         let single = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
         let (phones, work) = setup(&single, patrols).await;
-        let rate = ingest(std::slice::from_ref(&single), &phones, &work).await;
+        let rate = ingest(std::slice::from_ref(&single.base), &phones, &work).await;
         print_rate("PostgreSQL, one server process", &rate, baseline);
         assert_eq!(patrol_count(&single).await, work.total() as i64);
         drop((phones, work, single));
@@ -432,7 +609,7 @@ async fn main() {
             .await,
         );
         let (phones, work) = setup(&first, patrols).await;
-        let rate = ingest(&[first.clone(), second], &phones, &work).await;
+        let rate = ingest(&[first.base.clone(), second.base.clone()], &phones, &work).await;
         print_rate("PostgreSQL, two servers", &rate, baseline);
         assert_eq!(patrol_count(&first).await, work.total() as i64);
     } else {
