@@ -279,18 +279,9 @@ impl LocalState {
     }
 }
 
-impl Client {
-    /// Opens the SDK on a store, for a server at `base_url` (e.g. `https://gridpatrol.example.cn`).
-    pub fn open(store: Arc<dyn Store>, base_url: &str) -> Result<Client, SdkError> {
-        Self::open_with_clock(store, base_url, Arc::new(SystemClock::default()))
-    }
-
-    /// As [`Client::open`], reading time from `clock`.
-    pub fn open_with_clock(
-        store: Arc<dyn Store>,
-        base_url: &str,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Client, SdkError> {
+impl Inner {
+    /// Everything the SDK keeps, read back from the store.
+    fn load(store: &dyn Store) -> Result<Inner, SdkError> {
         let snapshot = store.snapshot()?;
         let mut inner = Inner {
             session: None,
@@ -359,6 +350,23 @@ impl Client {
             inner.local.insert(id.clone(), local);
             inner.docs.insert(id, doc);
         }
+        Ok(inner)
+    }
+}
+
+impl Client {
+    /// Opens the SDK on a store, for a server at `base_url` (e.g. `https://gridpatrol.example.cn`).
+    pub fn open(store: Arc<dyn Store>, base_url: &str) -> Result<Client, SdkError> {
+        Self::open_with_clock(store, base_url, Arc::new(SystemClock::default()))
+    }
+
+    /// As [`Client::open`], reading time from `clock`.
+    pub fn open_with_clock(
+        store: Arc<dyn Store>,
+        base_url: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Client, SdkError> {
+        let inner = Inner::load(store.as_ref())?;
         Ok(Client {
             store,
             clock,
@@ -510,25 +518,7 @@ impl Client {
     /// never holds what the store does not.
     fn commit(&self, inner: &mut MutexGuard<'_, Inner>, batch: Batch) -> Result<(), SdkError> {
         if let Err(error) = self.store.write(&batch) {
-            let reopened = Client::open_with_clock(
-                Arc::clone(&self.store),
-                &self.base_url,
-                Arc::clone(&self.clock),
-            )?;
-            let fresh = std::mem::replace(
-                &mut *reopened.inner(),
-                Inner {
-                    session: None,
-                    protocol: ClientState::default(),
-                    docs: BTreeMap::new(),
-                    local: BTreeMap::new(),
-                    chunks: HashMap::new(),
-                    grids: Vec::new(),
-                    key_points: Vec::new(),
-                    skew: None,
-                },
-            );
-            **inner = fresh;
+            **inner = Inner::load(self.store.as_ref())?;
             return Err(error);
         }
         Ok(())
@@ -848,11 +838,14 @@ impl Client {
             comment: r.comment.clone(),
             at_ms: r.at_ms,
         });
+        // Durable: nothing of ours after the receipt. Usually the receipt names our heads, which
+        // says so at once; otherwise look at the changes after it (Automerge rebuilds those).
         let durable = !state.acked.is_empty()
-            && doc
-                .get_changes(&state.acked)
-                .iter()
-                .all(|c| Some(c.actor_id()) != inner.protocol.actor.as_ref());
+            && (doc.get_heads() == state.acked
+                || doc
+                    .get_changes(&state.acked)
+                    .iter()
+                    .all(|c| Some(c.actor_id()) != inner.protocol.actor.as_ref()));
         let sync = if let Some((rejection, _)) = &state.rejected {
             SyncState::Rejected {
                 code: rejection.code.clone(),
