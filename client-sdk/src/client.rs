@@ -510,7 +510,6 @@ impl Client {
             inner.local.insert(id.to_string(), local);
         }
         *inner.chunks.entry(id.to_string()).or_default() += 1;
-        // A changed document is no longer the one the server refused.
         Ok(())
     }
 
@@ -941,11 +940,9 @@ impl Client {
             let Some(state) = inner.protocol.docs.get(id).cloned() else {
                 continue;
             };
+            // (`sent` was stored by `mark_sent` before the request left.)
             let local = inner.local.entry(id.clone()).or_default();
             local.update_from(&state);
-            if request.docs.iter().any(|d| d.id == *id) {
-                local.sent = true;
-            }
             let encoded = store::encode(local);
             batch.push(Write::DocState {
                 id: id.clone(),

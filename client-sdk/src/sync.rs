@@ -93,6 +93,15 @@ async fn error_of(response: reqwest::Response) -> SdkError {
     }
 }
 
+/// The server's `device_revoked` as its own kind of error: the app tells the inspector, and
+/// keeps the phone's records.
+fn device_revoked_or(error: SdkError) -> SdkError {
+    match error {
+        SdkError::Server { code, .. } if code == "device_revoked" => SdkError::DeviceRevoked,
+        other => other,
+    }
+}
+
 /// Exponential backoff with full jitter, for retrying syncs on a bad network: the n-th wait is
 /// uniform in [0, min(cap, base · 2ⁿ)].
 #[derive(Debug, Clone, Copy)]
@@ -246,10 +255,7 @@ impl Client {
             .await
             .map_err(network)?;
         if !response.status().is_success() {
-            return Err(match error_of(response).await {
-                SdkError::Server { code, .. } if code == "device_revoked" => {
-                    SdkError::DeviceRevoked
-                }
+            return Err(match device_revoked_or(error_of(response).await) {
                 SdkError::Server {
                     status: 401,
                     code,
@@ -278,33 +284,20 @@ impl Client {
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, SdkError> {
-        for attempt in 0..2 {
-            let token = self.access_token()?;
-            let response = build(&token).send().await.map_err(network)?;
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
-                let error = error_of(response).await;
-                if let SdkError::Server { code, .. } = &error
-                    && code == "device_revoked"
-                {
-                    return Err(SdkError::DeviceRevoked);
-                }
-                self.refresh_tokens().await?;
-                continue;
+        let mut response = build(&self.access_token()?).send().await.map_err(network)?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let error = device_revoked_or(error_of(response).await);
+            if error == SdkError::DeviceRevoked {
+                return Err(error);
             }
-            if response.status().is_success() {
-                return Ok(response);
-            }
-            return Err(match error_of(response).await {
-                SdkError::Server { code, .. } if code == "device_revoked" => {
-                    SdkError::DeviceRevoked
-                }
-                other => other,
-            });
+            self.refresh_tokens().await?;
+            response = build(&self.access_token()?).send().await.map_err(network)?;
         }
-        Err(SdkError::SignedOut {
-            code: "unauthorized".into(),
-            message: "the server refused fresh tokens".into(),
-        })
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(device_revoked_or(error_of(response).await))
+        }
     }
 
     async fn authorized_get(&self, path: &str) -> Result<reqwest::Response, SdkError> {

@@ -96,6 +96,21 @@ struct Workload {
 }
 
 impl Workload {
+    /// `patrols` typical patrols, shared out among the phones, each in its phone's village.
+    fn new(phones: &[Phone], villages: &[String], patrols: usize) -> Workload {
+        let per = patrols / PHONES;
+        let per_phone = phones
+            .iter()
+            .zip(villages)
+            .map(|(phone, village)| {
+                (0..per)
+                    .map(|n| typical_patrol(phone, village, n))
+                    .collect()
+            })
+            .collect();
+        Workload { per_phone }
+    }
+
     fn total(&self) -> usize {
         self.per_phone.iter().map(Vec::len).sum()
     }
@@ -171,17 +186,18 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-struct Anyone(automerge::ActorId);
+/// The phone's inspector, allowed to record in any grid (the bench measures cost, not rules).
+struct Author<'a>(&'a Phone);
 
-impl sync_protocol::server::Authority for Anyone {
+impl sync_protocol::server::Authority for Author<'_> {
     fn user_id(&self) -> i64 {
-        0
+        self.0.user_id
     }
     fn device_id(&self) -> i64 {
-        0
+        self.0.device_id
     }
     fn actor(&self) -> &automerge::ActorId {
-        &self.0
+        &self.0.actor
     }
     fn may_author(&self, _: &str) -> bool {
         true
@@ -195,26 +211,7 @@ impl sync_protocol::server::Authority for Anyone {
 fn merge_only(phones: &[Phone], work: &Workload) -> f64 {
     let started = Instant::now();
     for (phone, patrols) in phones.iter().zip(&work.per_phone) {
-        let who = Anyone(phone.actor.clone());
-        struct Named<'a>(&'a Anyone, i64, i64);
-        impl sync_protocol::server::Authority for Named<'_> {
-            fn user_id(&self) -> i64 {
-                self.1
-            }
-            fn device_id(&self) -> i64 {
-                self.2
-            }
-            fn actor(&self) -> &automerge::ActorId {
-                &(self.0).0
-            }
-            fn may_author(&self, _: &str) -> bool {
-                true
-            }
-            fn may_review(&self, _: &str) -> bool {
-                false
-            }
-        }
-        let named = Named(&who, phone.user_id, phone.device_id);
+        let author = Author(phone);
         for (id, changes) in patrols {
             let push = wire::DocPush {
                 id: id.clone(),
@@ -231,7 +228,7 @@ fn merge_only(phones: &[Phone], work: &Workload) -> f64 {
                 &Automerge::new(),
                 0,
                 &push,
-                &named,
+                &author,
                 &sync_protocol::Limits::default(),
             )
             .expect("merge");
@@ -342,17 +339,8 @@ async fn setup(app: &TestApp, patrols: usize) -> (Vec<Phone>, Workload) {
     for village in &villages {
         phones.push(Phone::enroll(app, &leader, &format!("inspector-{village}-1")).await);
     }
-    let per = patrols / PHONES;
-    let per_phone = phones
-        .iter()
-        .zip(&villages)
-        .map(|(phone, village)| {
-            (0..per)
-                .map(|n| typical_patrol(phone, village, n))
-                .collect()
-        })
-        .collect();
-    (phones, Workload { per_phone })
+    let work = Workload::new(&phones, &villages, patrols);
+    (phones, work)
 }
 
 async fn patrol_count(app: &TestApp) -> i64 {
@@ -523,17 +511,8 @@ async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) 
         });
         villages.push(village);
     }
-    let per = patrols / PHONES;
-    let per_phone = phones
-        .iter()
-        .zip(&villages)
-        .map(|(phone, village)| {
-            (0..per)
-                .map(|n| typical_patrol(phone, village, n))
-                .collect()
-        })
-        .collect();
-    (phones, Workload { per_phone })
+    let work = Workload::new(&phones, &villages, patrols);
+    (phones, work)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,6 @@ use std::time::Instant;
 use gridpatrol_sdk::store::{MemoryStore, Store};
 use gridpatrol_sdk::{Client, Datum, FixInput, Method};
 use gridpatrol_tests::{Backend, TestApp};
-use serde_json::json;
 
 /// Each run is another inspector (of the demo's three per village), so that no run receives
 /// another's patrols.
@@ -22,18 +21,6 @@ const RUNS: [(&str, &str); 5] = [
     ("522632100002", "inspector-522632100002-1"),
     ("522632100002", "inspector-522632100002-2"),
 ];
-
-async fn code(app: &TestApp, leader: &str, inspector: &str) -> String {
-    let user = app.user_id(inspector).await;
-    let code = app
-        .post(
-            &format!("/v1/users/{user}/enrollment-codes"),
-            Some(leader),
-            &json!({}),
-        )
-        .await;
-    code.body["code"].as_str().expect("code").to_string()
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -46,7 +33,11 @@ async fn main() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let phone = Client::open(Arc::clone(&store), &app.base).expect("open");
         phone
-            .enroll(&code(&app, &leader, inspector).await, "红米")
+            .enroll(
+                &app.enrollment_code(&leader, app.user_id(inspector).await)
+                    .await,
+                "红米",
+            )
             .await
             .expect("enroll");
         let t0 = 1_795_000_000_000;

@@ -281,13 +281,8 @@ impl TestApp {
     }
 
     /// Like [`TestApp::enroll_phone`], with the phone's Automerge actor id (hex) given.
-    pub async fn enroll_phone_as(
-        &self,
-        manager_token: &str,
-        user_id: i64,
-        device_name: &str,
-        actor: &str,
-    ) -> Value {
+    /// A one-time enrollment code for the user's phone, handed out by `manager_token`'s holder.
+    pub async fn enrollment_code(&self, manager_token: &str, user_id: i64) -> String {
         let code = self
             .post(
                 &format!("/v1/users/{user_id}/enrollment-codes"),
@@ -296,11 +291,22 @@ impl TestApp {
             )
             .await;
         assert_eq!(code.status, 201, "{}", code.text);
+        code.body["code"].as_str().expect("code").to_string()
+    }
+
+    pub async fn enroll_phone_as(
+        &self,
+        manager_token: &str,
+        user_id: i64,
+        device_name: &str,
+        actor: &str,
+    ) -> Value {
+        let code = self.enrollment_code(manager_token, user_id).await;
         let phone = self
             .post(
                 "/v1/devices/enroll",
                 None,
-                &json!({"code": code.body["code"], "device_name": device_name, "actor_id": actor}),
+                &json!({"code": code, "device_name": device_name, "actor_id": actor}),
             )
             .await;
         phone.assert_ok().clone()

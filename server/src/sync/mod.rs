@@ -189,27 +189,29 @@ fn timestamp(ms: i64) -> NaiveDateTime {
         .unwrap_or_default()
 }
 
-#[derive(Insertable)]
+/// A patrol's projected row, as written and as read back (`rebuild-projections` must reproduce it
+/// exactly, which the tests check by comparing rows).
+#[derive(Insertable, Queryable, Debug, PartialEq)]
 #[diesel(table_name = patrols)]
-struct PatrolRow {
-    id: String,
-    grid_id: i64,
-    inspector_id: i64,
-    device_id: i64,
-    method: String,
-    status: String,
-    started_at: NaiveDateTime,
-    ended_at: Option<NaiveDateTime>,
-    fix_count: i32,
-    distance_m: f64,
-    photo_count: i32,
-    note_count: i32,
-    problem_count: i32,
-    review_state: Option<String>,
-    review_comment: Option<String>,
-    reviewer_id: Option<i64>,
-    first_received_at: NaiveDateTime,
-    updated_at: NaiveDateTime,
+pub struct PatrolRow {
+    pub id: String,
+    pub grid_id: i64,
+    pub inspector_id: i64,
+    pub device_id: i64,
+    pub method: String,
+    pub status: String,
+    pub started_at: NaiveDateTime,
+    pub ended_at: Option<NaiveDateTime>,
+    pub fix_count: i32,
+    pub distance_m: f64,
+    pub photo_count: i32,
+    pub note_count: i32,
+    pub problem_count: i32,
+    pub review_state: Option<String>,
+    pub review_comment: Option<String>,
+    pub reviewer_id: Option<i64>,
+    pub first_received_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
 }
 
 #[derive(Insertable)]

@@ -24,16 +24,21 @@ const INSPECTOR: &str = "inspector-522632100001-1";
 /// An enrollment code for `username`, as the township leader hands it out.
 async fn code_for(app: &TestApp, username: &str) -> String {
     let leader = app.token("leader-522632100").await;
-    let user = app.user_id(username).await;
-    let code = app
-        .post(
-            &format!("/v1/users/{user}/enrollment-codes"),
-            Some(&leader),
-            &json!({}),
+    app.enrollment_code(&leader, app.user_id(username).await)
+        .await
+}
+
+/// A phone keeping its store in `dir`, enrolled for `username`, on the real clock.
+async fn enrolled(app: &TestApp, dir: &tempfile::TempDir, username: &str) -> Client {
+    let phone = open(app, dir, Arc::new(SystemClock::default()));
+    phone
+        .enroll(
+            &code_for(app, username).await,
+            &format!("{username} 的手机"),
         )
-        .await;
-    assert_eq!(code.status, 201, "{}", code.text);
-    code.body["code"].as_str().expect("code").to_string()
+        .await
+        .expect("enroll");
+    phone
 }
 
 fn open(app: &TestApp, dir: &tempfile::TempDir, clock: Arc<dyn Clock>) -> Client {
@@ -202,11 +207,7 @@ async fn a_refused_access_token_is_refreshed_on_the_way(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("phone.sqlite3");
-    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
-    phone
-        .enroll(&code_for(&app, INSPECTOR).await, "红米")
-        .await
-        .expect("enroll");
+    let phone = enrolled(&app, &dir, INSPECTOR).await;
     let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
     drop(phone);
     let session = spoil_access_token(&path);
@@ -234,13 +235,8 @@ async fn several_phones_record_offline_and_sync_in_turns(backend: Backend) {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
     let mut phones = Vec::new();
     for (n, dir) in dirs.iter().enumerate() {
-        let phone = open(&app, dir, Arc::new(SystemClock::default()));
         let inspector = format!("inspector-{VILLAGE}-{}", n + 1);
-        phone
-            .enroll(&code_for(&app, &inspector).await, &inspector)
-            .await
-            .expect("enroll");
-        phones.push(phone);
+        phones.push(enrolled(&app, dir, &inspector).await);
     }
     // All three record two patrols each with no network, then sync one after the other, twice.
     let mut ids = Vec::new();
@@ -286,11 +282,7 @@ async fn several_phones_record_offline_and_sync_in_turns(backend: Backend) {
 async fn a_revoked_phone_keeps_its_records(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
     let dir = tempfile::tempdir().expect("tmp");
-    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
-    phone
-        .enroll(&code_for(&app, INSPECTOR).await, "旧手机")
-        .await
-        .expect("enroll");
+    let phone = enrolled(&app, &dir, INSPECTOR).await;
     let id = phone
         .start_patrol(VILLAGE, Method::Unannounced)
         .expect("start");
@@ -322,11 +314,7 @@ async fn a_revoked_phone_keeps_its_records(backend: Backend) {
 async fn a_refused_patrol_stays_marked_and_is_not_resent(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
     let dir = tempfile::tempdir().expect("tmp");
-    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
-    phone
-        .enroll(&code_for(&app, INSPECTOR).await, "红米")
-        .await
-        .expect("enroll");
+    let phone = enrolled(&app, &dir, INSPECTOR).await;
     // Recorded offline in a village the inspector was then moved away from.
     let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
     phone.add_fix(&id, fix(0, 1_795_000_000_000)).expect("fix");
@@ -383,11 +371,7 @@ async fn a_reused_refresh_token_signs_the_phone_out_and_keeps_its_records(backen
     let app = TestApp::with_demo(backend).await;
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("phone.sqlite3");
-    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
-    phone
-        .enroll(&code_for(&app, INSPECTOR).await, "红米")
-        .await
-        .expect("enroll");
+    let phone = enrolled(&app, &dir, INSPECTOR).await;
     let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
     drop(phone);
     let session = spoil_access_token(&path);
@@ -469,11 +453,7 @@ async fn key_points_in_my_village_are_kept_for_offline_use(backend: Backend) {
     assert_eq!(imported.assert_ok()["created"], 1, "{}", imported.text);
 
     let dir = tempfile::tempdir().expect("tmp");
-    let phone = open(&app, &dir, Arc::new(SystemClock::default()));
-    phone
-        .enroll(&code_for(&app, INSPECTOR).await, "红米")
-        .await
-        .expect("enroll");
+    let phone = enrolled(&app, &dir, INSPECTOR).await;
     drop(phone);
     // Reopened with no server at all: the key point is still there.
     let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");

@@ -6,6 +6,7 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT};
 use diesel::prelude::*;
 use gridpatrol_server::schema::{patrols, sync_changes};
+use gridpatrol_server::sync::PatrolRow;
 use gridpatrol_tests::phone::Phone;
 use gridpatrol_tests::{Backend, TestApp, both_backends};
 use serde_bytes::ByteBuf;
@@ -435,29 +436,6 @@ both_backends!(
     refused_documents_do_not_stop_the_others,
     bad_requests_get_clear_errors,
 );
-
-#[derive(Queryable, Debug, PartialEq)]
-#[allow(dead_code)] // compared whole, never read field by field
-struct PatrolRow {
-    id: String,
-    grid_id: i64,
-    inspector_id: i64,
-    device_id: i64,
-    method: String,
-    status: String,
-    started_at: chrono::NaiveDateTime,
-    ended_at: Option<chrono::NaiveDateTime>,
-    fix_count: i32,
-    distance_m: f64,
-    photo_count: i32,
-    note_count: i32,
-    problem_count: i32,
-    review_state: Option<String>,
-    review_comment: Option<String>,
-    reviewer_id: Option<i64>,
-    first_received_at: chrono::NaiveDateTime,
-    updated_at: chrono::NaiveDateTime,
-}
 
 async fn patrol_rows(app: &TestApp) -> Vec<PatrolRow> {
     app.with_conn(|conn| {
