@@ -14,6 +14,7 @@ use sync_protocol::wire::{Cursor, Rejection};
 use crate::clock::{Clock, SystemClock};
 use crate::error::SdkError;
 use crate::store::{self, Batch, Store, Write};
+use crate::tls::Trust;
 
 /// How a patrol is carried out (榕江: "工作方法采取'巡查、明查、暗查'").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -199,6 +200,24 @@ pub(crate) struct Inner {
 
 type Callback = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// How [`Client::open_with`] reaches the server and reads time.
+#[derive(Clone)]
+pub struct Options {
+    /// Where the time comes from (tests put a wrong clock here).
+    pub clock: Arc<dyn Clock>,
+    /// Which CAs an `https://` server's certificate may chain to.
+    pub trust: Trust,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock::default()),
+            trust: Trust::PublicRoots,
+        }
+    }
+}
+
 /// The SDK: one per phone (per store).
 pub struct Client {
     pub(crate) store: Arc<dyn Store>,
@@ -355,9 +374,10 @@ impl Inner {
 }
 
 impl Client {
-    /// Opens the SDK on a store, for a server at `base_url` (e.g. `https://gridpatrol.example.cn`).
+    /// Opens the SDK on a store, for a server at `base_url` (e.g. `https://gridpatrol.example.cn`),
+    /// trusting the public CAs.
     pub fn open(store: Arc<dyn Store>, base_url: &str) -> Result<Client, SdkError> {
-        Self::open_with_clock(store, base_url, Arc::new(SystemClock::default()))
+        Self::open_with(store, base_url, Options::default())
     }
 
     /// As [`Client::open`], reading time from `clock`.
@@ -366,15 +386,42 @@ impl Client {
         base_url: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Client, SdkError> {
+        Self::open_with(
+            store,
+            base_url,
+            Options {
+                clock,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// As [`Client::open`], with every option spelt out.
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        base_url: &str,
+        options: Options,
+    ) -> Result<Client, SdkError> {
+        let base_url = base_url.trim_end_matches('/');
+        match reqwest::Url::parse(base_url) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => {}
+            _ => {
+                return Err(SdkError::invalid(format!(
+                    "the server address must be an https:// (or http://) URL, not {base_url:?}"
+                )));
+            }
+        }
+        let tls = crate::tls::client_config(&options.trust)?;
         let inner = Inner::load(store.as_ref())?;
         Ok(Client {
             store,
-            clock,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            clock: options.clock,
+            base_url: base_url.to_string(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
+                .tls_backend_preconfigured(tls)
                 .build()
-                .map_err(|e| SdkError::Network {
+                .map_err(|e| SdkError::Tls {
                     message: e.to_string(),
                 })?,
             inner: Mutex::new(inner),

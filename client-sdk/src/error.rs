@@ -20,6 +20,10 @@ pub enum SdkError {
     /// No network, a timeout, or an unreachable server: try again later (the SDK backs off).
     #[error("network: {message}")]
     Network { message: String },
+    /// The server's certificate was refused (unknown CA, expired, wrong name …), or the TLS
+    /// handshake failed. Not retried: someone has to fix the server or the app's trusted roots.
+    #[error("secure connection refused: {message}")]
+    Tls { message: String },
     /// The server answered with an error.
     #[error("server error {status} ({code}): {message}")]
     Server {
@@ -47,6 +51,7 @@ impl SdkError {
             SdkError::DeviceRevoked => "device_revoked",
             SdkError::SignedOut { .. } => "signed_out",
             SdkError::Network { .. } => "network",
+            SdkError::Tls { .. } => "tls",
             SdkError::Server { .. } => "server",
             SdkError::Storage { .. } => "storage",
             SdkError::Invalid { .. } => "invalid",

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::store::{MemoryStore, SqliteStore, Store};
 use crate::{
-    Backoff, Client, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer,
-    PatrolSummary, SdkError, SyncReport,
+    Backoff, Client, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer, Options,
+    PatrolSummary, SdkError, SyncReport, Trust,
 };
 
 /// Told of every patrol or problem that changed (recorded, received, acknowledged, refused).
@@ -63,13 +63,29 @@ impl GridPatrol {
     #[uniffi::constructor]
     pub fn open(db_path: String, server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(std::path::Path::new(&db_path))?);
-        Self::with_store(store, &server_url)
+        Self::with_store(store, &server_url, Trust::PublicRoots)
+    }
+
+    /// As `open`, for a server whose certificate chains to one of the roots in
+    /// `trusted_roots_pem` (the deployment's own CA), and to no other.
+    #[uniffi::constructor]
+    pub fn open_trusting(
+        db_path: String,
+        server_url: String,
+        trusted_roots_pem: String,
+    ) -> Result<Arc<GridPatrol>, SdkError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(std::path::Path::new(&db_path))?);
+        Self::with_store(store, &server_url, Trust::OnlyPem(trusted_roots_pem))
     }
 
     /// An SDK that keeps nothing between runs (tests, demos).
     #[uniffi::constructor]
     pub fn in_memory(server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
-        Self::with_store(Arc::new(MemoryStore::new()), &server_url)
+        Self::with_store(
+            Arc::new(MemoryStore::new()),
+            &server_url,
+            Trust::PublicRoots,
+        )
     }
 
     pub fn enroll(&self, code: String, device_name: String) -> Result<(), SdkError> {
@@ -257,12 +273,23 @@ impl GridPatrol {
         });
     }
 
-    fn with_store(store: Arc<dyn Store>, server_url: &str) -> Result<Arc<GridPatrol>, SdkError> {
+    fn with_store(
+        store: Arc<dyn Store>,
+        server_url: &str,
+        trust: Trust,
+    ) -> Result<Arc<GridPatrol>, SdkError> {
         let runtime = runtime()?;
         // The HTTP client is made inside the runtime, where its connection pool will live.
         let client = {
             let _entered = runtime.enter();
-            Client::open(store, server_url)?
+            Client::open_with(
+                store,
+                server_url,
+                Options {
+                    trust,
+                    ..Options::default()
+                },
+            )?
         };
         Ok(Arc::new(GridPatrol {
             client: Arc::new(client),

@@ -11,12 +11,14 @@ pub mod error;
 pub mod ffi;
 pub mod store;
 mod sync;
+pub mod tls;
 
 uniffi::setup_scaffolding!();
 
 pub use client::{
-    Client, Datum, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer, PatrolSummary,
-    ProblemDisposition, ReviewInfo, SyncState,
+    Client, Datum, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer, Options,
+    PatrolSummary, ProblemDisposition, ReviewInfo, SyncState,
 };
 pub use error::SdkError;
 pub use sync::{Backoff, SyncReport};
+pub use tls::Trust;

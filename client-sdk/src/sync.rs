@@ -71,8 +71,13 @@ struct Role {
 }
 
 fn network(error: reqwest::Error) -> SdkError {
-    SdkError::Network {
-        message: error.to_string(),
+    match crate::tls::tls_failure(&error) {
+        Some(tls) => SdkError::Tls {
+            message: format!("{tls} ({})", error.url().map_or("", |url| url.as_str())),
+        },
+        None => SdkError::Network {
+            message: error.to_string(),
+        },
     }
 }
 

@@ -151,6 +151,8 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
     villages.sort_by(|a, b| a.code.cmp(&b.code));
     villages.truncate(args.inspectors);
 
+    // reqwest comes with rustls but no crypto provider (the SDK configures its own): ring it is.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let token = admin_token(&http, args).await?;
     let users: serde_json::Value = http

@@ -104,8 +104,15 @@ async fn serve(data_dir: &Path, database_url: Option<&str>, extra: &[&str]) -> S
     }
 }
 
+/// reqwest is built with rustls but no crypto provider in this workspace (the SDK brings its own
+/// TLS configuration): install ring as the process default before building a client.
+fn http_client() -> reqwest::Client {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = http_client()
         .post(format!("{base}{path}"))
         .json(body)
         .send()
@@ -462,7 +469,7 @@ async fn signing_keys_rotate_without_signing_anyone_out() {
         value["kid"].as_str().expect("kid").to_string()
     };
     let me = |base: String, token: String| async move {
-        reqwest::Client::new()
+        http_client()
             .get(format!("{base}/v1/me"))
             .bearer_auth(token)
             .send()

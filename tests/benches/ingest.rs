@@ -270,7 +270,7 @@ struct Rate {
 /// Sends every phone's requests, PARALLEL phones at a time, alternating phones between the given
 /// servers.
 async fn ingest(servers: &[String], phones: &[Phone], work: &Workload) -> Rate {
-    let client = reqwest::Client::new();
+    let client = gridpatrol_tests::http_client();
     let requests = requests(phones, work);
     let started = Instant::now();
     let cpu = cpu_seconds();
@@ -425,7 +425,7 @@ async fn spawn_server(bin: &std::path::Path) -> ServerProcess {
         base: format!("http://127.0.0.1:{port}"),
         _dir: dir,
     };
-    let client = reqwest::Client::new();
+    let client = gridpatrol_tests::http_client();
     for _ in 0..300 {
         if client
             .get(format!("{}/healthz", server.base))
@@ -442,7 +442,7 @@ async fn spawn_server(bin: &std::path::Path) -> ServerProcess {
 
 /// Phones enrolled over HTTP only (no database access), for a server in another process.
 async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) {
-    let client = reqwest::Client::new();
+    let client = gridpatrol_tests::http_client();
     let login: serde_json::Value = client
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"username": "admin-522632", "password": "gridpatrol-demo"}))

@@ -132,6 +132,13 @@ impl Drop for TestApp {
     }
 }
 
+/// A plain reqwest client. The workspace's reqwest has rustls without a crypto provider (the SDK
+/// configures its own), so ring is installed as the process default first.
+pub fn http_client() -> reqwest::Client {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn serve_config() -> ServeConfig {
     ServeConfig {
         jwt_secret: Some(JWT_SECRET.into()),
@@ -175,7 +182,7 @@ impl TestApp {
         tokio::spawn(server);
         TestApp {
             base,
-            client: reqwest::Client::new(),
+            client: http_client(),
             state,
             db,
             handle,
@@ -388,6 +395,7 @@ impl TestApp {
 }
 
 pub mod phone;
+pub mod tls;
 
 /// A random Automerge-style actor id (16 bytes, hex).
 pub fn actor_id() -> String {

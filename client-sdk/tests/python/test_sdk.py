@@ -198,5 +198,19 @@ class PatrolThroughTheBindings(unittest.TestCase):
         self.assertTrue(phone.patrol(third).sync.is_durable())
 
 
+class OpeningChecksItsArguments(unittest.TestCase):
+    """No server needed: a bad address or bad trusted roots are refused when opening."""
+
+    def test_bad_trusted_roots_and_addresses_are_refused(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "phone.sqlite3")
+            with self.assertRaises(SdkError.Invalid):
+                GridPatrol.open_trusting(path, "https://gridpatrol.example.cn", "not a certificate")
+            with self.assertRaises(SdkError.Invalid):
+                GridPatrol.open(path, "gridpatrol.example.cn")
+            with self.assertRaises(SdkError.Invalid):
+                GridPatrol.in_memory("ftp://gridpatrol.example.cn")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

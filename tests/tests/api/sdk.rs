@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use diesel::prelude::*;
 use gridpatrol_sdk::clock::{Clock, SystemClock};
-use gridpatrol_sdk::store::{Batch, SqliteStore, Store, Write};
+use gridpatrol_sdk::store::{Batch, MemoryStore, SqliteStore, Store, Write};
 use gridpatrol_sdk::{
-    Client, Datum, FixInput, Method, NewProblemInput, ProblemDisposition, SdkError, SyncState,
+    Client, Datum, FixInput, Method, NewProblemInput, Options, ProblemDisposition, SdkError,
+    SyncState, Trust,
 };
 use gridpatrol_server::schema::patrols;
 use gridpatrol_tests::phone::Phone;
+use gridpatrol_tests::tls::{TlsFront, test_ca};
 use gridpatrol_tests::{Backend, TestApp, both_backends};
 use serde_json::json;
 use sync_protocol::client::Event;
@@ -495,6 +497,78 @@ async fn a_clock_two_hours_slow_is_measured(backend: Backend) {
     // The patrol keeps the device's own (wrong) time; the server keeps its receive time.
     let started = phone.patrol(&id).expect("listed").started_at_ms;
     assert!(SystemClock::default().now_ms() - started > 7_000_000);
+}
+
+/// A phone opened in memory for `url`, trusting `trust`.
+fn trusting(url: &str, trust: Trust) -> Client {
+    Client::open_with(
+        Arc::new(MemoryStore::new()),
+        url,
+        Options {
+            trust,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
+/// HTTPS does not depend on the database, so this runs on SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_syncs_over_https_to_a_server_with_the_deployments_own_ca() {
+    let app = TestApp::with_demo(Backend::Sqlite).await;
+    let front = TlsFront::start(&app.base).await;
+    let code = code_for(&app, INSPECTOR).await;
+
+    // Refused certificates: a clear, non-transient `tls` error, and nothing spent on the server.
+    let (stranger_ca, _) = test_ca("someone else's CA");
+    for (url, trust, why) in [
+        (&front.base, Trust::PublicRoots, "not a public CA"),
+        (&front.base, Trust::OnlyPem(stranger_ca), "another CA"),
+        (
+            &front.base_by_ip,
+            Trust::OnlyPem(front.ca_pem.clone()),
+            "the certificate names localhost, not 127.0.0.1",
+        ),
+    ] {
+        let error = trusting(url, trust)
+            .enroll(&code, "红米 Note 12")
+            .await
+            .expect_err(why);
+        assert_eq!(error.code(), "tls", "{why}: {error}");
+        assert!(!error.is_transient(), "{why}: retrying will not help");
+    }
+
+    // The deployment's CA: the very same code still enrolls, and a patrol syncs over HTTPS.
+    let phone = trusting(&front.base, Trust::OnlyPem(front.ca_pem.clone()));
+    phone.enroll(&code, "红米 Note 12").await.expect("enroll");
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    let now = SystemClock::default().now_ms();
+    for i in 0..5 {
+        phone.add_fix(&id, fix(i, now)).expect("fix");
+    }
+    phone.submit(&id).expect("submit");
+    let report = phone.sync().await.expect("sync over https");
+    assert_eq!(report.durable, 1);
+    assert_eq!(phone.patrol(&id).expect("listed").sync, SyncState::Durable);
+    let stored: i64 = app
+        .with_conn(|conn| patrols::table.count().get_result(conn))
+        .await;
+    assert_eq!(stored, 1);
+}
+
+#[test]
+fn a_server_address_that_is_not_http_is_refused_when_opening() {
+    for url in [
+        "",
+        "gridpatrol.example.cn",
+        "ftp://gridpatrol.example.cn",
+        "https://",
+    ] {
+        let error = Client::open(Arc::new(MemoryStore::new()), url)
+            .err()
+            .unwrap_or_else(|| panic!("{url:?} opened"));
+        assert_eq!(error.code(), "invalid", "{url:?}");
+    }
 }
 
 both_backends!(
