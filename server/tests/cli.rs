@@ -91,7 +91,10 @@ async fn serve(data_dir: &Path, database_url: Option<&str>, extra: &[&str]) -> S
     };
     let started = Instant::now();
     loop {
-        if let Ok(resp) = reqwest::get(format!("{}/healthz", served.base)).await
+        if let Ok(resp) = http_client()
+            .get(format!("{}/healthz", served.base))
+            .send()
+            .await
             && resp.status().is_success()
         {
             return served;
@@ -291,15 +294,17 @@ async fn operator_imports_grids_adds_people_and_enrolls_a_phone() {
 async fn serve_demo_is_ready_to_use() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut served = serve(dir.path(), None, &["--demo"]).await;
-    let located: Value = reqwest::get(format!(
-        "{}/v1/grids/locate?lon=108.52&lat=25.93",
-        served.base
-    ))
-    .await
-    .expect("locate")
-    .json()
-    .await
-    .expect("json");
+    let located: Value = http_client()
+        .get(format!(
+            "{}/v1/grids/locate?lon=108.52&lat=25.93",
+            served.base
+        ))
+        .send()
+        .await
+        .expect("locate")
+        .json()
+        .await
+        .expect("json");
     let levels: Vec<&str> = located["chain"]
         .as_array()
         .expect("chain")
@@ -331,7 +336,9 @@ async fn serve_demo_is_ready_to_use() {
 
     // A second start finds grids and loads nothing twice.
     let served = serve(dir.path(), None, &["--demo"]).await;
-    let health: Value = reqwest::get(format!("{}/healthz", served.base))
+    let health: Value = http_client()
+        .get(format!("{}/healthz", served.base))
+        .send()
         .await
         .expect("health")
         .json()
@@ -381,7 +388,9 @@ async fn postgres_is_migrated_explicitly_then_served() {
     let out = gridpatrol(dir.path(), Some(&url), &["import-grids", DEMO], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let served = serve(dir.path(), Some(&url), &[]).await;
-    let health: Value = reqwest::get(format!("{}/healthz", served.base))
+    let health: Value = http_client()
+        .get(format!("{}/healthz", served.base))
+        .send()
         .await
         .expect("health")
         .json()
