@@ -1,0 +1,1 @@
+//! Photo checks shared by the server and the SDK (being written).
