@@ -1,0 +1,320 @@
+//! Headers first, then decoding under limits.
+//!
+//! JPEG goes through `jpeg-decoder`, which can run its inverse DCT at 1/2, 1/4 or 1/8 scale and
+//! reports data that ends early as an error (libjpeg and zune-jpeg, as `image` configures it, fill
+//! in grey and carry on). PNG and WebP go through `image`, with its allocation limit.
+
+use std::io::{self, Cursor};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use image::error::LimitErrorKind;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
+use jpeg_decoder::{CodingProcess, PixelFormat};
+
+use crate::{Format, Limits, PhotoError};
+
+/// Empty, too large, or not an accepted format.
+pub(crate) fn check_container(bytes: &[u8], limits: &Limits) -> Result<Format, PhotoError> {
+    if bytes.is_empty() {
+        return Err(PhotoError::Empty);
+    }
+    let size = bytes.len() as u64;
+    if size > limits.max_bytes {
+        return Err(PhotoError::TooLarge {
+            size,
+            limit: limits.max_bytes,
+        });
+    }
+    crate::sniff(bytes)
+}
+
+/// A photo whose header has been read and checked against the pixel limit; nothing decoded yet.
+pub(crate) struct Opened<'a> {
+    pub width: u32,
+    pub height: u32,
+    /// The EXIF block (TIFF structure, without the `Exif\0\0` prefix).
+    pub exif_raw: Option<Vec<u8>>,
+    /// The ICC colour profile, if any.
+    pub icc: Option<Vec<u8>>,
+    inner: Inner<'a>,
+}
+
+enum Inner<'a> {
+    Jpeg {
+        decoder: Box<jpeg_decoder::Decoder<&'a [u8]>>,
+        progressive: bool,
+        components: u64,
+    },
+    Other(Box<dyn ImageDecoder + 'a>),
+}
+
+impl<'a> Opened<'a> {
+    /// Reads the header only: dimensions, EXIF and ICC. Refuses too many pixels here.
+    pub fn open(bytes: &'a [u8], format: Format, limits: &Limits) -> Result<Self, PhotoError> {
+        match format {
+            Format::Jpeg => Self::open_jpeg(bytes, limits),
+            Format::Png => Self::open_other(bytes, ImageFormat::Png, limits),
+            Format::WebP if riff_cut_short(bytes) => Err(PhotoError::Truncated),
+            Format::WebP => Self::open_other(bytes, ImageFormat::WebP, limits),
+        }
+    }
+
+    fn open_jpeg(bytes: &'a [u8], limits: &Limits) -> Result<Self, PhotoError> {
+        let mut decoder = Box::new(jpeg_decoder::Decoder::new(bytes));
+        guarded(|| decoder.read_info().map_err(jpeg_error))?;
+        let info = decoder.info().ok_or_else(|| PhotoError::Corrupt {
+            reason: "no JPEG frame header".to_owned(),
+        })?;
+        let (width, height) = (u32::from(info.width), u32::from(info.height));
+        check_pixels(width, height, limits)?;
+        let components = match info.pixel_format {
+            PixelFormat::L8 => 1,
+            PixelFormat::RGB24 => 3,
+            PixelFormat::L16 => return Err(unsupported("a 16-bit greyscale JPEG")),
+            PixelFormat::CMYK32 => return Err(unsupported("a CMYK JPEG")),
+        };
+        let progressive = info.coding_process == CodingProcess::DctProgressive;
+        if info.coding_process == CodingProcess::Lossless {
+            return Err(unsupported("a lossless JPEG"));
+        }
+        Ok(Opened {
+            width,
+            height,
+            exif_raw: decoder.exif_data().map(<[u8]>::to_vec),
+            icc: decoder.icc_profile(),
+            inner: Inner::Jpeg {
+                decoder,
+                progressive,
+                components,
+            },
+        })
+    }
+
+    fn open_other(
+        bytes: &'a [u8],
+        format: ImageFormat,
+        limits: &Limits,
+    ) -> Result<Self, PhotoError> {
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        reader.limits(image_limits(limits));
+        let mut decoder: Box<dyn ImageDecoder + 'a> = guarded(|| {
+            reader
+                .into_decoder()
+                .map(|d| Box::new(d) as Box<dyn ImageDecoder + 'a>)
+                .map_err(|e| image_error(e, limits))
+        })?;
+        let (width, height) = decoder.dimensions();
+        check_pixels(width, height, limits)?;
+        // Metadata that cannot be read is no reason to refuse the pixels.
+        let exif_raw = decoder
+            .exif_metadata()
+            .ok()
+            .flatten()
+            .map(strip_exif_prefix);
+        let icc = decoder.icc_profile().ok().flatten();
+        Ok(Opened {
+            width,
+            height,
+            exif_raw,
+            icc,
+            inner: Inner::Other(decoder),
+        })
+    }
+
+    /// Decodes the pixels. With `min_size`, a JPEG is decoded at the smallest of 1/8, 1/4, 1/2
+    /// and full scale that is at least that large on both sides (every coefficient is still read,
+    /// so damage and truncation are caught all the same); other formats are always decoded whole.
+    /// The planned allocation is checked against `limits.max_alloc` first.
+    pub fn decode(
+        self,
+        min_size: Option<(u32, u32)>,
+        limits: &Limits,
+    ) -> Result<DynamicImage, PhotoError> {
+        let (width, height) = (self.width, self.height);
+        match self.inner {
+            Inner::Jpeg {
+                mut decoder,
+                progressive,
+                components,
+            } => {
+                let (out_w, out_h) = match min_size {
+                    Some((min_w, min_h)) => {
+                        let (w, h) = jpeg_scaled_size(width, height, min_w, min_h);
+                        let (w, h) = decoder.scale(w, h).map_err(jpeg_error)?;
+                        (u32::from(w), u32::from(h))
+                    }
+                    None => (width, height),
+                };
+                // Progressive JPEGs keep every coefficient of the full-size image (2 bytes each;
+                // counted here as if no component were subsampled); then a plane per component
+                // and the interleaved output, at the output size.
+                let coefficients = if progressive {
+                    u64::from(width.next_multiple_of(16))
+                        * u64::from(height.next_multiple_of(16))
+                        * components
+                        * 2
+                } else {
+                    0
+                };
+                let output = u64::from(out_w) * u64::from(out_h) * components;
+                check_alloc(coefficients + 2 * output, limits)?;
+                decoder.set_max_decoding_buffer_size(
+                    usize::try_from(limits.max_alloc).unwrap_or(usize::MAX),
+                );
+                let pixels = guarded(|| decoder.decode().map_err(jpeg_error))?;
+                let image = if components == 1 {
+                    image::GrayImage::from_raw(out_w, out_h, pixels).map(DynamicImage::ImageLuma8)
+                } else {
+                    image::RgbImage::from_raw(out_w, out_h, pixels).map(DynamicImage::ImageRgb8)
+                };
+                image.ok_or_else(|| PhotoError::Corrupt {
+                    reason: "the JPEG decoder returned fewer pixels than the header promised"
+                        .to_owned(),
+                })
+            }
+            Inner::Other(decoder) => {
+                // The decoder's own buffer, and an RGB copy when it is in another layout.
+                let converted = match decoder.color_type() {
+                    image::ColorType::Rgb8 | image::ColorType::L8 => 0,
+                    _ => u64::from(width) * u64::from(height) * 3,
+                };
+                check_alloc(decoder.total_bytes().saturating_add(converted), limits)?;
+                guarded(|| DynamicImage::from_decoder(decoder).map_err(|e| image_error(e, limits)))
+            }
+        }
+    }
+}
+
+/// The output size of the smallest JPEG IDCT scale (1/8, 1/4, 1/2, 1) whose output is at least
+/// `min_w` × `min_h`, as `jpeg-decoder` computes it (rounding up).
+fn jpeg_scaled_size(width: u32, height: u32, min_w: u32, min_h: u32) -> (u16, u16) {
+    let scaled = |len: u32, eighths: u32| (len * eighths).div_ceil(8);
+    let eighths = [1, 2, 4]
+        .into_iter()
+        .find(|&e| scaled(width, e) >= min_w && scaled(height, e) >= min_h)
+        .unwrap_or(8);
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    (
+        clamp(scaled(width, eighths)),
+        clamp(scaled(height, eighths)),
+    )
+}
+
+fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), PhotoError> {
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(PhotoError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(PhotoError::Corrupt {
+            reason: format!("the header says {width}×{height} pixels"),
+        });
+    }
+    Ok(())
+}
+
+fn check_alloc(needed: u64, limits: &Limits) -> Result<(), PhotoError> {
+    if needed > limits.max_alloc {
+        return Err(PhotoError::TooMuchMemory {
+            limit: limits.max_alloc,
+        });
+    }
+    Ok(())
+}
+
+fn image_limits(limits: &Limits) -> image::Limits {
+    // Dimensions are checked against the pixel limit by this crate, so that the refusal can name
+    // them; the decoder enforces the allocation limit itself.
+    let mut l = image::Limits::default();
+    l.max_image_width = None;
+    l.max_image_height = None;
+    l.max_alloc = Some(limits.max_alloc);
+    l
+}
+
+/// A WebP file is a RIFF chunk whose header gives its length: fewer bytes than that means the
+/// file was cut (the decoders report a cut lossless stream as a corrupt one).
+fn riff_cut_short(bytes: &[u8]) -> bool {
+    let declared = bytes
+        .get(4..8)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes);
+    declared.is_some_and(|len| (bytes.len() as u64) < u64::from(len) + 8)
+}
+
+/// Some WebP writers keep the JPEG-style `Exif\0\0` prefix in the EXIF chunk.
+fn strip_exif_prefix(mut raw: Vec<u8>) -> Vec<u8> {
+    if raw.starts_with(b"Exif\0\0") {
+        raw.drain(..6);
+    }
+    raw
+}
+
+fn unsupported(found: &str) -> PhotoError {
+    PhotoError::UnsupportedFormat {
+        found: found.to_owned(),
+    }
+}
+
+/// A decoder that panics on hostile input is a bug in it; the upload still gets an answer.
+fn guarded<T>(f: impl FnOnce() -> Result<T, PhotoError>) -> Result<T, PhotoError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(PhotoError::Corrupt {
+            reason: "the decoder gave up on this data".to_owned(),
+        })
+    })
+}
+
+fn jpeg_error(e: jpeg_decoder::Error) -> PhotoError {
+    match e {
+        jpeg_decoder::Error::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+            PhotoError::Truncated
+        }
+        jpeg_decoder::Error::Unsupported(feature) => PhotoError::UnsupportedFormat {
+            found: format!("a JPEG using {feature:?}"),
+        },
+        other => PhotoError::Corrupt {
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn image_error(e: ImageError, limits: &Limits) -> PhotoError {
+    match e {
+        ImageError::Limits(l) => match l.kind() {
+            LimitErrorKind::InsufficientMemory => PhotoError::TooMuchMemory {
+                limit: limits.max_alloc,
+            },
+            _ => PhotoError::Corrupt {
+                reason: l.to_string(),
+            },
+        },
+        ImageError::Unsupported(u) => PhotoError::UnsupportedFormat {
+            found: u.to_string(),
+        },
+        ImageError::IoError(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+            PhotoError::Truncated
+        }
+        other if ends_early(&other) => PhotoError::Truncated,
+        other => PhotoError::Corrupt {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// An unexpected end of data anywhere in the error's chain of causes.
+fn ends_early(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::UnexpectedEof
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}

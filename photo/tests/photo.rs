@@ -1,0 +1,520 @@
+//! The crate's behaviour on photos made here: refusals and their codes, EXIF, orientation,
+//! reduced-scale decoding, perceptual hashes, the phone's downscale.
+
+mod common;
+
+use common::*;
+use gridpatrol_photo::{
+    DecodePath, Exif, Format, Limits, PhotoError, derive, derive_via, downscale_keeping_exif,
+    hamming, inspect, perceptual_hash, sniff,
+};
+use image::{DynamicImage, GenericImageView, RgbImage};
+
+fn code<T: std::fmt::Debug>(r: Result<T, PhotoError>) -> &'static str {
+    r.expect_err("the photo should be refused").code()
+}
+
+fn decode(jpeg: &[u8]) -> DynamicImage {
+    assert_eq!(sniff(jpeg), Ok(Format::Jpeg), "output is a JPEG");
+    image::load_from_memory(jpeg).expect("output decodes")
+}
+
+// --- refusals -------------------------------------------------------------------------------
+
+#[test]
+fn empty() {
+    let limits = Limits::default();
+    assert_eq!(code(inspect(&[], None, &limits)), "photo_empty");
+    assert_eq!(code(derive(&[], 320, &limits)), "photo_empty");
+    assert_eq!(code(sniff(&[])), "photo_empty");
+}
+
+#[test]
+fn too_large() {
+    let photo = jpeg(&scene(200, 150, 1), 90, None);
+    let limits = Limits {
+        max_bytes: photo.len() as u64 - 1,
+        ..Limits::default()
+    };
+    let err = inspect(&photo, None, &limits).expect_err("one byte over");
+    assert_eq!(err.code(), "photo_too_large");
+    assert_eq!(
+        err,
+        PhotoError::TooLarge {
+            size: photo.len() as u64,
+            limit: photo.len() as u64 - 1
+        }
+    );
+    let exact = Limits {
+        max_bytes: photo.len() as u64,
+        ..Limits::default()
+    };
+    assert!(inspect(&photo, None, &exact).is_ok());
+    assert_eq!(Limits::default().max_bytes, 20 * 1024 * 1024);
+    assert_eq!(Limits::default().max_pixels, 50_000_000);
+}
+
+#[test]
+fn too_many_pixels() {
+    let photo = jpeg(&scene(200, 150, 1), 90, None);
+    let limits = Limits {
+        max_pixels: 200 * 150 - 1,
+        ..Limits::default()
+    };
+    assert_eq!(
+        inspect(&photo, None, &limits),
+        Err(PhotoError::TooManyPixels {
+            width: 200,
+            height: 150,
+            limit: 200 * 150 - 1
+        })
+    );
+    assert_eq!(code(derive(&photo, 100, &limits)), "photo_too_many_pixels");
+    let png = png(&scene(200, 150, 1));
+    assert_eq!(code(inspect(&png, None, &limits)), "photo_too_many_pixels");
+    // The hand-built headers (their allocations are checked in tests/alloc.rs).
+    let limits = Limits::default();
+    for (name, header) in [("jpeg", huge_jpeg_header()), ("png", huge_png_header())] {
+        assert_eq!(header.len(), 176, "{name}");
+        assert_eq!(
+            code(inspect(&header, None, &limits)),
+            "photo_too_many_pixels",
+            "{name}"
+        );
+        assert_eq!(
+            code(derive(&header, 320, &limits)),
+            "photo_too_many_pixels",
+            "{name}"
+        );
+        assert_eq!(
+            code(perceptual_hash(&header, &limits)),
+            "photo_too_many_pixels",
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn too_much_memory() {
+    let photo = jpeg(&scene(200, 150, 1), 90, None);
+    // Even the 1/8-scale decode that validates a JPEG needs its 25×19 output.
+    let limits = Limits {
+        max_alloc: 1_000,
+        ..Limits::default()
+    };
+    assert_eq!(
+        code(inspect(&photo, None, &limits)),
+        "photo_too_much_memory"
+    );
+    let png = png(&scene(200, 150, 1));
+    assert_eq!(code(inspect(&png, None, &limits)), "photo_too_much_memory");
+    // A thumbnail needs far less memory than the full image: 1/8 scale fits where full does not.
+    let tight = Limits {
+        max_alloc: 200 * 150 * 3,
+        ..Limits::default()
+    };
+    assert!(derive(&photo, 25, &tight).is_ok());
+    assert_eq!(
+        code(derive_via(&photo, 25, &tight, DecodePath::Full)),
+        "photo_too_much_memory"
+    );
+}
+
+#[test]
+fn unsupported_formats_tell_the_app_to_convert() {
+    let heic: &[u8] = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic\0\0\0\x08free";
+    let avif: &[u8] = b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf\0\0\0\x08free";
+    let gif: &[u8] = b"GIF89a\x01\0\x01\0\x80\0\0\xff\xff\xff\0\0\0!";
+    let tiff: &[u8] = b"II*\0\x08\0\0\0\0\0\0\0\0\0\0\0";
+    let bmp: &[u8] = b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0";
+    let text: &[u8] = b"hello, this is not a photo at all";
+    let limits = Limits::default();
+    for (name, bytes, found) in [
+        ("heic", heic, "HEIC"),
+        ("avif", avif, "AVIF"),
+        ("gif", gif, "GIF"),
+        ("tiff", tiff, "TIFF"),
+        ("bmp", bmp, "BMP"),
+        ("text", text, "unknown"),
+    ] {
+        let err = inspect(bytes, None, &limits).expect_err(name);
+        assert_eq!(err.code(), "photo_unsupported_format", "{name}");
+        let message = err.to_string();
+        assert!(message.contains(found), "{name}: {message}");
+        assert!(
+            message.contains("convert the photo to JPEG on the phone"),
+            "{name}: {message}"
+        );
+        // The first 16 bytes of an upload are enough to refuse it.
+        assert_eq!(
+            code(sniff(&bytes[..16])),
+            "photo_unsupported_format",
+            "{name}"
+        );
+        assert_eq!(
+            code(derive(bytes, 320, &limits)),
+            "photo_unsupported_format",
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn sniffs_the_accepted_formats_from_16_bytes() {
+    let image = scene(64, 48, 3);
+    assert_eq!(sniff(&jpeg(&image, 90, None)[..16]), Ok(Format::Jpeg));
+    assert_eq!(sniff(&png(&image)[..16]), Ok(Format::Png));
+    assert_eq!(sniff(&webp(&image)[..16]), Ok(Format::WebP));
+    assert_eq!(Format::Jpeg.mime(), "image/jpeg");
+    assert_eq!(Format::WebP.extension(), "webp");
+}
+
+#[test]
+fn truncated() {
+    let limits = Limits::default();
+    let image = scene(300, 200, 4);
+    for (name, whole) in [
+        ("jpeg", jpeg(&image, 90, None)),
+        ("png", png(&image)),
+        ("webp", webp(&image)),
+    ] {
+        assert!(inspect(&whole, None, &limits).is_ok(), "{name} whole");
+        for cut in [whole.len() / 2, whole.len() - 40] {
+            let part = &whole[..cut];
+            let err = inspect(part, None, &limits).expect_err("cut short");
+            assert_eq!(err.code(), "photo_truncated", "{name} cut at {cut}: {err}");
+        }
+        // Cut inside the header.
+        assert_eq!(
+            code(inspect(&whole[..30], None, &limits)),
+            "photo_truncated",
+            "{name} header"
+        );
+    }
+    let whole = jpeg(&image, 90, None);
+    assert_eq!(
+        code(derive(&whole[..whole.len() / 2], 100, &limits)),
+        "photo_truncated"
+    );
+    assert_eq!(
+        code(perceptual_hash(&whole[..whole.len() / 2], &limits)),
+        "photo_truncated"
+    );
+}
+
+#[test]
+fn corrupt() {
+    let limits = Limits::default();
+    let image = scene(300, 200, 5);
+    // JPEG: garbage in the middle of the scan data.
+    let mut damaged = jpeg(&image, 90, None);
+    let mut noise = Noise::new(99);
+    let middle = damaged.len() / 2;
+    for b in &mut damaged[middle..middle + 400] {
+        *b = noise.next() as u8;
+    }
+    let err = inspect(&damaged, None, &limits).expect_err("damaged JPEG");
+    assert_eq!(err.code(), "photo_corrupt", "{err}");
+    // JPEG: a frame header with no components.
+    let mut no_components = jpeg(&image, 90, None);
+    let sof = no_components
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("SOF0");
+    no_components[sof + 9] = 0;
+    assert_eq!(
+        code(inspect(&no_components, None, &limits)),
+        "photo_corrupt"
+    );
+    // PNG: a flipped byte in the compressed data fails its checksum.
+    let mut png = png(&image);
+    let idat = png.windows(4).position(|w| w == b"IDAT").expect("IDAT");
+    png[idat + 20] ^= 0x55;
+    assert_eq!(code(inspect(&png, None, &limits)), "photo_corrupt");
+}
+
+#[test]
+fn declared_type_must_match_the_content() {
+    let limits = Limits::default();
+    let image = scene(64, 48, 6);
+    let (j, p, w) = (jpeg(&image, 90, None), png(&image), webp(&image));
+    for ok in [
+        "image/jpeg",
+        "image/jpg",
+        "jpg",
+        "JPEG",
+        ".jpg",
+        "IMG_0001.JPG",
+        "application/octet-stream",
+    ] {
+        assert!(inspect(&j, Some(ok), &limits).is_ok(), "{ok}");
+    }
+    assert!(inspect(&p, Some("image/png"), &limits).is_ok());
+    assert!(inspect(&w, Some("webp"), &limits).is_ok());
+    for (bytes, declared) in [
+        (&j, "image/png"),
+        (&j, "image/heic"),
+        (&p, "jpg"),
+        (&w, "image/jpeg"),
+        (&j, "text/plain"),
+    ] {
+        let err = inspect(bytes, Some(declared), &limits).expect_err(declared);
+        assert_eq!(err.code(), "photo_type_mismatch", "{declared}");
+    }
+    assert_eq!(
+        inspect(&p, Some("image/jpeg"), &limits),
+        Err(PhotoError::TypeMismatch {
+            declared: "image/jpeg".to_owned(),
+            actual: Format::Png
+        })
+    );
+}
+
+// --- EXIF -----------------------------------------------------------------------------------
+
+#[test]
+fn exif_is_read_back() {
+    let photo = jpeg(&scene(400, 300, 7), 90, Some(&exif_full()));
+    let inspected = inspect(&photo, Some("image/jpeg"), &Limits::default()).expect("valid photo");
+    assert_eq!(inspected.format, Format::Jpeg);
+    assert_eq!((inspected.width, inspected.height), (400, 300));
+    assert_eq!(
+        inspected.display_size(),
+        (300, 400),
+        "orientation 6 turns it"
+    );
+    let exif = inspected.exif;
+    assert_eq!(exif.taken_at.as_deref(), Some("2026-11-23T14:05:09"));
+    assert_eq!(exif.offset.as_deref(), Some("+08:00"));
+    let (lat, lon) = (exif.lat.expect("latitude"), exif.lon.expect("longitude"));
+    assert!((lat - EXPECTED_LAT).abs() < 1e-9, "{lat}");
+    assert!((lon - EXPECTED_LON).abs() < 1e-9, "{lon}");
+    assert!(lat < 0.0 && lon < 0.0, "south and west are negative");
+    assert_eq!(exif.gps_datum.as_deref(), Some("WGS-84"));
+    assert_eq!(exif.make.as_deref(), Some("HUAWEI"));
+    assert_eq!(exif.model.as_deref(), Some("P40"));
+    assert_eq!(exif.orientation, Some(6));
+    // It serialises for the API.
+    let json = serde_json::to_value(&exif).expect("serialises");
+    assert_eq!(json["taken_at"], "2026-11-23T14:05:09");
+}
+
+#[test]
+fn no_exif_and_broken_exif_are_empty_not_errors() {
+    let limits = Limits::default();
+    let plain = jpeg(&scene(100, 80, 8), 90, None);
+    assert_eq!(
+        inspect(&plain, None, &limits).expect("valid").exif,
+        Exif::default()
+    );
+    let broken = jpeg(
+        &scene(100, 80, 8),
+        90,
+        Some(b"MM\0*\0\0\0\x08\xff\xff garbage"),
+    );
+    assert_eq!(
+        inspect(&broken, None, &limits).expect("valid").exif,
+        Exif::default()
+    );
+}
+
+// --- derived images -------------------------------------------------------------------------
+
+/// Mean colour of one quadrant.
+fn quadrant(image: &DynamicImage, right: bool, bottom: bool) -> [u8; 3] {
+    let (w, h) = image.dimensions();
+    let (x0, y0) = (
+        if right { w / 2 } else { 0 },
+        if bottom { h / 2 } else { 0 },
+    );
+    let mut sum = [0u64; 3];
+    let mut n = 0;
+    // Keep away from the edges between quadrants, where the resize blends them.
+    for y in y0 + h / 8..y0 + h / 2 - h / 8 {
+        for x in x0 + w / 8..x0 + w / 2 - w / 8 {
+            let p = image.get_pixel(x, y).0;
+            for c in 0..3 {
+                sum[c] += u64::from(p[c]);
+            }
+            n += 1;
+        }
+    }
+    sum.map(|s| (s / n) as u8)
+}
+
+fn is_red(p: [u8; 3]) -> bool {
+    p[0] > 150 && p[1] < 90 && p[2] < 90
+}
+
+#[test]
+fn thumbnails_honour_all_eight_orientations() {
+    // Where the stored top-left corner is seen, for each EXIF orientation.
+    let expected = [
+        (1, false, false),
+        (2, true, false),
+        (3, true, true),
+        (4, false, true),
+        (5, false, false),
+        (6, true, false),
+        (7, true, true),
+        (8, false, true),
+    ];
+    let stored = red_corner(400, 300);
+    for (orientation, right, bottom) in expected {
+        let photo = jpeg(&stored, 92, Some(&exif_orientation(orientation)));
+        let thumb = decode(&derive(&photo, 100, &Limits::default()).expect("derives"));
+        let size = if orientation >= 5 {
+            (75, 100)
+        } else {
+            (100, 75)
+        };
+        assert_eq!(thumb.dimensions(), size, "orientation {orientation}");
+        for (r, b) in [(false, false), (true, false), (false, true), (true, true)] {
+            let colour = quadrant(&thumb, r, b);
+            assert_eq!(
+                is_red(colour),
+                (r, b) == (right, bottom),
+                "orientation {orientation}: quadrant right={r} bottom={b} is {colour:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reduced_scale_matches_the_full_decode() {
+    let limits = Limits::default();
+    for (w, h) in [(1000, 750), (999, 601), (601, 999), (1283, 17), (33, 17)] {
+        let photo = jpeg(&scene(w, h, w + h), 90, None);
+        for edge in [100, 320, 700, 1280] {
+            let reduced =
+                decode(&derive_via(&photo, edge, &limits, DecodePath::Reduced).expect("reduced"));
+            let full = decode(&derive_via(&photo, edge, &limits, DecodePath::Full).expect("full"));
+            assert_eq!(reduced.dimensions(), full.dimensions(), "{w}×{h} at {edge}");
+            let long = reduced.width().max(reduced.height());
+            assert_eq!(
+                long,
+                edge.min(w.max(h)),
+                "{w}×{h} at {edge}: long edge, never enlarged"
+            );
+            if reduced.width().min(reduced.height()) < 8 {
+                continue; // a strip: the two paths average different rows
+            }
+            // The same picture: small mean difference.
+            let (a, b) = (reduced.to_rgb8(), full.to_rgb8());
+            let diff: u64 = a
+                .as_raw()
+                .iter()
+                .zip(b.as_raw())
+                .map(|(x, y)| u64::from(x.abs_diff(*y)))
+                .sum();
+            let mean = diff as f64 / a.as_raw().len() as f64;
+            assert!(mean < 12.0, "{w}×{h} at {edge}: mean difference {mean}");
+        }
+    }
+}
+
+#[test]
+fn png_and_webp_give_jpeg_thumbnails() {
+    let limits = Limits::default();
+    let image = scene(640, 480, 9);
+    for bytes in [png(&image), webp(&image)] {
+        let thumb = decode(&derive(&bytes, 320, &limits).expect("derives"));
+        assert_eq!(thumb.dimensions(), (320, 240));
+    }
+}
+
+// --- perceptual hash ------------------------------------------------------------------------
+
+#[test]
+fn perceptual_hash_finds_the_same_photo() {
+    let limits = Limits::default();
+    let original = scene(1600, 1200, 10);
+    let photo = jpeg(&original, 90, None);
+    let hash = perceptual_hash(&photo, &limits).expect("hash");
+    let requality = perceptual_hash(&jpeg(&original, 40, None), &limits).expect("hash");
+    let smaller = downscale_keeping_exif(&photo, 500, 75, &limits).expect("downscale");
+    let smaller = perceptual_hash(&smaller, &limits).expect("hash");
+    let as_png = perceptual_hash(
+        &png(&image::imageops::thumbnail(&original, 800, 600)),
+        &limits,
+    )
+    .expect("hash");
+    // The same picture stored turned, with an orientation tag that turns it back.
+    let turned = image::imageops::rotate270(&original);
+    let turned =
+        perceptual_hash(&jpeg(&turned, 90, Some(&exif_orientation(6))), &limits).expect("hash");
+    for (name, other) in [
+        ("quality 40", requality),
+        ("500 px", smaller),
+        ("PNG", as_png),
+        ("turned + tag", turned),
+    ] {
+        assert!(
+            hamming(hash, other) <= 6,
+            "{name}: {} bits apart",
+            hamming(hash, other)
+        );
+    }
+    for seed in [11, 12, 13] {
+        let different =
+            perceptual_hash(&jpeg(&scene(1600, 1200, seed), 90, None), &limits).expect("hash");
+        assert!(
+            hamming(hash, different) >= 16,
+            "seed {seed}: only {} bits apart",
+            hamming(hash, different)
+        );
+    }
+}
+
+// --- the phone's downscale ------------------------------------------------------------------
+
+#[test]
+fn downscale_keeps_the_exif() {
+    let limits = Limits::default();
+    let photo = jpeg(&scene(2000, 1500, 14), 95, Some(&exif_full()));
+    let before = inspect(&photo, None, &limits).expect("valid");
+    let small = downscale_keeping_exif(&photo, 1024, 80, &limits).expect("downscale");
+    assert!(
+        small.len() < photo.len() / 2,
+        "{} → {} bytes",
+        photo.len(),
+        small.len()
+    );
+    let after = inspect(&small, Some("image/jpeg"), &limits).expect("valid");
+    assert_eq!(
+        (after.width, after.height),
+        (1024, 768),
+        "pixels not turned: stored size"
+    );
+    assert_eq!(after.exif, before.exif);
+    assert_eq!(after.exif.orientation, Some(6));
+    assert!(after.exif.lat.is_some() && after.exif.taken_at.is_some());
+    // Already small enough: the very same bytes.
+    assert_eq!(
+        downscale_keeping_exif(&photo, 2000, 80, &limits).expect("unchanged"),
+        photo
+    );
+    // A PNG becomes a JPEG.
+    let png = png(&scene(1200, 900, 15));
+    let from_png = downscale_keeping_exif(&png, 600, 80, &limits).expect("downscale");
+    assert_eq!(decode(&from_png).dimensions(), (600, 450));
+}
+
+#[test]
+fn derived_output_has_no_metadata_and_fits() {
+    let limits = Limits::default();
+    let photo = jpeg(&scene(1200, 900, 16), 90, Some(&exif_full()));
+    let preview = derive(&photo, 1280, &limits).expect("preview");
+    let inspected = inspect(&preview, None, &limits).expect("valid");
+    assert_eq!(
+        (inspected.width, inspected.height),
+        (900, 1200),
+        "turned upright, not enlarged"
+    );
+    assert_eq!(
+        inspected.exif,
+        Exif::default(),
+        "GPS does not leak into thumbnails"
+    );
+    let _unused: Option<RgbImage> = None;
+}
