@@ -1,0 +1,191 @@
+//! Thumbnails from 12-megapixel phone JPEGs: this crate's reduced-scale path against `image`'s
+//! full decode + resize, measured in the same run; and peak memory while 4 thumbnails are made at
+//! once.
+//!
+//! ```sh
+//! cargo bench -p gridpatrol-photo --bench thumbnails
+//! ```
+//!
+//! The photo is generated here: 4000 × 3000, a gradient with blocks and per-pixel noise, JPEG
+//! quality 90, 4:2:0 (as phones write them). A second, harder file uses 4:4:4 (as `image`'s own
+//! encoder writes them). Every figure is single-threaded (per core) and a median. Run without
+//! `--bench` (as `cargo test --all-targets` does) it makes one small photo and runs each path
+//! once, as a smoke test.
+
+use std::hint::black_box;
+use std::thread;
+use std::time::Instant;
+
+use gridpatrol_photo::{
+    DecodePath, Limits, PREVIEW_EDGE, THUMBNAIL_EDGE, derive, derive_via, inspect, perceptual_hash,
+};
+use image::{Rgb, RgbImage};
+
+/// A noisy photo-like picture (deterministic).
+fn noisy(width: u32, height: u32) -> RgbImage {
+    let mut s: u32 = 0x1234_5678;
+    RgbImage::from_fn(width, height, |x, y| {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        let n = (s % 41) as i32 - 20;
+        let block = ((x / 300 + y / 200) % 3) as i32 * 40;
+        let r = (x * 200 / width) as i32 + block + n;
+        let g = (y * 200 / height) as i32 + n;
+        let b = ((x + y) * 160 / (width + height)) as i32 + 60 - block / 2 - n;
+        Rgb([r, g, b].map(|v| v.clamp(0, 255) as u8))
+    })
+}
+
+fn encode(image: &RgbImage, sampling: jpeg_encoder::SamplingFactor) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+    encoder.set_sampling_factor(sampling);
+    encoder
+        .encode(
+            image.as_raw(),
+            image.width() as u16,
+            image.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("bench JPEG encodes");
+    out
+}
+
+/// The naive path: `image` decodes the whole photo (zune-jpeg), `thumbnail` (its fastest
+/// resize) shrinks it, and the result is encoded like this crate's.
+fn baseline(jpeg: &[u8], edge: u32) -> Vec<u8> {
+    let thumb = image::load_from_memory(jpeg)
+        .expect("decodes")
+        .thumbnail(edge, edge)
+        .to_rgb8();
+    encode(&thumb, jpeg_encoder::SamplingFactor::F_2_2)
+}
+
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Peak RSS growth (MiB) while `n` threads each make a thumbnail of `jpeg` at once: the peak is
+/// reset first (writing 5 to /proc/self/clear_refs), then VmHWM is read after the threads end.
+fn concurrent_peak_mib(n: usize, jpeg: &[u8], make: fn(&[u8]) -> Vec<u8>) -> Option<f64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    let before = status_kib("VmRSS:")?;
+    thread::scope(|scope| {
+        for _ in 0..n {
+            scope.spawn(|| black_box(make(jpeg)));
+        }
+    });
+    let peak = status_kib("VmHWM:")?;
+    Some(peak.saturating_sub(before) as f64 / 1024.0)
+}
+
+fn ours_thumbnail(jpeg: &[u8]) -> Vec<u8> {
+    derive(jpeg, THUMBNAIL_EDGE, &Limits::default()).expect("thumbnail")
+}
+
+fn baseline_thumbnail(jpeg: &[u8]) -> Vec<u8> {
+    baseline(jpeg, THUMBNAIL_EDGE)
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (width, height, runs) = if quick {
+        (800, 600, 1)
+    } else {
+        (4000, 3000, 11)
+    };
+    let limits = Limits::default();
+
+    let picture = noisy(width, height);
+    let phone = encode(&picture, jpeg_encoder::SamplingFactor::F_2_2);
+    let full_chroma = encode(&picture, jpeg_encoder::SamplingFactor::F_1_1);
+    drop(picture);
+
+    // Memory first, while the process is small.
+    let ours_peak = concurrent_peak_mib(4, &phone, ours_thumbnail);
+    let baseline_peak = concurrent_peak_mib(4, &phone, baseline_thumbnail);
+
+    println!("{width}×{height} q90, median of {runs} runs, one thread\n");
+    for (name, jpeg) in [("4:2:0 (phone)", &phone), ("4:4:4", &full_chroma)] {
+        let base = median_ms(runs, || {
+            black_box(baseline(jpeg, THUMBNAIL_EDGE));
+        });
+        let ours = median_ms(runs, || {
+            black_box(derive(jpeg, THUMBNAIL_EDGE, &limits).expect("thumbnail"));
+        });
+        let ours_full = median_ms(runs, || {
+            black_box(derive_via(jpeg, THUMBNAIL_EDGE, &limits, DecodePath::Full).expect("full"));
+        });
+        let base_preview = median_ms(runs, || {
+            black_box(baseline(jpeg, PREVIEW_EDGE));
+        });
+        let preview = median_ms(runs, || {
+            black_box(derive(jpeg, PREVIEW_EDGE, &limits).expect("preview"));
+        });
+        let inspected = median_ms(runs, || {
+            black_box(inspect(jpeg, Some("image/jpeg"), &limits).expect("inspect"));
+        });
+        let hashed = median_ms(runs, || {
+            black_box(perceptual_hash(jpeg, &limits).expect("hash"));
+        });
+        println!("### {name}: {} bytes\n", jpeg.len());
+        println!("| path | median (ms) | per second per core | vs baseline |");
+        println!("|---|---|---|---|");
+        let row = |label: &str, ms: f64, reference: f64| {
+            println!(
+                "| {label} | {ms:.1} | {:.1} | {:.2}× |",
+                1000.0 / ms,
+                reference / ms
+            );
+        };
+        row(
+            "thumbnail 320: `image` full decode + `thumbnail` (baseline)",
+            base,
+            base,
+        );
+        row("thumbnail 320: `derive` (1/8-scale decode)", ours, base);
+        row(
+            "thumbnail 320: `derive_via(Full)` (jpeg-decoder, full size)",
+            ours_full,
+            base,
+        );
+        row(
+            "preview 1280: `image` full decode + `thumbnail` (baseline)",
+            base_preview,
+            base_preview,
+        );
+        row(
+            "preview 1280: `derive` (1/2-scale decode)",
+            preview,
+            base_preview,
+        );
+        row(
+            "`inspect` (1/8-scale validation decode + EXIF)",
+            inspected,
+            base,
+        );
+        row("`perceptual_hash` (1/8-scale decode)", hashed, base);
+        println!();
+    }
+    let show = |p: Option<f64>| p.map_or("n/a".to_owned(), |m| format!("{m:.1} MiB"));
+    println!(
+        "peak RSS growth, 4 thumbnails of the 4:2:0 photo at once: derive {}, baseline {}",
+        show(ours_peak),
+        show(baseline_peak)
+    );
+}
