@@ -318,3 +318,28 @@ fn ends_early(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smallest_jpeg_scale_that_covers_the_output() {
+        // A 12 MP phone photo: 1/8 for a thumbnail, 1/2 for a preview, full size beyond.
+        assert_eq!(jpeg_scaled_size(4000, 3000, 320, 240), (500, 375));
+        assert_eq!(jpeg_scaled_size(4000, 3000, 501, 376), (1000, 750));
+        assert_eq!(jpeg_scaled_size(4000, 3000, 1280, 960), (2000, 1500));
+        assert_eq!(jpeg_scaled_size(4000, 3000, 2001, 1501), (4000, 3000));
+        // Both sides must be covered, and scaled sizes round up as jpeg-decoder's do.
+        assert_eq!(jpeg_scaled_size(4000, 3000, 100, 376), (1000, 750));
+        assert_eq!(jpeg_scaled_size(1001, 17, 126, 3), (126, 3));
+    }
+
+    #[test]
+    fn a_cut_riff_header_is_truncation() {
+        let mut webp = b"RIFF\x10\0\0\0WEBPVP8L".to_vec();
+        assert!(riff_cut_short(&webp));
+        webp.resize(24, 0);
+        assert!(!riff_cut_short(&webp));
+    }
+}

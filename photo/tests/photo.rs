@@ -8,7 +8,7 @@ use gridpatrol_photo::{
     DecodePath, Exif, Format, Limits, PhotoError, derive, derive_via, downscale_keeping_exif,
     hamming, inspect, perceptual_hash, sniff,
 };
-use image::{DynamicImage, GenericImageView, RgbImage};
+use image::{DynamicImage, GenericImageView};
 
 fn code<T: std::fmt::Debug>(r: Result<T, PhotoError>) -> &'static str {
     r.expect_err("the photo should be refused").code()
@@ -516,5 +516,4 @@ fn derived_output_has_no_metadata_and_fits() {
         Exif::default(),
         "GPS does not leak into thumbnails"
     );
-    let _unused: Option<RgbImage> = None;
 }
