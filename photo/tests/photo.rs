@@ -175,6 +175,7 @@ fn truncated() {
     let image = scene(300, 200, 4);
     for (name, whole) in [
         ("jpeg", jpeg(&image, 90, None)),
+        ("progressive jpeg", progressive_jpeg(&image, 90)),
         ("png", png(&image)),
         ("webp", webp(&image)),
     ] {
@@ -414,12 +415,34 @@ fn reduced_scale_matches_the_full_decode() {
 }
 
 #[test]
-fn png_and_webp_give_jpeg_thumbnails() {
+fn every_accepted_kind_gives_a_jpeg_thumbnail() {
     let limits = Limits::default();
     let image = scene(640, 480, 9);
-    for bytes in [png(&image), webp(&image)] {
+    let kinds = [
+        ("png", png(&image)),
+        ("webp", webp(&image)),
+        ("progressive", progressive_jpeg(&image, 90)),
+        ("grey", grey_jpeg(&image, 90)),
+    ];
+    for (name, bytes) in kinds {
+        assert!(inspect(&bytes, None, &limits).is_ok(), "{name}");
         let thumb = decode(&derive(&bytes, 320, &limits).expect("derives"));
-        assert_eq!(thumb.dimensions(), (320, 240));
+        assert_eq!(thumb.dimensions(), (320, 240), "{name}");
+        // The picture survives: compare with a straightforward full-size resize.
+        let expected = image::imageops::thumbnail(&image, 320, 240);
+        let got = thumb.to_rgb8();
+        let diff: u64 = got
+            .pixels()
+            .zip(expected.pixels())
+            .map(|(a, b)| {
+                let luma = |p: &image::Rgb<u8>| {
+                    (u64::from(p[0]) * 3 + u64::from(p[1]) * 6 + u64::from(p[2])) / 10
+                };
+                luma(a).abs_diff(luma(b))
+            })
+            .sum();
+        let mean = diff as f64 / f64::from(320 * 240);
+        assert!(mean < 10.0, "{name}: mean brightness difference {mean}");
     }
 }
 

@@ -77,6 +77,38 @@ pub fn jpeg(image: &RgbImage, quality: u8, exif: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
+/// A progressive 4:2:0 JPEG.
+pub fn progressive_jpeg(image: &RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+    encoder.set_progressive(true);
+    encoder
+        .encode(
+            image.as_raw(),
+            image.width() as u16,
+            image.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("test JPEG encodes");
+    out
+}
+
+/// A greyscale JPEG.
+pub fn grey_jpeg(image: &RgbImage, quality: u8) -> Vec<u8> {
+    let grey = image::DynamicImage::ImageRgb8(image.clone()).to_luma8();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, quality)
+        .encode(
+            grey.as_raw(),
+            grey.width() as u16,
+            grey.height() as u16,
+            jpeg_encoder::ColorType::Luma,
+        )
+        .expect("test JPEG encodes");
+    out
+}
+
 pub fn png(image: &RgbImage) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     image
