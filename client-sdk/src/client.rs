@@ -207,6 +207,8 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Which CAs an `https://` server's certificate may chain to.
     pub trust: Trust,
+    /// Where attached photos are kept, and how they are sent.
+    pub photos: crate::photos::PhotoOptions,
 }
 
 impl Default for Options {
@@ -214,6 +216,7 @@ impl Default for Options {
         Options {
             clock: Arc::new(SystemClock::default()),
             trust: Trust::PublicRoots,
+            photos: crate::photos::PhotoOptions::default(),
         }
     }
 }
@@ -224,6 +227,7 @@ pub struct Client {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) base_url: String,
     pub(crate) http: reqwest::Client,
+    pub(crate) photo_options: crate::photos::PhotoOptions,
     pub(crate) inner: Mutex<Inner>,
     observers: Arc<Mutex<BTreeMap<u64, Callback>>>,
     next_observer: AtomicU64,
@@ -256,14 +260,6 @@ pub(crate) const META_SKEW: &str = "clock_skew";
 pub(crate) const META_ACTOR: &str = "actor";
 /// `photo:<sha256>`: a photo attached here, waiting for its upload.
 pub(crate) const META_PHOTO_PREFIX: &str = "photo:";
-
-/// A photo in the upload queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct QueuedPhoto {
-    path: String,
-    size: u64,
-    patrol: String,
-}
 
 /// A document with this many stored chunks is saved whole once it is durable.
 const COMPACT_AFTER: usize = 64;
@@ -424,6 +420,7 @@ impl Client {
                 .map_err(|e| SdkError::Tls {
                     message: e.to_string(),
                 })?,
+            photo_options: options.photos,
             inner: Mutex::new(inner),
             observers: Arc::new(Mutex::new(BTreeMap::new())),
             next_observer: AtomicU64::new(1),
@@ -687,40 +684,20 @@ impl Client {
     }
 
     /// Attaches a photo to a recording patrol, by the path of the file the camera wrote. The
-    /// patrol records the photo's SHA-256, time, the position of the patrol's last fix and the
-    /// caption; the file itself is uploaded separately (content-addressed, resumable), so the
-    /// SDK keeps the path in its upload queue. Returns the SHA-256 (hex).
+    /// photo is copied into the SDK's photo directory (downscaled first if the app asked, EXIF
+    /// kept) and queued for upload; the patrol records its SHA-256, time, the position of the
+    /// patrol's last fix and the caption. Returns the SHA-256 (hex).
     pub fn attach_photo(
         &self,
         patrol: &str,
         path: &std::path::Path,
         caption: &str,
     ) -> Result<String, SdkError> {
-        use sha2::{Digest, Sha256};
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| SdkError::invalid(format!("cannot read {}: {e}", path.display())))?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let read = file
-                .read(&mut buffer)
-                .map_err(|e| SdkError::invalid(format!("cannot read {}: {e}", path.display())))?;
-            if read == 0 {
-                break;
-            }
-            size += read as u64;
-            hasher.update(&buffer[..read]);
+        {
+            let inner = self.inner();
+            Self::recording(&inner, patrol)?;
         }
-        if size == 0 {
-            return Err(SdkError::invalid(format!("{} is empty", path.display())));
-        }
-        let sha256: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let kept = crate::photos::keep(&self.photo_options, path)?;
         let inner = self.inner();
         Self::recording(&inner, patrol)?;
         let position = Self::patrol_view(&inner, patrol)?
@@ -728,18 +705,14 @@ impl Client {
             .last()
             .map(|fix| (fix.lon, fix.lat));
         let photo = schema::PhotoRef {
-            sha256: sha256.clone(),
+            sha256: kept.sha256.clone(),
             taken_at_ms: self.clock.now_ms(),
             position,
             caption: caption.to_string(),
         };
         let queued = Write::Meta {
-            key: format!("{META_PHOTO_PREFIX}{sha256}"),
-            value: store::encode(&QueuedPhoto {
-                path: path.to_string_lossy().into_owned(),
-                size,
-                patrol: patrol.to_string(),
-            }),
+            key: format!("{META_PHOTO_PREFIX}{}", kept.sha256),
+            value: store::encode(&crate::photos::QueuedPhoto::new(kept, patrol)),
         };
         let mut inner = inner;
         let mut batch = Batch(vec![queued]);
@@ -753,22 +726,7 @@ impl Client {
         self.commit(&mut inner, batch)?;
         drop(inner);
         self.notify(&[patrol.to_string()]);
-        Ok(sha256)
-    }
-
-    /// Photos attached on this phone, waiting for the upload (the photo issue's resumable
-    /// upload takes them from here): (SHA-256, file path).
-    pub fn queued_photos(&self) -> Result<Vec<(String, String)>, SdkError> {
-        let snapshot = self.store.snapshot()?;
-        snapshot
-            .meta
-            .iter()
-            .filter_map(|(key, value)| {
-                key.strip_prefix(META_PHOTO_PREFIX).map(|sha| {
-                    store::decode::<QueuedPhoto>(value).map(|q| (sha.to_string(), q.path))
-                })
-            })
-            .collect()
+        Ok(photo.sha256)
     }
 
     /// Records a problem found on a recording patrol. Returns the problem's id.

@@ -2,13 +2,46 @@
 //! the foreign side: local calls return at once, and network calls (`enroll`, `sync`) run on a
 //! runtime the SDK owns, so the app needs no Rust executor. Call them off the UI thread.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::store::{MemoryStore, SqliteStore, Store};
 use crate::{
     Backoff, Client, FixInput, GridInfo, KeyPoint, Method, NewProblemInput, Observer, Options,
-    PatrolSummary, SdkError, SyncReport, Trust,
+    PatrolSummary, PhotoOptions, PhotoStatus, SdkError, SyncReport, Trust,
 };
+
+/// How to open the SDK, beyond the store and the server's address.
+#[derive(Debug, Clone, Default, uniffi::Record)]
+pub struct OpenOptions {
+    /// Trust only these root certificates (PEM) for the server: the deployment's own CA.
+    /// `None`: the public CAs built into the SDK.
+    #[uniffi(default)]
+    pub trusted_roots_pem: Option<String>,
+    /// Downscale photos to this long edge (pixels) when attaching them, keeping their EXIF.
+    #[uniffi(default)]
+    pub photo_long_edge: Option<u32>,
+    /// Delete the SDK's copy of a photo once the server holds it.
+    #[uniffi(default)]
+    pub delete_photos_after_upload: bool,
+}
+
+impl OpenOptions {
+    fn into_options(self, photo_dir: PathBuf) -> Options {
+        Options {
+            trust: match self.trusted_roots_pem {
+                Some(pem) => Trust::OnlyPem(pem),
+                None => Trust::PublicRoots,
+            },
+            photos: PhotoOptions {
+                dir: Some(photo_dir),
+                long_edge: self.photo_long_edge,
+                delete_after_upload: self.delete_photos_after_upload,
+            },
+            ..Options::default()
+        }
+    }
+}
 
 /// Told of every patrol or problem that changed (recorded, received, acknowledged, refused).
 #[uniffi::export(foreign)]
@@ -60,32 +93,53 @@ fn runtime() -> Result<tokio::runtime::Runtime, SdkError> {
 impl GridPatrol {
     /// Opens the SDK with its store at `db_path` (a file in the app's private storage), for
     /// the server at `server_url`.
+    /// Attached photos are copied next to it, into `<db_path>.photos/`.
     #[uniffi::constructor]
     pub fn open(db_path: String, server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(std::path::Path::new(&db_path))?);
-        Self::with_store(store, &server_url, Trust::PublicRoots)
+        Self::open_with(db_path, server_url, OpenOptions::default())
     }
 
-    /// As `open`, for a server whose certificate chains to one of the roots in
-    /// `trusted_roots_pem` (the deployment's own CA), and to no other.
+    /// As `open`, with options: the deployment's own CA, photo downscaling, deleting photos
+    /// once uploaded.
     #[uniffi::constructor]
-    pub fn open_trusting(
+    pub fn open_with(
         db_path: String,
         server_url: String,
-        trusted_roots_pem: String,
+        options: OpenOptions,
     ) -> Result<Arc<GridPatrol>, SdkError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(std::path::Path::new(&db_path))?);
-        Self::with_store(store, &server_url, Trust::OnlyPem(trusted_roots_pem))
+        let path = std::path::Path::new(&db_path);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+        let photos = PathBuf::from(format!("{db_path}.photos"));
+        Self::with_store(store, &server_url, options.into_options(photos))
     }
 
-    /// An SDK that keeps nothing between runs (tests, demos).
+    /// An SDK that keeps nothing between runs (tests, demos); photos are copied to a fresh
+    /// directory under the system's temporary directory.
     #[uniffi::constructor]
     pub fn in_memory(server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
+        let photos = std::env::temp_dir().join(format!(
+            "gridpatrol-sdk-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
         Self::with_store(
             Arc::new(MemoryStore::new()),
             &server_url,
-            Trust::PublicRoots,
+            OpenOptions::default().into_options(photos),
         )
+    }
+
+    /// Every photo attached on this phone and where its upload stands.
+    pub fn photos(&self) -> Result<Vec<PhotoStatus>, SdkError> {
+        self.client.photos()
+    }
+
+    /// Bytes of photos still to upload.
+    pub fn pending_photo_bytes(&self) -> Result<u64, SdkError> {
+        self.client.pending_photo_bytes()
     }
 
     pub fn enroll(&self, code: String, device_name: String) -> Result<(), SdkError> {
@@ -276,20 +330,13 @@ impl GridPatrol {
     fn with_store(
         store: Arc<dyn Store>,
         server_url: &str,
-        trust: Trust,
+        options: Options,
     ) -> Result<Arc<GridPatrol>, SdkError> {
         let runtime = runtime()?;
         // The HTTP client is made inside the runtime, where its connection pool will live.
         let client = {
             let _entered = runtime.enter();
-            Client::open_with(
-                store,
-                server_url,
-                Options {
-                    trust,
-                    ..Options::default()
-                },
-            )?
+            Client::open_with(store, server_url, options)?
         };
         Ok(Arc::new(GridPatrol {
             client: Arc::new(client),

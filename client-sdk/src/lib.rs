@@ -9,6 +9,7 @@ mod client;
 pub mod clock;
 pub mod error;
 pub mod ffi;
+mod photos;
 pub mod store;
 mod sync;
 pub mod tls;
@@ -20,5 +21,6 @@ pub use client::{
     PatrolSummary, ProblemDisposition, ReviewInfo, SyncState,
 };
 pub use error::SdkError;
+pub use photos::{PhotoOptions, PhotoStatus};
 pub use sync::{Backoff, SyncReport};
 pub use tls::Trust;

@@ -33,6 +33,12 @@ pub struct SyncReport {
     /// Bytes of request and response bodies (what a metered 2G plan counts, less HTTP headers).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Photos the server now holds (uploaded in this sync, or found already there).
+    pub photos_uploaded: u32,
+    /// Photos the server refused (kept on the phone, not resent; see `photos()`).
+    pub photos_refused: u32,
+    /// Photo bytes sent (a resumed upload sends only what the server lacks).
+    pub photo_bytes_sent: u64,
 }
 
 #[derive(Deserialize)]
@@ -285,7 +291,7 @@ impl Client {
     }
 
     /// Sends a request with the access token, refreshing it once on a 401.
-    async fn authorized(
+    pub(crate) async fn authorized(
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, SdkError> {
@@ -397,6 +403,11 @@ impl Client {
                 break;
             }
         }
+        // Photos after the documents: the patrol that references them is safe first.
+        let (uploaded, refused, sent) = self.upload_photos().await?;
+        report.photos_uploaded = uploaded;
+        report.photos_refused = refused;
+        report.photo_bytes_sent = sent;
         Ok(report)
     }
 

@@ -50,6 +50,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub openapi: utoipa::openapi::OpenApi,
     pub sync_settings: SyncSettings,
+    pub photos: crate::photos::Photos,
 }
 
 /// Caps on sync requests.
@@ -74,6 +75,7 @@ pub struct SyncSettings {
         (name = "auth", description = "Sign-in, device enrollment, tokens"),
         (name = "grids", description = "The grid tree (网格) and locating points in it"),
         (name = "people", description = "People (人员), their roles in grids, devices, staffing"),
+        (name = "photos", description = "Resumable photo uploads (tus 1.0), photos, thumbnails and previews"),
         (name = "sync", description = "Phones push and pull Automerge documents; the changes feed"),
         (name = "ops", description = "Health, metrics, this specification"),
     )
@@ -105,7 +107,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .configure(crate::auth::api::configure)
         .configure(crate::grids::api::configure)
         .configure(crate::people::api::configure)
-        .configure(crate::sync::api::configure);
+        .configure(crate::sync::api::configure)
+        .configure(crate::photos::api::configure);
 }
 
 /// The OpenAPI document of [`routes`], as served at `/openapi.json` and written to `openapi.yaml`.
@@ -139,6 +142,7 @@ pub async fn build_state(
     }
     let secret = serve.jwt_secret.clone();
     let keys = db.run_blocking(|conn| Keys::load(conn, secret.as_deref()))?;
+    let photos = serve.photos(&config.data_dir)?;
     let index = SharedIndex::default();
     db.run_blocking(|conn| {
         index
@@ -161,6 +165,7 @@ pub async fn build_state(
             max_request_bytes: serve.max_sync_bytes,
             limits: sync_protocol::Limits::default(),
         },
+        photos,
     }))
 }
 
@@ -200,6 +205,7 @@ pub fn launch(
         server = server.workers(workers);
     }
     let server = server.run();
+    crate::photos::spawn_workers(state.clone());
     // Other server processes on the same database may import grids: notice it.
     let handle = state.clone();
     tokio::spawn(async move {

@@ -78,6 +78,46 @@ pub struct ServeConfig {
     /// Worker threads for HTTP (default: one per core).
     #[arg(long, env = "GRIDPATROL_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Where photos are kept: a directory (default: `<data dir>/photos`).
+    #[arg(long, env = "GRIDPATROL_PHOTO_STORE")]
+    pub photo_store: Option<String>,
+
+    /// Largest accepted photo, in bytes.
+    #[arg(long, env = "GRIDPATROL_MAX_PHOTO_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_photo_bytes: u64,
+
+    /// Largest accepted photo, in pixels (width × height).
+    #[arg(
+        long,
+        env = "GRIDPATROL_MAX_PHOTO_PIXELS",
+        default_value_t = 50_000_000
+    )]
+    pub max_photo_pixels: u64,
+
+    /// Hours an unfinished upload is kept after its last piece.
+    #[arg(long, env = "GRIDPATROL_UPLOAD_TTL_HOURS", default_value_t = 24)]
+    pub upload_ttl_hours: u64,
+}
+
+impl ServeConfig {
+    /// The photo store and checks these settings describe.
+    pub fn photos(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<crate::photos::Photos, StartupError> {
+        let limits = gridpatrol_photo::Limits {
+            max_bytes: self.max_photo_bytes,
+            max_pixels: self.max_photo_pixels,
+            ..gridpatrol_photo::Limits::default()
+        };
+        let ttl = std::time::Duration::from_secs(self.upload_ttl_hours * 3600);
+        let dir = match &self.photo_store {
+            None => data_dir.join("photos"),
+            Some(spec) => PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec)),
+        };
+        crate::photos::Photos::local(&dir, limits, ttl)
+    }
 }
 
 impl Config {
@@ -120,6 +160,10 @@ impl Default for ServeConfig {
             max_geojson_bytes: 32 * 1024 * 1024,
             max_sync_bytes: 8 * 1024 * 1024,
             workers: None,
+            photo_store: None,
+            max_photo_bytes: 20 * 1024 * 1024,
+            max_photo_pixels: 50_000_000,
+            upload_ttl_hours: 24,
         }
     }
 }
@@ -157,6 +201,7 @@ impl fmt::Debug for ServeConfig {
             .field("max_geojson_bytes", &self.max_geojson_bytes)
             .field("max_sync_bytes", &self.max_sync_bytes)
             .field("workers", &self.workers)
+            .field("photo_store", &self.photo_store)
             .finish()
     }
 }

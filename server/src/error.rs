@@ -28,10 +28,18 @@ pub enum Kind {
     Forbidden,
     NotFound,
     Conflict,
+    /// 410: it existed and is gone for good (an expired upload).
+    Gone,
+    /// 412: a precondition header is wrong (an unsupported tus version).
+    PreconditionFailed,
+    /// 460: tus's status for a body that does not match its `Upload-Checksum`.
+    ChecksumMismatch,
     PayloadTooLarge,
     UnsupportedMediaType,
     Unprocessable,
-    TooManyRequests { retry_after_secs: u64 },
+    TooManyRequests {
+        retry_after_secs: u64,
+    },
     Unavailable,
     Internal,
 }
@@ -103,6 +111,9 @@ impl ResponseError for ApiError {
             Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Gone => StatusCode::GONE,
+            Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Kind::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod grids;
 pub mod metrics;
 pub mod people;
+pub mod photos;
 pub mod policy;
 pub mod schema;
 pub mod sync;

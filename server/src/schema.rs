@@ -130,6 +130,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     sync_changes,
     patrols,
     problems,
+    photos,
+    patrol_photos,
+    photo_uploads,
+    photo_upload_chunks,
 );
 
 diesel::table! {
@@ -202,3 +206,55 @@ diesel::table! {
 diesel::joinable!(sync_changes -> sync_documents (doc_id));
 diesel::joinable!(sync_documents -> grids (grid_id));
 diesel::joinable!(patrols -> grids (grid_id));
+
+diesel::table! {
+    photos (sha256) {
+        sha256 -> Text,
+        bytes -> BigInt,
+        format -> Text,
+        width -> Integer,
+        height -> Integer,
+        exif -> Text,
+        phash -> Nullable<BigInt>,
+        derived -> Text,
+        derived_claimed_at -> Nullable<Timestamp>,
+        device_id -> BigInt,
+        user_id -> BigInt,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    patrol_photos (patrol_id, sha256) {
+        patrol_id -> Text,
+        sha256 -> Text,
+        grid_id -> BigInt,
+        taken_at -> Timestamp,
+        caption -> Text,
+    }
+}
+
+diesel::table! {
+    photo_uploads (id) {
+        id -> Text,
+        sha256 -> Text,
+        device_id -> BigInt,
+        user_id -> BigInt,
+        length -> BigInt,
+        received -> BigInt,
+        filetype -> Nullable<Text>,
+        filename -> Nullable<Text>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        completed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    photo_upload_chunks (upload_id, start) {
+        upload_id -> Text,
+        start -> BigInt,
+        stop -> BigInt,
+        object -> Text,
+    }
+}

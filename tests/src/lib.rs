@@ -394,6 +394,7 @@ impl TestApp {
     }
 }
 
+pub mod link;
 pub mod phone;
 pub mod tls;
 

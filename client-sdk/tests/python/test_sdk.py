@@ -10,6 +10,7 @@ receives it and sends it back with a comment; the phone's next sync brings the v
 """
 
 import asyncio
+import base64
 import os
 import re
 import socket
@@ -27,6 +28,7 @@ from gridpatrol_sdk import (  # noqa: E402  (the path above first)
     GridPatrol,
     Method,
     NewProblemInput,
+    OpenOptions,
     PatrolObserver,
     ProblemDisposition,
     SdkError,
@@ -43,6 +45,21 @@ def free_port():
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+# A 16 × 12 JPEG made for this test.
+TINY_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAgAAAQABAAD/wAARCAAMABADAREAAhEBAxEB/9sAQwAGBAUGBQQGBgUGBwcGCAoQCgoJCQoU"
+    "Dg8MEBcUGBgXFBYWGh0lHxobIxwWFiAsICMmJykqKRkfLTAtKDAlKCko/9sAQwEHBwcKCAoTCgoTKBoWGigoKCgo"
+    "KCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgoKCgo/8QAHwAAAQUBAQEBAQEAAAAAAAAA"
+    "AAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAk"
+    "M2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKT"
+    "lJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QA"
+    "HwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdh"
+    "cRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hp"
+    "anN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk"
+    "5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDzXSfCn3f3f6V9JXzHzOLKs221Oz0nwp9393+leNXzHzP0nKs2"
+    "21O30nTrbj5K8WvXn3P51yrE1NNTs9J0624+SvGr159z9JyrE1NNT//Z"
+)
 
 class Server:
     """`gridpatrol serve --demo` on a fresh data directory."""
@@ -149,6 +166,11 @@ class PatrolThroughTheBindings(unittest.TestCase):
                 disposition=ProblemDisposition.ESCALATED,
             ),
         )
+        camera = os.path.join(phone_dir.name, "IMG_0001.jpg")
+        with open(camera, "wb") as f:
+            f.write(TINY_JPEG)
+        sha = phone.attach_photo(patrol, camera, "河岸垃圾")
+        self.assertEqual(phone.pending_photo_bytes(), len(TINY_JPEG))
         phone.submit(patrol)
         listed = phone.patrol(patrol)
         self.assertEqual((listed.fix_count, listed.problem_count), (20, 1))
@@ -156,6 +178,9 @@ class PatrolThroughTheBindings(unittest.TestCase):
 
         report = phone.sync()
         self.assertEqual((report.round_trips, report.pushed, report.durable), (1, 2, 2))
+        self.assertEqual(report.photos_uploaded, 1)
+        self.assertEqual([(p.sha256, p.state) for p in phone.photos()], [(sha, "uploaded")])
+        self.assertEqual(phone.pending_photo_bytes(), 0)
         self.assertTrue(phone.patrol(patrol).sync.is_durable())
 
         # The township leader's tablet receives the patrol and sends it back.
@@ -205,7 +230,11 @@ class OpeningChecksItsArguments(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "phone.sqlite3")
             with self.assertRaises(SdkError.Invalid):
-                GridPatrol.open_trusting(path, "https://gridpatrol.example.cn", "not a certificate")
+                GridPatrol.open_with(
+                    path,
+                    "https://gridpatrol.example.cn",
+                    OpenOptions(trusted_roots_pem="not a certificate"),
+                )
             with self.assertRaises(SdkError.Invalid):
                 GridPatrol.open(path, "gridpatrol.example.cn")
             with self.assertRaises(SdkError.Invalid):

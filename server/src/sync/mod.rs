@@ -313,6 +313,13 @@ pub fn project(
                 first_received_at: received.0,
                 updated_at: received.1,
             };
+            crate::photos::project_patrol_photos(
+                conn,
+                &view.identity.id,
+                grid_id,
+                &view.photos,
+                timestamp,
+            )?;
             on_each_backend!(conn, |c| diesel::insert_into(patrols::table)
                 .values(&row)
                 .on_conflict(patrols::id)

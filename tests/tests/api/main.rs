@@ -6,5 +6,7 @@ mod import;
 mod migrations;
 mod ops;
 mod people;
+pub mod photos;
 mod sdk;
+mod sdk_photos;
 mod sync;

@@ -91,7 +91,7 @@ async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backe
         .add_note(&id, "巡查河道两岸，未发现异常")
         .expect("note");
     let photo = dir.path().join("IMG_0001.jpg");
-    std::fs::write(&photo, b"\xff\xd8\xff\xe0 not really a JPEG").expect("photo");
+    std::fs::write(&photo, crate::photos::jpeg(1, 320, 240)).expect("photo");
     let sha = phone.attach_photo(&id, &photo, "河岸垃圾").expect("photo");
     assert_eq!(sha.len(), 64);
     assert_eq!(
@@ -136,6 +136,8 @@ async fn an_inspector_records_offline_syncs_and_hears_the_verdict(backend: Backe
     let report = phone.sync().await.expect("sync");
     assert_eq!(report.round_trips, 1);
     assert_eq!((report.pushed, report.durable), (2, 2), "{report:?}");
+    assert_eq!(report.photos_uploaded, 1, "the photo follows its patrol");
+    assert!(phone.queued_photos().expect("queue").is_empty());
     assert_eq!(phone.patrol(&id).expect("listed").sync, SyncState::Durable);
     let problems: i64 = app
         .with_conn(|conn| {

@@ -1,0 +1,839 @@
+//! Photos: resumable uploads addressed by SHA-256 (tus 1.0, see [`api`]), checked with
+//! `gridpatrol-photo`, kept in an object store, linked to patrols by the patrol documents' photo
+//! references, and turned into thumbnails and previews by a background worker.
+//!
+//! Objects:
+//! - `originals/<sha256>`: the photo as the phone took it, written once, after every check.
+//! - `derived/<sha256>/thumbnail.jpg`, `derived/<sha256>/preview.jpg`.
+//! - `uploads/<upload id>/<start>-<nonce>`: the pieces of an unfinished upload. A piece counts
+//!   once its row in `photo_upload_chunks` is committed; the sweeper removes the rest.
+
+pub mod api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use futures_util::StreamExt;
+use gridpatrol_photo::{Limits, PhotoError};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::db::{DbConnection, now};
+use crate::error::{ApiError, ApiResult, Kind, StartupError};
+use crate::on_each_backend;
+use crate::schema::{patrol_photos, photo_upload_chunks, photo_uploads, photos};
+
+/// Thumbnail and preview sizes (long edge, pixels).
+pub const THUMBNAIL_EDGE: u32 = 320;
+pub const PREVIEW_EDGE: u32 = 1280;
+
+/// Where photos live and how they are checked.
+pub struct Photos {
+    pub store: Arc<dyn ObjectStore>,
+    pub limits: Limits,
+    /// How long an unfinished upload lives after its last piece.
+    pub upload_ttl: chrono::Duration,
+    /// Completing an upload holds the whole photo in memory to check it: at most this many at once.
+    completing: tokio::sync::Semaphore,
+    /// Wakes the derived-image worker when a photo arrives.
+    pub wake_worker: tokio::sync::Notify,
+}
+
+impl Photos {
+    /// Photos in a local directory (created if missing).
+    pub fn local(
+        dir: &std::path::Path,
+        limits: Limits,
+        upload_ttl: Duration,
+    ) -> Result<Photos, StartupError> {
+        std::fs::create_dir_all(dir)?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| StartupError::Config(format!("photo directory {}: {e}", dir.display())))?;
+        Ok(Self::with_store(Arc::new(store), limits, upload_ttl))
+    }
+
+    pub fn with_store(store: Arc<dyn ObjectStore>, limits: Limits, upload_ttl: Duration) -> Photos {
+        Photos {
+            store,
+            limits,
+            upload_ttl: chrono::Duration::from_std(upload_ttl)
+                .unwrap_or(chrono::Duration::hours(24)),
+            completing: tokio::sync::Semaphore::new(2),
+            wake_worker: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+pub fn original_path(sha256: &str) -> Path {
+    Path::from(format!("originals/{sha256}"))
+}
+
+pub fn derived_path(sha256: &str, kind: Derived) -> Path {
+    Path::from(format!("derived/{sha256}/{}.jpg", kind.as_str()))
+}
+
+fn piece_path(upload: &str, start: i64) -> Path {
+    Path::from(format!(
+        "uploads/{upload}/{start:012}-{}",
+        uuid::Uuid::now_v7().simple()
+    ))
+}
+
+/// The derived images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    Thumbnail,
+    Preview,
+}
+
+impl Derived {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Derived::Thumbnail => "thumbnail",
+            Derived::Preview => "preview",
+        }
+    }
+    pub fn long_edge(self) -> u32 {
+        match self {
+            Derived::Thumbnail => THUMBNAIL_EDGE,
+            Derived::Preview => PREVIEW_EDGE,
+        }
+    }
+}
+
+/// A photo's SHA-256 as the API takes it: 64 lower-case hex digits.
+pub fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A photo check's refusal as an API error, with the status the code calls for.
+pub fn refusal(error: &PhotoError) -> ApiError {
+    let kind = match error.code() {
+        "photo_too_large" => Kind::PayloadTooLarge,
+        "photo_unsupported_format" => Kind::UnsupportedMediaType,
+        _ => Kind::Unprocessable,
+    };
+    ApiError::new(kind, error.code(), error.to_string())
+}
+
+fn storage(error: object_store::Error) -> ApiError {
+    ApiError::internal(format!("photo store: {error}"))
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = photo_uploads)]
+pub struct UploadRow {
+    pub id: String,
+    pub sha256: String,
+    pub device_id: i64,
+    pub user_id: i64,
+    pub length: i64,
+    pub received: i64,
+    pub filetype: Option<String>,
+    pub filename: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub completed_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = photos)]
+pub struct PhotoRow {
+    pub sha256: String,
+    pub bytes: i64,
+    pub format: String,
+    pub width: i32,
+    pub height: i32,
+    pub exif: String,
+    pub phash: Option<i64>,
+    pub derived: String,
+    pub derived_claimed_at: Option<NaiveDateTime>,
+    pub device_id: i64,
+    pub user_id: i64,
+    pub received_at: NaiveDateTime,
+}
+
+/// What a phone asks for when it creates an upload.
+pub struct NewUpload {
+    pub sha256: String,
+    pub length: i64,
+    pub filetype: Option<String>,
+    pub filename: Option<String>,
+    pub device_id: i64,
+    pub user_id: i64,
+}
+
+/// Creates the upload of a photo, or finds the one this device already has for it (a phone
+/// killed between creating and storing the upload's address asks again), or, when the server
+/// already holds the photo, answers with a finished upload at once. Returns the upload and the
+/// pieces of an expired one to delete.
+pub fn create_upload(
+    conn: &mut DbConnection,
+    new: NewUpload,
+    ttl: chrono::Duration,
+) -> ApiResult<(UploadRow, Vec<String>)> {
+    let now = now();
+    let held: Option<i64> = photos::table
+        .find(&new.sha256)
+        .select(photos::bytes)
+        .first(conn)
+        .optional()?;
+    if let Some(bytes) = held
+        && bytes != new.length
+    {
+        return Err(ApiError::conflict(
+            "upload_length_mismatch",
+            format!(
+                "the server holds this photo with {bytes} bytes, not {}: the hash or the length is wrong",
+                new.length
+            ),
+        ));
+    }
+    let existing: Option<UploadRow> = photo_uploads::table
+        .filter(photo_uploads::device_id.eq(new.device_id))
+        .filter(photo_uploads::sha256.eq(&new.sha256))
+        .select(UploadRow::as_select())
+        .first(conn)
+        .optional()?;
+    let mut stale = Vec::new();
+    if let Some(upload) = existing {
+        let finished = upload.completed_at.is_some();
+        let expired = !finished && upload.expires_at <= now;
+        if !expired && upload.length != new.length {
+            return Err(ApiError::conflict(
+                "upload_length_mismatch",
+                format!(
+                    "this device's upload of that photo is {} bytes long, not {}",
+                    upload.length, new.length
+                ),
+            ));
+        }
+        if finished && held.is_some() {
+            return Ok((upload, stale));
+        }
+        if !expired && !finished {
+            if held.is_some() {
+                // Another device finished the same photo meanwhile: this upload is done too.
+                stale = finish_upload(conn, &upload.id, upload.length)?;
+                let done = photo_uploads::table
+                    .find(&upload.id)
+                    .select(UploadRow::as_select())
+                    .first(conn)?;
+                return Ok((done, stale));
+            }
+            return Ok((upload, stale));
+        }
+        stale = drop_upload(conn, &upload.id)?;
+    }
+    let row = UploadRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        sha256: new.sha256,
+        device_id: new.device_id,
+        user_id: new.user_id,
+        length: new.length,
+        received: if held.is_some() { new.length } else { 0 },
+        filetype: new.filetype,
+        filename: new.filename,
+        created_at: now,
+        expires_at: now + ttl,
+        completed_at: held.map(|_| now),
+    };
+    diesel::insert_into(photo_uploads::table)
+        .values(&row)
+        .execute(conn)?;
+    Ok((row, stale))
+}
+
+/// Marks an upload finished and forgets its pieces; returns their objects to delete.
+fn finish_upload(conn: &mut DbConnection, id: &str, length: i64) -> ApiResult<Vec<String>> {
+    let objects = piece_objects(conn, id)?;
+    diesel::delete(photo_upload_chunks::table.filter(photo_upload_chunks::upload_id.eq(id)))
+        .execute(conn)?;
+    diesel::update(photo_uploads::table.find(id))
+        .set((
+            photo_uploads::received.eq(length),
+            photo_uploads::completed_at.eq(Some(now())),
+        ))
+        .execute(conn)?;
+    Ok(objects)
+}
+
+/// Deletes an upload and its pieces' rows; returns the objects to delete.
+fn drop_upload(conn: &mut DbConnection, id: &str) -> ApiResult<Vec<String>> {
+    let objects = piece_objects(conn, id)?;
+    diesel::delete(photo_upload_chunks::table.filter(photo_upload_chunks::upload_id.eq(id)))
+        .execute(conn)?;
+    diesel::delete(photo_uploads::table.find(id)).execute(conn)?;
+    Ok(objects)
+}
+
+fn piece_objects(conn: &mut DbConnection, id: &str) -> ApiResult<Vec<String>> {
+    Ok(photo_upload_chunks::table
+        .filter(photo_upload_chunks::upload_id.eq(id))
+        .select(photo_upload_chunks::object)
+        .load(conn)?)
+}
+
+/// Deletes objects, logging failures (the sweeper removes what is left).
+pub async fn delete_objects(store: &dyn ObjectStore, objects: Vec<String>) {
+    for object in objects {
+        if let Err(error) = store.delete(&Path::from(object.as_str())).await
+            && !matches!(error, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(%error, object, "could not delete a photo object");
+        }
+    }
+}
+
+/// Loads an upload for the device continuing it.
+pub fn load_upload(conn: &mut DbConnection, id: &str, device_id: i64) -> ApiResult<UploadRow> {
+    let upload: UploadRow = photo_uploads::table
+        .find(id)
+        .select(UploadRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "upload_not_found",
+                "no such upload: it finished long ago, expired and was cleaned up, or never existed; create it again",
+            )
+        })?;
+    if upload.device_id != device_id {
+        return Err(ApiError::forbidden(
+            "upload_of_another_device",
+            "only the device that created an upload may continue it",
+        ));
+    }
+    if upload.completed_at.is_none() && upload.expires_at <= now() {
+        return Err(ApiError::new(
+            Kind::Gone,
+            "upload_expired",
+            "this upload expired unfinished; create it again",
+        ));
+    }
+    Ok(upload)
+}
+
+/// A PATCH body as the request handler passes it on.
+pub enum Piece {
+    Bytes(Bytes),
+    /// The body ended where the request said it would. If the channel closes without this, the
+    /// connection dropped: what arrived is kept, unless a checksum was promised for the whole.
+    End,
+}
+
+/// The checksum a PATCH promised for its body (tus checksum extension).
+#[derive(Clone)]
+pub enum Checksum {
+    Sha1(Vec<u8>),
+    Sha256(Vec<u8>),
+}
+
+enum Hasher {
+    None,
+    Sha1(sha1::Sha1),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    fn of(checksum: Option<&Checksum>) -> Hasher {
+        match checksum {
+            None => Hasher::None,
+            Some(Checksum::Sha1(_)) => Hasher::Sha1(sha1::Sha1::new()),
+            Some(Checksum::Sha256(_)) => Hasher::Sha256(Sha256::new()),
+        }
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::None => {}
+            Hasher::Sha1(h) => h.update(bytes),
+            Hasher::Sha256(h) => h.update(bytes),
+        }
+    }
+    fn matches(self, checksum: Option<&Checksum>) -> bool {
+        match (self, checksum) {
+            (Hasher::Sha1(h), Some(Checksum::Sha1(want))) => h.finalize()[..] == want[..],
+            (Hasher::Sha256(h), Some(Checksum::Sha256(want))) => h.finalize()[..] == want[..],
+            (Hasher::None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What became of a PATCH.
+pub struct Received {
+    pub upload: UploadRow,
+}
+
+/// Stores one PATCH's body as a piece of `upload` starting at `offset`, and completes the
+/// upload when it is whole. Runs on its own task: a dropped connection cannot interrupt it
+/// between storing a piece and committing it. `body` yields the body's bytes, then (`Ok`) its
+/// ending.
+pub async fn receive(
+    state: Arc<AppState>,
+    upload: UploadRow,
+    offset: i64,
+    checksum: Option<Checksum>,
+    mut body: tokio::sync::mpsc::Receiver<Piece>,
+) -> ApiResult<Received> {
+    let photos = &state.photos;
+    let remaining = (upload.length - offset) as u64;
+    let object = piece_path(&upload.id, offset);
+    // Pieces are written in parts of 5 MiB (S3's smallest multipart part): bounded memory.
+    let mut writer = object_store::buffered::BufWriter::with_capacity(
+        photos.store.clone(),
+        object.clone(),
+        5 * 1024 * 1024,
+    );
+    let mut hasher = Hasher::of(checksum.as_ref());
+    let mut head = Vec::new();
+    let mut got: u64 = 0;
+    let mut broken = true;
+    while let Some(piece) = body.recv().await {
+        let bytes = match piece {
+            Piece::Bytes(bytes) => bytes,
+            Piece::End => {
+                broken = false;
+                break;
+            }
+        };
+        if got + bytes.len() as u64 > remaining {
+            let _ = writer.abort().await;
+            return Err(past_length(upload.length, offset));
+        }
+        got += bytes.len() as u64;
+        hasher.update(&bytes);
+        if offset == 0 && head.len() < 64 {
+            head.extend_from_slice(&bytes[..bytes.len().min(64 - head.len())]);
+        }
+        writer.put(bytes).await.map_err(storage)?;
+    }
+    drop(body);
+    if checksum.is_some() && (broken || !hasher.matches(checksum.as_ref())) {
+        let _ = writer.abort().await;
+        return Err(if broken {
+            ApiError::bad_request(
+                "incomplete_body",
+                "the body ended early; a piece with a checksum is kept only whole",
+            )
+        } else {
+            ApiError::new(
+                Kind::ChecksumMismatch,
+                "checksum_mismatch",
+                "the piece's bytes do not match its Upload-Checksum; nothing was stored, send it again",
+            )
+        });
+    }
+    if got == 0 {
+        let _ = writer.abort().await;
+        return Ok(Received { upload });
+    }
+    // Refuse what is not a photo we take before the rest of it crosses a 2G link.
+    if offset == 0
+        && (head.len() >= 16 || got == remaining)
+        && let Err(error) = gridpatrol_photo::sniff(&head)
+    {
+        let _ = writer.abort().await;
+        discard(&state, &upload.id).await;
+        return Err(refusal(&error));
+    }
+    tokio::io::AsyncWriteExt::shutdown(&mut writer)
+        .await
+        .map_err(|e| ApiError::internal(format!("photo store: {e}")))?;
+    let (id, stop, ttl, object_name) = (
+        upload.id.clone(),
+        offset + got as i64,
+        photos.upload_ttl,
+        object.to_string(),
+    );
+    let committed = state
+        .db
+        .write(move |conn| -> ApiResult<UploadRow> {
+            let moved = diesel::update(
+                photo_uploads::table
+                    .find(&id)
+                    .filter(photo_uploads::received.eq(offset))
+                    .filter(photo_uploads::completed_at.is_null()),
+            )
+            .set((
+                photo_uploads::received.eq(stop),
+                photo_uploads::expires_at.eq(now() + ttl),
+            ))
+            .execute(conn)?;
+            if moved == 0 {
+                return Err(offset_moved());
+            }
+            diesel::insert_into(photo_upload_chunks::table)
+                .values((
+                    photo_upload_chunks::upload_id.eq(&id),
+                    photo_upload_chunks::start.eq(offset),
+                    photo_upload_chunks::stop.eq(stop),
+                    photo_upload_chunks::object.eq(&object_name),
+                ))
+                .execute(conn)?;
+            Ok(photo_uploads::table
+                .find(&id)
+                .select(UploadRow::as_select())
+                .first(conn)?)
+        })
+        .await;
+    let upload = match committed {
+        Ok(upload) => upload,
+        Err(error) => {
+            delete_objects(photos.store.as_ref(), vec![object.to_string()]).await;
+            return Err(error);
+        }
+    };
+    if upload.received == upload.length {
+        let upload = complete(&state, upload).await?;
+        return Ok(Received { upload });
+    }
+    Ok(Received { upload })
+}
+
+fn past_length(length: i64, offset: i64) -> ApiError {
+    ApiError::new(
+        Kind::PayloadTooLarge,
+        "upload_past_length",
+        format!(
+            "the upload is {length} bytes long and this piece starts at {offset}: it may carry at most {} bytes; nothing was stored",
+            length - offset
+        ),
+    )
+}
+
+pub fn offset_moved() -> ApiError {
+    ApiError::conflict(
+        "offset_mismatch",
+        "Upload-Offset is not where the upload stands; ask with HEAD and continue from there",
+    )
+}
+
+/// Checks a whole upload and keeps the photo: the bytes must hash to the announced SHA-256 and
+/// pass the photo checks; otherwise the upload is discarded and the phone told why.
+async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadRow> {
+    let photos = &state.photos;
+    let _turn = photos
+        .completing
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
+    let id = upload.id.clone();
+    let pieces: Vec<(i64, i64, String)> = state
+        .db
+        .run(move |conn| -> ApiResult<_> {
+            Ok(photo_upload_chunks::table
+                .filter(photo_upload_chunks::upload_id.eq(&id))
+                .order(photo_upload_chunks::start.asc())
+                .select((
+                    photo_upload_chunks::start,
+                    photo_upload_chunks::stop,
+                    photo_upload_chunks::object,
+                ))
+                .load(conn)?)
+        })
+        .await?;
+    let mut bytes = BytesMut::with_capacity(upload.length as usize);
+    for (start, stop, object) in &pieces {
+        if *start != bytes.len() as i64 {
+            break;
+        }
+        let mut stream = photos
+            .store
+            .get(&Path::from(object.as_str()))
+            .await
+            .map_err(storage)?
+            .into_stream();
+        while let Some(part) = stream.next().await {
+            bytes.extend_from_slice(&part.map_err(storage)?);
+        }
+        if bytes.len() as i64 != *stop {
+            break;
+        }
+    }
+    let bytes = bytes.freeze();
+    let sha = sha256_hex(&bytes);
+    if bytes.len() as i64 != upload.length || sha != upload.sha256 {
+        discard(state, &upload.id).await;
+        return Err(ApiError::unprocessable(
+            "photo_hash_mismatch",
+            format!(
+                "the uploaded bytes hash to {sha}, not to the announced {}; the upload was discarded, start again",
+                upload.sha256
+            ),
+        ));
+    }
+    let limits = photos.limits;
+    let filetype = upload.filetype.clone();
+    let checked = {
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || {
+            gridpatrol_photo::inspect(&bytes, filetype.as_deref(), &limits)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    let inspected = match checked {
+        Ok(inspected) => inspected,
+        Err(error) => {
+            discard(state, &upload.id).await;
+            return Err(refusal(&error));
+        }
+    };
+    photos
+        .store
+        .put(&original_path(&sha), bytes.into())
+        .await
+        .map_err(storage)?;
+    let row = PhotoRow {
+        sha256: sha,
+        bytes: upload.length,
+        format: inspected.format.extension().to_string(),
+        width: inspected.width as i32,
+        height: inspected.height as i32,
+        exif: serde_json::to_string(&inspected.exif).map_err(ApiError::internal)?,
+        phash: None,
+        derived: "pending".into(),
+        derived_claimed_at: None,
+        device_id: upload.device_id,
+        user_id: upload.user_id,
+        received_at: now(),
+    };
+    let (id, length) = (upload.id.clone(), upload.length);
+    let (objects, done) = state
+        .db
+        .write(move |conn| -> ApiResult<_> {
+            on_each_backend!(conn, |c| diesel::insert_into(photos::table)
+                .values(&row)
+                .on_conflict(photos::sha256)
+                .do_nothing()
+                .execute(c))?;
+            let objects = finish_upload(conn, &id, length)?;
+            let done = photo_uploads::table
+                .find(&id)
+                .select(UploadRow::as_select())
+                .first(conn)?;
+            Ok((objects, done))
+        })
+        .await?;
+    delete_objects(photos.store.as_ref(), objects).await;
+    photos.wake_worker.notify_one();
+    Ok(done)
+}
+
+/// Forgets an upload and deletes its pieces.
+async fn discard(state: &Arc<AppState>, id: &str) {
+    let id = id.to_string();
+    match state.db.write(move |conn| drop_upload(conn, &id)).await {
+        Ok(objects) => delete_objects(state.photos.store.as_ref(), objects).await,
+        Err(error) => tracing::warn!(%error, "could not discard an upload"),
+    }
+}
+
+/// Writes a patrol document's photo references (replacing the previous ones).
+pub fn project_patrol_photos(
+    conn: &mut DbConnection,
+    patrol_id: &str,
+    grid_id: i64,
+    references: &[sync_protocol::schema::PhotoRef],
+    timestamp: impl Fn(i64) -> NaiveDateTime,
+) -> ApiResult<()> {
+    diesel::delete(patrol_photos::table.filter(patrol_photos::patrol_id.eq(patrol_id)))
+        .execute(conn)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let rows: Vec<_> = references
+        .iter()
+        .filter(|r| is_sha256(&r.sha256) && seen.insert(r.sha256.as_str()))
+        .map(|r| {
+            (
+                patrol_photos::patrol_id.eq(patrol_id),
+                patrol_photos::sha256.eq(&r.sha256),
+                patrol_photos::grid_id.eq(grid_id),
+                patrol_photos::taken_at.eq(timestamp(r.taken_at_ms)),
+                patrol_photos::caption.eq(&r.caption),
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        on_each_backend!(conn, |c| diesel::insert_into(patrol_photos::table)
+            .values(&rows)
+            .execute(c))?;
+    }
+    Ok(())
+}
+
+/// Removes expired uploads and pieces no committed row accounts for. Returns how many objects
+/// it deleted.
+pub async fn sweep(state: &Arc<AppState>) -> ApiResult<usize> {
+    let cutoff = now();
+    let (objects, live) = state
+        .db
+        .write(move |conn| -> ApiResult<_> {
+            let expired: Vec<String> = photo_uploads::table
+                .filter(photo_uploads::completed_at.is_null())
+                .filter(photo_uploads::expires_at.le(cutoff))
+                .select(photo_uploads::id)
+                .load(conn)?;
+            let mut objects = Vec::new();
+            for id in &expired {
+                objects.extend(drop_upload(conn, id)?);
+            }
+            // Finished uploads are kept a week for phones that ask again, then forgotten.
+            diesel::delete(
+                photo_uploads::table
+                    .filter(photo_uploads::completed_at.le(cutoff - chrono::Duration::days(7))),
+            )
+            .execute(conn)?;
+            let live: std::collections::HashSet<String> = photo_upload_chunks::table
+                .select(photo_upload_chunks::object)
+                .load::<String>(conn)?
+                .into_iter()
+                .collect();
+            Ok((objects, live))
+        })
+        .await?;
+    let mut deleted = objects.len();
+    delete_objects(state.photos.store.as_ref(), objects).await;
+    // Pieces written but never committed (a crash, a lost race): older than an hour, so that a
+    // piece being committed right now is left alone.
+    let old = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut listing = state.photos.store.list(Some(&Path::from("uploads")));
+    let mut orphans = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(storage)?;
+        if !live.contains(meta.location.as_ref()) && meta.last_modified < old {
+            orphans.push(meta.location.to_string());
+        }
+    }
+    deleted += orphans.len();
+    delete_objects(state.photos.store.as_ref(), orphans).await;
+    Ok(deleted)
+}
+
+/// Makes the thumbnail, preview and perceptual hash of photos that lack them, one at a time,
+/// until none is left. Several server processes may run it: a photo is claimed first.
+pub async fn derive_pending(state: &Arc<AppState>) -> ApiResult<usize> {
+    let mut made = 0;
+    loop {
+        let stale = now() - chrono::Duration::minutes(10);
+        let claimed = state
+            .db
+            .write(move |conn| -> ApiResult<Option<String>> {
+                let next: Option<String> = photos::table
+                    .filter(
+                        photos::derived.eq("pending").or(photos::derived
+                            .eq("working")
+                            .and(photos::derived_claimed_at.le(stale))),
+                    )
+                    .order(photos::received_at.asc())
+                    .select(photos::sha256)
+                    .first(conn)
+                    .optional()?;
+                if let Some(sha) = &next {
+                    diesel::update(photos::table.find(sha))
+                        .set((
+                            photos::derived.eq("working"),
+                            photos::derived_claimed_at.eq(Some(now())),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(next)
+            })
+            .await?;
+        let Some(sha) = claimed else {
+            return Ok(made);
+        };
+        let outcome = derive_one(state, &sha).await;
+        let (state_text, phash) = match &outcome {
+            Ok(phash) => ("done", Some(*phash as i64)),
+            Err(error) => {
+                tracing::warn!(%error, sha, "could not derive a photo's images");
+                ("failed", None)
+            }
+        };
+        state
+            .db
+            .write(move |conn| -> ApiResult<()> {
+                diesel::update(photos::table.find(&sha))
+                    .set((photos::derived.eq(state_text), photos::phash.eq(phash)))
+                    .execute(conn)?;
+                Ok(())
+            })
+            .await?;
+        made += 1;
+    }
+}
+
+async fn derive_one(state: &Arc<AppState>, sha: &str) -> ApiResult<u64> {
+    let store = &state.photos.store;
+    let bytes = store
+        .get(&original_path(sha))
+        .await
+        .map_err(storage)?
+        .bytes()
+        .await
+        .map_err(storage)?;
+    let limits = state.photos.limits;
+    let (thumbnail, preview, phash) = tokio::task::spawn_blocking(move || {
+        Ok::<_, PhotoError>((
+            gridpatrol_photo::derive(&bytes, THUMBNAIL_EDGE, &limits)?,
+            gridpatrol_photo::derive(&bytes, PREVIEW_EDGE, &limits)?,
+            gridpatrol_photo::perceptual_hash(&bytes, &limits)?,
+        ))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| refusal(&e))?;
+    store
+        .put(
+            &derived_path(sha, Derived::Thumbnail),
+            Bytes::from(thumbnail).into(),
+        )
+        .await
+        .map_err(storage)?;
+    store
+        .put(
+            &derived_path(sha, Derived::Preview),
+            Bytes::from(preview).into(),
+        )
+        .await
+        .map_err(storage)?;
+    Ok(phash)
+}
+
+/// The background work of photos in a serving process: derived images as photos arrive, and
+/// the sweep of expired uploads every ten minutes.
+pub fn spawn_workers(state: Arc<AppState>) {
+    let worker = state.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = derive_pending(&worker).await {
+                tracing::warn!(%error, "derived-image worker");
+            }
+            tokio::select! {
+                _ = worker.photos.wake_worker.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match sweep(&state).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "swept unfinished uploads"),
+                Err(error) => tracing::warn!(%error, "upload sweep"),
+            }
+        }
+    });
+}

@@ -1,0 +1,655 @@
+//! Photo uploads against the real server: tus 1.0 over real HTTP, pieces in the real object store
+//! (a local directory), metadata in SQLite and PostgreSQL.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use diesel::prelude::*;
+use futures_util::StreamExt;
+use gridpatrol_server::schema::{photo_uploads, photos};
+use gridpatrol_tests::phone::Phone;
+use gridpatrol_tests::{Backend, TestApp, both_backends};
+use object_store::ObjectStoreExt;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const INSPECTOR: &str = "inspector-522632100001-1";
+const OTHER_INSPECTOR: &str = "inspector-522632100002-1";
+const LEADER: &str = "leader-522632100";
+
+/// A JPEG of noise (incompressible, so sizes are honest), different for each seed.
+pub fn jpeg(seed: u64, width: u32, height: u32) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let image = image::RgbImage::from_fn(width, height, |_, _| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v = (state >> 33) as u32;
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&image)
+        .expect("encode jpeg");
+    out
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn offset(&self) -> i64 {
+        self.header("upload-offset")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Upload-Offset: {} {:?}", self.status, self.body))
+    }
+    pub fn location(&self) -> String {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location: {} {:?}", self.status, self.body))
+            .to_string()
+    }
+}
+
+/// A device speaking tus to the test server.
+pub struct Tus<'a> {
+    pub app: &'a TestApp,
+    pub token: String,
+}
+
+impl Tus<'_> {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn create_with(&self, length: usize, metadata: &[(&str, &str)]) -> Reply {
+        let metadata: Vec<String> = metadata
+            .iter()
+            .map(|(k, v)| format!("{k} {}", STANDARD.encode(v)))
+            .collect();
+        self.send(
+            self.app
+                .client
+                .post(format!("{}/v1/photos/uploads", self.app.base))
+                .header("tus-resumable", "1.0.0")
+                .header("upload-length", length.to_string())
+                .header("upload-metadata", metadata.join(",")),
+        )
+        .await
+    }
+
+    pub async fn create(&self, photo: &[u8]) -> Reply {
+        self.create_with(
+            photo.len(),
+            &[("sha256", &sha256(photo)), ("filetype", "image/jpeg")],
+        )
+        .await
+    }
+
+    pub async fn head(&self, location: &str) -> Reply {
+        self.send(
+            self.app
+                .client
+                .head(format!("{}{location}", self.app.base))
+                .header("tus-resumable", "1.0.0"),
+        )
+        .await
+    }
+
+    pub async fn patch_with(
+        &self,
+        location: &str,
+        offset: usize,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .app
+            .client
+            .patch(format!("{}{location}", self.app.base))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset.to_string())
+            .body(body.to_vec());
+        if !extra.iter().any(|(name, _)| *name == "content-type") {
+            request = request.header("content-type", "application/offset+octet-stream");
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
+    pub async fn patch(&self, location: &str, offset: usize, body: &[u8]) -> Reply {
+        self.patch_with(location, offset, body, &[]).await
+    }
+
+    /// Uploads a whole photo in pieces of `piece` bytes; returns the final reply.
+    pub async fn upload(&self, photo: &[u8], piece: usize) -> Reply {
+        let created = self.create(photo).await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        let location = created.location();
+        let mut offset = created.offset() as usize;
+        let mut last = created;
+        while offset < photo.len() {
+            let end = (offset + piece).min(photo.len());
+            last = self.patch(&location, offset, &photo[offset..end]).await;
+            assert_eq!(last.status, 204, "{:?}", last.body);
+            offset = last.offset() as usize;
+        }
+        last
+    }
+}
+
+pub async fn device<'a>(app: &'a TestApp, username: &str) -> Tus<'a> {
+    let leader = app.token(LEADER).await;
+    let phone = Phone::enroll(app, &leader, username).await;
+    Tus {
+        app,
+        token: phone.token,
+    }
+}
+
+/// Objects in the photo store under `prefix`.
+pub async fn objects(app: &TestApp, prefix: &str) -> Vec<String> {
+    let mut listing = app
+        .state
+        .photos
+        .store
+        .list(Some(&object_store::path::Path::from(prefix)));
+    let mut found = Vec::new();
+    while let Some(meta) = listing.next().await {
+        found.push(meta.expect("listing").location.to_string());
+    }
+    found.sort();
+    found
+}
+
+async fn stored_photos(app: &TestApp) -> i64 {
+    app.with_conn(|conn| photos::table.count().get_result(conn))
+        .await
+}
+
+async fn a_photo_arrives_in_pieces_and_is_stored_once(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(1, 400, 300);
+    let sha = sha256(&photo);
+
+    let created = phone.create(&photo).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.header("tus-resumable"), Some("1.0.0"));
+    assert_eq!(created.offset(), 0);
+    assert!(created.header("upload-expires").is_some());
+    let location = created.location();
+    // Asking again (a phone killed before it stored the address) finds the same upload.
+    assert_eq!(phone.create(&photo).await.location(), location);
+
+    let half = photo.len() / 2;
+    let first = phone.patch(&location, 0, &photo[..half]).await;
+    assert_eq!((first.status, first.offset()), (204, half as i64));
+    let status = phone.head(&location).await;
+    assert_eq!((status.status, status.offset()), (200, half as i64));
+    assert_eq!(
+        status.header("upload-length"),
+        Some(photo.len().to_string().as_str())
+    );
+    assert_eq!(status.header("cache-control"), Some("no-store"));
+    let last = phone.patch(&location, half, &photo[half..]).await;
+    assert_eq!(
+        (last.status, last.offset()),
+        (204, photo.len() as i64),
+        "{:?}",
+        last.body
+    );
+
+    assert_eq!(stored_photos(&app).await, 1);
+    assert_eq!(
+        objects(&app, "originals").await,
+        vec![format!("originals/{sha}")]
+    );
+    assert!(
+        objects(&app, "uploads").await.is_empty(),
+        "pieces are deleted once whole"
+    );
+    let kept = app
+        .state
+        .photos
+        .store
+        .get(&object_store::path::Path::from(format!("originals/{sha}")))
+        .await
+        .expect("original")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(sha256(&kept), sha);
+
+    // Another device with the same photo: finished at once, nothing sent, stored once.
+    let other = device(&app, OTHER_INSPECTOR).await;
+    let again = other.create(&photo).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.offset(), photo.len() as i64);
+    assert_eq!(
+        other.head(&again.location()).await.offset(),
+        photo.len() as i64
+    );
+    assert_eq!(stored_photos(&app).await, 1);
+
+    // The uploader sees what the server read from it.
+    let info = app
+        .get(&format!("/v1/photos/{sha}/info"), Some(&phone.token))
+        .await;
+    assert_eq!(info.status, 200, "{}", info.text);
+    assert_eq!(info.body["width"], 400);
+    assert_eq!(info.body["height"], 300);
+    assert_eq!(info.body["format"], "jpg");
+}
+
+async fn two_devices_uploading_the_same_photo_at_once_store_it_once(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let (a, b) = (
+        device(&app, INSPECTOR).await,
+        device(&app, OTHER_INSPECTOR).await,
+    );
+    let photo = jpeg(2, 640, 480);
+    let (ra, rb) = tokio::join!(a.upload(&photo, 7_000), b.upload(&photo, 5_000));
+    assert_eq!(ra.offset(), photo.len() as i64);
+    assert_eq!(rb.offset(), photo.len() as i64);
+    assert_eq!(stored_photos(&app).await, 1);
+    assert_eq!(objects(&app, "originals").await.len(), 1);
+    assert!(objects(&app, "uploads").await.is_empty());
+}
+
+/// Every refusal: its status and code, and nothing kept.
+async fn bad_uploads_get_their_own_codes_and_store_nothing(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(3, 320, 240);
+    let sha = sha256(&photo);
+    let len = photo.len();
+
+    // Creation.
+    let no_tus = app
+        .client
+        .post(format!("{}/v1/photos/uploads", app.base))
+        .bearer_auth(&phone.token)
+        .header("upload-length", "10")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(no_tus.status().as_u16(), 412);
+    assert_eq!(no_tus.headers()["tus-version"], "1.0.0");
+    let cases: Vec<(Reply, u16, &str)> = vec![
+        (
+            phone.create_with(len, &[("filetype", "image/jpeg")]).await,
+            400,
+            "photo_hash_required",
+        ),
+        (
+            phone.create_with(len, &[("sha256", "abc")]).await,
+            400,
+            "photo_hash_required",
+        ),
+        (
+            phone.create_with(0, &[("sha256", &sha)]).await,
+            400,
+            "photo_empty",
+        ),
+        (
+            phone
+                .create_with(21 * 1024 * 1024, &[("sha256", &sha)])
+                .await,
+            413,
+            "photo_too_large",
+        ),
+        (
+            phone
+                .create_with(len, &[("sha256", sha.as_str()), ("filetype", "image/heic")])
+                .await,
+            415,
+            "photo_unsupported_format",
+        ),
+    ];
+    for (reply, status, code) in &cases {
+        assert_eq!(
+            (reply.status, reply.code()),
+            (*status, *code),
+            "{:?}",
+            reply.body
+        );
+        assert_eq!(reply.header("tus-resumable"), Some("1.0.0"));
+    }
+    // A supervisor's browser session has no device.
+    let leader = Tus {
+        app: &app,
+        token: app.token(LEADER).await,
+    };
+    let reply = leader.create(&photo).await;
+    assert_eq!((reply.status, reply.code()), (403, "device_required"));
+
+    // Pieces.
+    let location = phone.create(&photo).await.location();
+    let first = phone.patch(&location, 0, &photo[..1000]).await;
+    assert_eq!(first.status, 204);
+    let forged = phone.patch(&location, 5000, &photo[5000..6000]).await;
+    assert_eq!((forged.status, forged.code()), (409, "offset_mismatch"));
+    assert_eq!(
+        forged.offset(),
+        1000,
+        "the answer says where the upload stands"
+    );
+    let past = phone.patch(&location, 1000, &[0u8; 1].repeat(len)).await;
+    assert_eq!((past.status, past.code()), (413, "upload_past_length"));
+    let wrong_sum = phone
+        .patch_with(
+            &location,
+            1000,
+            &photo[1000..2000],
+            &[(
+                "upload-checksum",
+                &format!("sha256 {}", STANDARD.encode([0u8; 32])),
+            )],
+        )
+        .await;
+    assert_eq!(
+        (wrong_sum.status, wrong_sum.code()),
+        (460, "checksum_mismatch")
+    );
+    let right_sum = phone
+        .patch_with(
+            &location,
+            1000,
+            &photo[1000..2000],
+            &[(
+                "upload-checksum",
+                &format!(
+                    "sha256 {}",
+                    STANDARD.encode(Sha256::digest(&photo[1000..2000]))
+                ),
+            )],
+        )
+        .await;
+    assert_eq!((right_sum.status, right_sum.offset()), (204, 2000));
+    let other = device(&app, OTHER_INSPECTOR).await;
+    let stranger = other.patch(&location, 2000, &photo[2000..3000]).await;
+    assert_eq!(
+        (stranger.status, stranger.code()),
+        (403, "upload_of_another_device")
+    );
+    assert_eq!(
+        phone.head(&location).await.offset(),
+        2000,
+        "nothing moved it"
+    );
+    let bad_type = phone
+        .patch_with(
+            &location,
+            2000,
+            &photo[2000..3000],
+            &[("content-type", "image/jpeg")],
+        )
+        .await;
+    assert_eq!(bad_type.status, 415);
+    let unknown = phone.head("/v1/photos/uploads/nope").await;
+    assert_eq!(unknown.status, 404);
+
+    // Whole photos that fail their checks: each discarded with its code.
+    let heic = {
+        let mut bytes = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic".to_vec();
+        bytes.resize(4096, 0);
+        bytes
+    };
+    let mut truncated = jpeg(4, 320, 240);
+    truncated.truncate(truncated.len() / 2);
+    let png = {
+        let mut out = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8))
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("png");
+        out
+    };
+    for (bytes, filetype, status, code) in [
+        (heic, "image/jpeg", 415, "photo_unsupported_format"),
+        (truncated, "image/jpeg", 422, "photo_truncated"),
+        (png, "image/jpeg", 422, "photo_type_mismatch"),
+    ] {
+        let created = phone
+            .create_with(
+                bytes.len(),
+                &[("sha256", sha256(&bytes).as_str()), ("filetype", filetype)],
+            )
+            .await;
+        let reply = phone.patch(&created.location(), 0, &bytes).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (status, code),
+            "{:?}",
+            reply.body
+        );
+        assert_eq!(
+            phone.head(&created.location()).await.status,
+            404,
+            "{code}: discarded"
+        );
+    }
+    // Bytes that are not the announced photo.
+    let created = phone
+        .create_with(
+            len,
+            &[
+                ("sha256", sha256(b"something else").as_str()),
+                ("filetype", "image/jpeg"),
+            ],
+        )
+        .await;
+    let reply = phone.patch(&created.location(), 0, &photo).await;
+    assert_eq!((reply.status, reply.code()), (422, "photo_hash_mismatch"));
+
+    assert_eq!(stored_photos(&app).await, 0);
+    assert!(objects(&app, "originals").await.is_empty());
+    let open: i64 = app
+        .with_conn(|conn| photo_uploads::table.count().get_result(conn))
+        .await;
+    assert_eq!(open, 1, "only the good upload in progress is left");
+    assert_eq!(objects(&app, "uploads").await.len(), 2, "its two pieces");
+}
+
+/// A connection dropped in the middle of a piece: the server keeps every byte that arrived.
+async fn a_dropped_connection_keeps_what_arrived(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(5, 400, 300);
+    let location = phone.create(&photo).await.location();
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let sent = photo.len() / 3;
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\n\
+         tus-resumable: 1.0.0\r\nupload-offset: 0\r\ncontent-type: application/offset+octet-stream\r\n\
+         content-length: {}\r\n\r\n",
+        phone.token,
+        photo.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    tcp.write_all(&photo[..sent]).await.expect("body");
+    tcp.flush().await.expect("flush");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(tcp);
+    let mut offset = 0;
+    for _ in 0..100 {
+        offset = phone.head(&location).await.offset();
+        if offset > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(offset, sent as i64, "every byte that arrived is kept");
+    let rest = phone.patch(&location, sent, &photo[sent..]).await;
+    assert_eq!(rest.offset(), photo.len() as i64, "{:?}", rest.body);
+    assert_eq!(stored_photos(&app).await, 1);
+}
+
+async fn expired_uploads_and_stray_pieces_are_swept(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(6, 320, 240);
+    let location = phone.create(&photo).await.location();
+    phone.patch(&location, 0, &photo[..2000]).await;
+    // A piece written but never committed (a crash between the two), an hour old.
+    let stray = app
+        .db
+        .dir
+        .path()
+        .join("photos/uploads/stray/000000000000-x");
+    std::fs::create_dir_all(stray.parent().expect("parent")).expect("dir");
+    std::fs::write(&stray, b"half a piece").expect("stray");
+    let file = std::fs::File::options()
+        .write(true)
+        .open(&stray)
+        .expect("open");
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .expect("age it");
+    assert_eq!(objects(&app, "uploads").await.len(), 2);
+
+    // Not expired yet: the sweep keeps the live piece and removes the stray one.
+    let state = app.state.clone();
+    assert_eq!(
+        gridpatrol_server::photos::sweep(&state)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert_eq!(phone.head(&location).await.offset(), 2000);
+
+    let past = gridpatrol_server::db::now() - chrono::Duration::hours(1);
+    app.with_conn(move |conn| {
+        diesel::update(photo_uploads::table)
+            .set(photo_uploads::expires_at.eq(past))
+            .execute(conn)
+    })
+    .await;
+    let expired = phone.head(&location).await;
+    assert_eq!(
+        expired.status, 410,
+        "an expired upload says so until it is swept"
+    );
+    assert_eq!(
+        gridpatrol_server::photos::sweep(&state)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert!(objects(&app, "uploads").await.is_empty());
+    assert_eq!(phone.head(&location).await.status, 404);
+    // The phone starts again and finishes.
+    let done = phone.upload(&photo, 100_000).await;
+    assert_eq!(done.offset(), photo.len() as i64);
+}
+
+async fn thumbnails_and_previews_are_made_off_the_request_path(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(7, 1600, 1200);
+    let sha = sha256(&photo);
+    phone.upload(&photo, 1 << 20).await;
+    let state = app.state.clone();
+    // The worker runs in the background as photos arrive; run it here too, then wait for
+    // whichever of the two took the photo.
+    gridpatrol_server::photos::derive_pending(&state)
+        .await
+        .expect("derive");
+    let mut derived = String::new();
+    for _ in 0..200 {
+        let info = app
+            .get(&format!("/v1/photos/{sha}/info"), Some(&phone.token))
+            .await;
+        derived = info.body["derived"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if derived != "pending" && derived != "working" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(derived, "done");
+    for (kind, long) in [("thumbnail", 320), ("preview", 1280)] {
+        let response = app
+            .client
+            .get(format!("{}/v1/photos/{sha}/{kind}", app.base))
+            .bearer_auth(&phone.token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status().as_u16(), 200, "{kind}");
+        assert!(
+            response.headers()["cache-control"]
+                .to_str()
+                .expect("ascii")
+                .contains("immutable")
+        );
+        let bytes = response.bytes().await.expect("bytes");
+        let image = image::load_from_memory(&bytes).expect("decodes");
+        assert_eq!(
+            (image.width(), image.height()),
+            (long, long * 3 / 4),
+            "{kind}"
+        );
+    }
+}
+
+async fn only_people_who_may_see_the_patrol_may_see_its_photo(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(8, 320, 240);
+    let sha = sha256(&photo);
+    phone.upload(&photo, 1 << 20).await;
+    let other = device(&app, OTHER_INSPECTOR).await;
+    let leader = app.token(LEADER).await;
+    for token in [&other.token, &leader] {
+        let reply = app.get(&format!("/v1/photos/{sha}"), Some(token)).await;
+        assert_eq!(
+            (reply.status, reply.body["error"].as_str()),
+            (404, Some("photo_not_found"))
+        );
+    }
+    let bad = app.get("/v1/photos/not-a-hash", Some(&leader)).await;
+    assert_eq!(bad.status, 400);
+}
+
+both_backends!(
+    a_photo_arrives_in_pieces_and_is_stored_once,
+    two_devices_uploading_the_same_photo_at_once_store_it_once,
+    bad_uploads_get_their_own_codes_and_store_nothing,
+    a_dropped_connection_keeps_what_arrived,
+    expired_uploads_and_stray_pieces_are_swept,
+    thumbnails_and_previews_are_made_off_the_request_path,
+    only_people_who_may_see_the_patrol_may_see_its_photo,
+);

@@ -1,0 +1,249 @@
+//! The SDK's photo queue against the real server: attached offline, uploaded after the patrol,
+//! resumed over a link that drops, seen only by those who may see the patrol.
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use gridpatrol_sdk::store::SqliteStore;
+use gridpatrol_sdk::{Client, Datum, FixInput, Method, Options, PhotoOptions};
+use gridpatrol_server::schema::photos;
+use gridpatrol_tests::link::FlakyLink;
+use gridpatrol_tests::{Backend, TestApp, both_backends};
+use object_store::ObjectStoreExt;
+use rand::{Rng, SeedableRng};
+
+use crate::photos::{jpeg, objects, sha256};
+
+const VILLAGE: &str = "522632100001";
+const INSPECTOR: &str = "inspector-522632100001-1";
+
+async fn code_for(app: &TestApp, username: &str) -> String {
+    let leader = app.token("leader-522632100").await;
+    app.enrollment_code(&leader, app.user_id(username).await)
+        .await
+}
+
+/// A phone with its store and photo directory in `dir`, talking to `url`.
+fn phone(dir: &tempfile::TempDir, url: &str, photos: PhotoOptions) -> Client {
+    let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
+    Client::open_with(
+        Arc::new(store),
+        url,
+        Options {
+            photos,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
+fn photo_dir(dir: &tempfile::TempDir) -> PhotoOptions {
+    PhotoOptions {
+        dir: Some(dir.path().join("photos")),
+        ..PhotoOptions::default()
+    }
+}
+
+fn walk(phone: &Client, patrol: &str) {
+    let now = 1_795_000_000_000;
+    for i in 0..3 {
+        phone
+            .add_fix(
+                patrol,
+                FixInput {
+                    at_ms: now + 10_000 * i,
+                    lon: 108.52 + 0.0002 * i as f64,
+                    lat: 25.93,
+                    datum: Datum::Wgs84,
+                    accuracy_m: Some(5.0),
+                    mock: false,
+                },
+            )
+            .expect("fix");
+    }
+}
+
+async fn a_photo_attached_offline_is_uploaded_after_its_patrol(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inspector = phone(
+        &dir,
+        &app.base,
+        PhotoOptions {
+            delete_after_upload: true,
+            ..photo_dir(&dir)
+        },
+    );
+    inspector
+        .enroll(&code_for(&app, INSPECTOR).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let patrol = inspector
+        .start_patrol(VILLAGE, Method::Routine)
+        .expect("start");
+    walk(&inspector, &patrol);
+    let camera = dir.path().join("IMG_0001.jpg");
+    let bytes = jpeg(11, 800, 600);
+    std::fs::write(&camera, &bytes).expect("camera");
+    let sha = inspector
+        .attach_photo(&patrol, &camera, "河岸垃圾")
+        .expect("attach");
+    assert_eq!(sha, sha256(&bytes));
+    let status = &inspector.photos().expect("photos")[0];
+    assert_eq!(
+        (status.state.as_str(), status.size),
+        ("queued", bytes.len() as u64)
+    );
+    assert!(
+        status
+            .path
+            .starts_with(&dir.path().join("photos").to_string_lossy().to_string())
+    );
+    assert_eq!(
+        inspector.pending_photo_bytes().expect("pending"),
+        bytes.len() as u64
+    );
+    // A file that is not a photo is refused on the phone, before it takes any space.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a photo").expect("text");
+    assert_eq!(
+        inspector
+            .attach_photo(&patrol, &text, "")
+            .expect_err("text")
+            .code(),
+        "invalid"
+    );
+    inspector.submit(&patrol).expect("submit");
+
+    let report = inspector.sync().await.expect("sync");
+    assert_eq!(
+        (report.durable, report.photos_uploaded),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(inspector.pending_photo_bytes().expect("pending"), 0);
+    let status = &inspector.photos().expect("photos")[0];
+    assert_eq!(status.state, "uploaded");
+    assert!(
+        !std::path::Path::new(&status.path).exists(),
+        "deleted after the receipt, as asked"
+    );
+    // Nothing left to send: the next sync uploads nothing.
+    assert_eq!(inspector.sync().await.expect("sync").photos_uploaded, 0);
+
+    // Now that the patrol references it, the township leader may see the photo.
+    let leader = app.token("leader-522632100").await;
+    let got = app
+        .client
+        .get(format!("{}/v1/photos/{sha}", app.base))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(sha256(&got.bytes().await.expect("bytes")), sha);
+    let info = app
+        .get(&format!("/v1/photos/{sha}/info"), Some(&leader))
+        .await;
+    assert_eq!(info.body["patrols"], serde_json::json!([patrol]));
+    // Another township's leader may not.
+    let stranger = app.token("leader-522632101").await;
+    let refused = app.get(&format!("/v1/photos/{sha}"), Some(&stranger)).await;
+    assert_eq!(refused.status, 404);
+}
+
+/// The test: an upload cut at 100 random places (in the request line, the headers, the
+/// middle of a piece) always completes with the identical hash, once, with no pieces left over.
+async fn uploads_cut_at_random_places_always_complete_once(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let link = FlakyLink::start(&app.base).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inspector = phone(&dir, &link.base, photo_dir(&dir));
+    inspector
+        .enroll(&code_for(&app, INSPECTOR).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let patrol = inspector
+        .start_patrol(VILLAGE, Method::Routine)
+        .expect("start");
+    walk(&inspector, &patrol);
+    inspector.sync().await.expect("the patrol first");
+
+    let mut random = rand::rngs::StdRng::seed_from_u64(20261123);
+    let rounds = if backend == Backend::Sqlite { 100 } else { 30 };
+    let mut shas = Vec::new();
+    let mut photo_bytes = 0u64;
+    let before = link
+        .upstream_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for round in 0..rounds {
+        let bytes = jpeg(1000 + round, 240, 180);
+        photo_bytes += bytes.len() as u64;
+        let camera = dir.path().join(format!("IMG_{round:04}.jpg"));
+        std::fs::write(&camera, &bytes).expect("camera");
+        shas.push(
+            inspector
+                .attach_photo(&patrol, &camera, "")
+                .expect("attach"),
+        );
+        // The conversation is the sync request, the upload's creation, its status and one
+        // piece: cut anywhere in it.
+        link.cut_after(random.random_range(0..bytes.len() as u64 + 3_000));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match inspector.sync().await {
+                Ok(report) if inspector.pending_photo_bytes().expect("pending") == 0 => {
+                    assert!(report.photos_refused == 0, "{report:?}");
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => assert_eq!(error.code(), "network", "{error}"),
+            }
+            assert!(tries < 5, "round {round}: no progress");
+        }
+        link.disarm();
+    }
+    assert!(link.cuts.load(std::sync::atomic::Ordering::Relaxed) >= rounds * 9 / 10);
+    let held: Vec<String> = app
+        .with_conn(|conn| photos::table.select(photos::sha256).load(conn))
+        .await;
+    let mut want = shas.clone();
+    want.sort();
+    let mut held = held;
+    held.sort();
+    assert_eq!(held, want, "every photo, once");
+    assert_eq!(objects(&app, "originals").await.len(), rounds as usize);
+    for sha in &shas {
+        let kept = app
+            .state
+            .photos
+            .store
+            .get(&object_store::path::Path::from(format!("originals/{sha}")))
+            .await
+            .expect("original")
+            .bytes()
+            .await
+            .expect("bytes");
+        assert_eq!(&sha256(&kept), sha, "the identical photo");
+    }
+    assert!(
+        objects(&app, "uploads").await.is_empty(),
+        "no pieces left over"
+    );
+    // What crossed the link: the photos, plus HTTP, the cut pieces' headers and the sync
+    // requests; a resumed upload does not send again what the server kept.
+    let crossed = link
+        .upstream_bytes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    assert!(
+        (crossed as f64) < photo_bytes as f64 * 1.6,
+        "{crossed} bytes crossed for {photo_bytes} bytes of photos"
+    );
+}
+
+both_backends!(
+    a_photo_attached_offline_is_uploaded_after_its_patrol,
+    uploads_cut_at_random_places_always_complete_once,
+);
