@@ -143,6 +143,7 @@ pub async fn build_state(
     let secret = serve.jwt_secret.clone();
     let keys = db.run_blocking(|conn| Keys::load(conn, secret.as_deref()))?;
     let photos = serve.photos(&config.data_dir)?;
+    photos.check().await?;
     let index = SharedIndex::default();
     db.run_blocking(|conn| {
         index

@@ -79,9 +79,27 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Where photos are kept: a directory (default: `<data dir>/photos`).
+    /// Where photos are kept: a directory (default: `<data dir>/photos`), or
+    /// `s3://BUCKET[/PREFIX]` on any S3-compatible store (see the `--s3-*` settings).
     #[arg(long, env = "GRIDPATROL_PHOTO_STORE")]
     pub photo_store: Option<String>,
+
+    /// The S3 endpoint (e.g. `https://oss-cn-hangzhou.aliyuncs.com` or a MinIO at
+    /// `http://10.0.0.5:9000`); default: AWS. With an endpoint, path-style requests are used.
+    #[arg(long, env = "GRIDPATROL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// The S3 region.
+    #[arg(long, env = "GRIDPATROL_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// The S3 access key id.
+    #[arg(long, env = "GRIDPATROL_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+
+    /// The S3 secret access key.
+    #[arg(long, env = "GRIDPATROL_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
 
     /// Largest accepted photo, in bytes.
     #[arg(long, env = "GRIDPATROL_MAX_PHOTO_BYTES", default_value_t = 20 * 1024 * 1024)]
@@ -112,11 +130,27 @@ impl ServeConfig {
             ..gridpatrol_photo::Limits::default()
         };
         let ttl = std::time::Duration::from_secs(self.upload_ttl_hours * 3600);
-        let dir = match &self.photo_store {
-            None => data_dir.join("photos"),
-            Some(spec) => PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec)),
-        };
-        crate::photos::Photos::local(&dir, limits, ttl)
+        match &self.photo_store {
+            None => crate::photos::Photos::local(&data_dir.join("photos"), limits, ttl),
+            Some(spec) => match spec.strip_prefix("s3://") {
+                Some(location) => {
+                    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+                    let s3 = crate::photos::S3 {
+                        bucket: bucket.to_string(),
+                        prefix: prefix.trim_matches('/').to_string(),
+                        endpoint: self.s3_endpoint.clone(),
+                        region: self.s3_region.clone(),
+                        access_key_id: self.s3_access_key_id.clone(),
+                        secret_access_key: self.s3_secret_access_key.clone(),
+                    };
+                    crate::photos::Photos::s3(&s3, limits, ttl)
+                }
+                None => {
+                    let dir = PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec));
+                    crate::photos::Photos::local(&dir, limits, ttl)
+                }
+            },
+        }
     }
 }
 
@@ -161,6 +195,10 @@ impl Default for ServeConfig {
             max_sync_bytes: 8 * 1024 * 1024,
             workers: None,
             photo_store: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
             max_photo_bytes: 20 * 1024 * 1024,
             max_photo_pixels: 50_000_000,
             upload_ttl_hours: 24,
@@ -202,6 +240,12 @@ impl fmt::Debug for ServeConfig {
             .field("max_sync_bytes", &self.max_sync_bytes)
             .field("workers", &self.workers)
             .field("photo_store", &self.photo_store)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &self.s3_secret_access_key.as_ref().map(|_| "***"),
+            )
             .finish()
     }
 }

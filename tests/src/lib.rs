@@ -139,6 +139,35 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Test settings with photos in a fresh bucket of the S3-compatible server at
+/// `GRIDPATROL_TEST_S3_URL` (moto, which `scripts/test` starts). Without it the test fails.
+pub async fn s3_serve_config() -> ServeConfig {
+    let url = std::env::var("GRIDPATROL_TEST_S3_URL").unwrap_or_else(|_| {
+        panic!(
+            "GRIDPATROL_TEST_S3_URL is not set. Run the suite with scripts/test, which starts an \
+             S3-compatible server (moto); the S3 tests never skip."
+        )
+    });
+    let bucket = format!("photos-{}", uuid::Uuid::now_v7().simple());
+    let created = http_client()
+        .put(format!("{url}/{bucket}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the S3 server at {url} does not answer: {e}"));
+    assert!(
+        created.status().is_success(),
+        "bucket: {}",
+        created.status()
+    );
+    ServeConfig {
+        photo_store: Some(format!("s3://{bucket}/gridpatrol")),
+        s3_endpoint: Some(url),
+        s3_access_key_id: Some("test".into()),
+        s3_secret_access_key: Some("test".into()),
+        ..serve_config()
+    }
+}
+
 pub fn serve_config() -> ServeConfig {
     ServeConfig {
         jwt_secret: Some(JWT_SECRET.into()),

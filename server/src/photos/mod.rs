@@ -57,6 +57,50 @@ impl Photos {
         Ok(Self::with_store(Arc::new(store), limits, upload_ttl))
     }
 
+    /// Photos in an S3-compatible bucket.
+    pub fn s3(s3: &S3, limits: Limits, upload_ttl: Duration) -> Result<Photos, StartupError> {
+        // object_store's S3 client uses the workspace's reqwest, whose rustls has no crypto
+        // provider of its own: ring, as everywhere in GridPatrol.
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&s3.bucket)
+            .with_region(&s3.region);
+        if let Some(endpoint) = &s3.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let (Some(id), Some(secret)) = (&s3.access_key_id, &s3.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| StartupError::Config(format!("photo store s3://{}: {e}", s3.bucket)))?;
+        let store: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
+            Arc::new(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                store,
+                s3.prefix.as_str(),
+            ))
+        };
+        Ok(Self::with_store(store, limits, upload_ttl))
+    }
+
+    /// Checks at start that the store answers (a wrong bucket or key fails here, not at the
+    /// first upload in a village).
+    pub async fn check(&self) -> Result<(), StartupError> {
+        match self.store.head(&Path::from("gridpatrol-store-check")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StartupError::Config(format!(
+                "the photo store does not answer: {e}"
+            ))),
+        }
+    }
+
     pub fn with_store(store: Arc<dyn ObjectStore>, limits: Limits, upload_ttl: Duration) -> Photos {
         Photos {
             store,
@@ -67,6 +111,17 @@ impl Photos {
             wake_worker: tokio::sync::Notify::new(),
         }
     }
+}
+
+/// An S3-compatible bucket for photos.
+pub struct S3 {
+    pub bucket: String,
+    /// Objects live under this prefix (empty: at the top of the bucket).
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
 }
 
 pub fn original_path(sha256: &str) -> Path {

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use futures_util::StreamExt;
 use gridpatrol_server::schema::{photo_uploads, photos};
 use gridpatrol_tests::phone::Phone;
-use gridpatrol_tests::{Backend, TestApp, both_backends};
+use gridpatrol_tests::{Backend, TestApp, both_backends, s3_serve_config, serve_config};
 use object_store::ObjectStoreExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -189,13 +189,51 @@ pub async fn objects(app: &TestApp, prefix: &str) -> Vec<String> {
     found
 }
 
+/// Where a test's metadata and photo bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    Sqlite,
+    Postgres,
+    /// PostgreSQL metadata, bytes in an S3-compatible bucket.
+    S3,
+}
+
+async fn app(setup: Setup) -> TestApp {
+    match setup {
+        Setup::Sqlite => TestApp::with_demo_serving(Backend::Sqlite, serve_config()).await,
+        Setup::Postgres => TestApp::with_demo_serving(Backend::Postgres, serve_config()).await,
+        Setup::S3 => TestApp::with_demo_serving(Backend::Postgres, s3_serve_config().await).await,
+    }
+}
+
+/// Runs a test on SQLite and PostgreSQL with a local photo directory, and on PostgreSQL with
+/// an S3-compatible store.
+macro_rules! every_store {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Setup::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Setup::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                super::$name(super::Setup::S3).await
+            }
+        }
+    )+};
+}
+
 async fn stored_photos(app: &TestApp) -> i64 {
     app.with_conn(|conn| photos::table.count().get_result(conn))
         .await
 }
 
-async fn a_photo_arrives_in_pieces_and_is_stored_once(backend: Backend) {
-    let app = TestApp::with_demo(backend).await;
+async fn a_photo_arrives_in_pieces_and_is_stored_once(setup: Setup) {
+    let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
     let photo = jpeg(1, 400, 300);
     let sha = sha256(&photo);
@@ -269,8 +307,34 @@ async fn a_photo_arrives_in_pieces_and_is_stored_once(backend: Backend) {
     assert_eq!(info.body["format"], "jpg");
 }
 
-async fn two_devices_uploading_the_same_photo_at_once_store_it_once(backend: Backend) {
-    let app = TestApp::with_demo(backend).await;
+/// A photo bigger than one multipart part (5 MiB) sent in one piece: written in parts, bounded
+/// memory, one object.
+async fn a_photo_bigger_than_a_part_goes_in_one_piece(setup: Setup) {
+    let app = app(setup).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(9, 2600, 2000);
+    assert!(photo.len() > 5 * 1024 * 1024 + 1, "{} bytes", photo.len());
+    let done = phone.upload(&photo, photo.len()).await;
+    assert_eq!(done.offset(), photo.len() as i64);
+    let kept = app
+        .state
+        .photos
+        .store
+        .get(&object_store::path::Path::from(format!(
+            "originals/{}",
+            sha256(&photo)
+        )))
+        .await
+        .expect("original")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(kept.len(), photo.len());
+    assert!(objects(&app, "uploads").await.is_empty());
+}
+
+async fn two_devices_uploading_the_same_photo_at_once_store_it_once(setup: Setup) {
+    let app = app(setup).await;
     let (a, b) = (
         device(&app, INSPECTOR).await,
         device(&app, OTHER_INSPECTOR).await,
@@ -285,8 +349,8 @@ async fn two_devices_uploading_the_same_photo_at_once_store_it_once(backend: Bac
 }
 
 /// Every refusal: its status and code, and nothing kept.
-async fn bad_uploads_get_their_own_codes_and_store_nothing(backend: Backend) {
-    let app = TestApp::with_demo(backend).await;
+async fn bad_uploads_get_their_own_codes_and_store_nothing(setup: Setup) {
+    let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
     let photo = jpeg(3, 320, 240);
     let sha = sha256(&photo);
@@ -479,9 +543,9 @@ async fn bad_uploads_get_their_own_codes_and_store_nothing(backend: Backend) {
 }
 
 /// A connection dropped in the middle of a piece: the server keeps every byte that arrived.
-async fn a_dropped_connection_keeps_what_arrived(backend: Backend) {
+async fn a_dropped_connection_keeps_what_arrived(setup: Setup) {
     use tokio::io::AsyncWriteExt;
-    let app = TestApp::with_demo(backend).await;
+    let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
     let photo = jpeg(5, 400, 300);
     let location = phone.create(&photo).await.location();
@@ -573,8 +637,8 @@ async fn expired_uploads_and_stray_pieces_are_swept(backend: Backend) {
     assert_eq!(done.offset(), photo.len() as i64);
 }
 
-async fn thumbnails_and_previews_are_made_off_the_request_path(backend: Backend) {
-    let app = TestApp::with_demo(backend).await;
+async fn thumbnails_and_previews_are_made_off_the_request_path(setup: Setup) {
+    let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
     let photo = jpeg(7, 1600, 1200);
     let sha = sha256(&photo);
@@ -625,8 +689,8 @@ async fn thumbnails_and_previews_are_made_off_the_request_path(backend: Backend)
     }
 }
 
-async fn only_people_who_may_see_the_patrol_may_see_its_photo(backend: Backend) {
-    let app = TestApp::with_demo(backend).await;
+async fn only_people_who_may_see_the_patrol_may_see_its_photo(setup: Setup) {
+    let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
     let photo = jpeg(8, 320, 240);
     let sha = sha256(&photo);
@@ -644,12 +708,15 @@ async fn only_people_who_may_see_the_patrol_may_see_its_photo(backend: Backend) 
     assert_eq!(bad.status, 400);
 }
 
-both_backends!(
+every_store!(
     a_photo_arrives_in_pieces_and_is_stored_once,
+    a_photo_bigger_than_a_part_goes_in_one_piece,
     two_devices_uploading_the_same_photo_at_once_store_it_once,
     bad_uploads_get_their_own_codes_and_store_nothing,
     a_dropped_connection_keeps_what_arrived,
-    expired_uploads_and_stray_pieces_are_swept,
     thumbnails_and_previews_are_made_off_the_request_path,
     only_people_who_may_see_the_patrol_may_see_its_photo,
 );
+
+// The stray piece is planted in the local directory.
+both_backends!(expired_uploads_and_stray_pieces_are_swept);
