@@ -1,3 +1,4 @@
 //! Simulated inspectors for demos, load tests and benchmarks.
 
+pub mod camera;
 pub mod track;

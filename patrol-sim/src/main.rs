@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use clap::Parser;
 use gridpatrol_sdk::clock::Clock;
 use gridpatrol_sdk::store::{MemoryStore, SqliteStore, Store};
-use gridpatrol_sdk::{Client, Datum, FixInput, Method, NewProblemInput, ProblemDisposition};
+use gridpatrol_sdk::{
+    Client, Datum, FixInput, Method, NewProblemInput, Options, PhotoOptions, ProblemDisposition,
+};
+use patrol_sim::camera::{self, Shot};
 use patrol_sim::track::{self, TrackOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -63,6 +66,9 @@ struct Args {
     /// Share of "desk patrols" where the phone never moves.
     #[arg(long, default_value_t = 0.05)]
     desk: f64,
+    /// Share of patrols with photos (one or two, taken along the way).
+    #[arg(long, default_value_t = 0.8)]
+    photos: f64,
     /// Share of patrols that find a problem.
     #[arg(long, default_value_t = 0.15)]
     problems: f64,
@@ -90,6 +96,8 @@ struct Inspector {
     phone: Client,
     clock: Arc<SimClock>,
     gcj02: bool,
+    /// Where the simulated camera writes its files before the SDK takes them.
+    camera_dir: PathBuf,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -193,8 +201,27 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
         let clock = Arc::new(SimClock {
             now: AtomicI64::new(start_ms),
         });
-        let phone = Client::open_with_clock(store, &args.server, clock.clone())
-            .map_err(|e| e.to_string())?;
+        // Photos: the SDK's own copies next to the store (or in a temporary directory for
+        // phones in memory), the camera's files beside them.
+        let base = match &args.store_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir().join(format!("patrol-sim-{}", std::process::id())),
+        };
+        let camera_dir = base.join("camera").join(&username);
+        std::fs::create_dir_all(&camera_dir).map_err(|e| e.to_string())?;
+        let phone = Client::open_with(
+            store,
+            &args.server,
+            Options {
+                clock: clock.clone(),
+                photos: PhotoOptions {
+                    dir: Some(base.join(format!("{username}.photos"))),
+                    ..PhotoOptions::default()
+                },
+                ..Options::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
         if !phone.is_enrolled() {
             let code = enrollment_code(&http, args, &token, id).await?;
             phone
@@ -208,6 +235,7 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
             phone,
             clock,
             gcj02: rng.random_bool(args.gcj02),
+            camera_dir,
         });
     }
     Ok(inspectors)
@@ -251,6 +279,13 @@ fn patrol(
     let note_at: Vec<usize> = (0..rng.random_range(1..4))
         .map(|_| rng.random_range(0..fixes.len().max(1)))
         .collect();
+    let photo_at: Vec<usize> = if rng.random_bool(args.photos) {
+        (0..rng.random_range(1..3))
+            .map(|_| rng.random_range(0..fixes.len().max(1)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let problem_at = rng
         .random_bool(args.problems)
         .then(|| rng.random_range(0..fixes.len().max(1)));
@@ -272,6 +307,26 @@ fn patrol(
         if note_at.contains(&i) {
             let note = NOTES[rng.random_range(0..NOTES.len())];
             phone.add_note(&id, note).map_err(|e| e.to_string())?;
+        }
+        for _ in photo_at.iter().filter(|&&at| at == i) {
+            let shot = Shot {
+                at_ms: fix.at_ms,
+                lon: fix.lon,
+                lat: fix.lat,
+                datum: match fix.datum {
+                    track::Datum::Wgs84 => "WGS-84",
+                    track::Datum::Gcj02 => "GCJ-02",
+                },
+            };
+            let bytes = camera::shoot(&shot, 1280, 960, rng)?;
+            let file = inspector.camera_dir.join(format!("IMG_{}.jpg", fix.at_ms));
+            std::fs::write(&file, bytes).map_err(|e| e.to_string())?;
+            let caption = NOTES[rng.random_range(0..NOTES.len())];
+            phone
+                .attach_photo(&id, &file, caption)
+                .map_err(|e| e.to_string())?;
+            // The SDK keeps its own copy; the camera roll is the user's business.
+            let _ = std::fs::remove_file(&file);
         }
         if problem_at == Some(i) {
             let (category, description) = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
@@ -298,14 +353,14 @@ fn patrol(
     Ok(fixes.len())
 }
 
-/// Syncs one phone; returns the documents it made durable.
-async fn sync(inspector: &Inspector) -> Result<usize, String> {
+/// Syncs one phone; returns the documents it made durable and the photos it uploaded.
+async fn sync(inspector: &Inspector) -> Result<(usize, usize), String> {
     let report = inspector
         .phone
         .sync()
         .await
         .map_err(|e| format!("{}: {e}", inspector.username))?;
-    Ok(report.durable as usize)
+    Ok((report.durable as usize, report.photos_uploaded as usize))
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -324,23 +379,27 @@ async fn run(args: Args) -> Result<(), String> {
         inspectors.len(),
         args.days
     );
-    let (mut patrols, mut fixes, mut synced) = (0usize, 0usize, 0usize);
+    let (mut patrols, mut fixes, mut synced, mut photos) = (0usize, 0usize, 0usize, 0usize);
     for day in 0..args.days {
         let day_start = start_ms + i64::from(day) * DAY_MS;
         for inspector in &inspectors {
             fixes += patrol(&args, inspector, day_start, &mut rng)?;
             patrols += 1;
             if !rng.random_bool(args.offline) {
-                synced += sync(inspector).await?;
+                let (docs, sent) = sync(inspector).await?;
+                (synced, photos) = (synced + docs, photos + sent);
             }
         }
         println!("day {}: {patrols} patrols, {fixes} fixes so far", day + 1);
     }
     // The last day ends with a network everywhere.
     for inspector in &inspectors {
-        synced += sync(inspector).await?;
+        let (docs, sent) = sync(inspector).await?;
+        (synced, photos) = (synced + docs, photos + sent);
     }
-    println!("{patrols} patrols ({fixes} fixes) recorded; {synced} documents acknowledged");
+    println!(
+        "{patrols} patrols ({fixes} fixes) recorded; {synced} documents acknowledged, {photos} photos uploaded"
+    );
     Ok(())
 }
 
