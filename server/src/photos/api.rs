@@ -487,6 +487,23 @@ pub struct PhotoInfo {
     pub received_at: chrono::NaiveDateTime,
     /// The patrols that reference this photo and that the caller may see.
     pub patrols: Vec<String>,
+    /// Earlier photos of the same jurisdiction that look the same (perceptual hash within 8 of
+    /// 64 bits): a photo reused from an earlier patrol is a fraud signal. Empty until the
+    /// photo's hash is made (`derived` = `done`).
+    pub near_duplicates: Vec<NearDuplicateView>,
+}
+
+/// An earlier photo that looks the same.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NearDuplicateView {
+    pub sha256: String,
+    /// Differing bits of the two 64-bit perceptual hashes (0: the same picture).
+    pub distance: u32,
+    pub received_at: chrono::NaiveDateTime,
+    /// The patrols that used it, among those the caller may see.
+    pub patrols: Vec<String>,
+    /// Patrols that used it outside what the caller may see (counted, not named).
+    pub hidden_patrols: usize,
 }
 
 /// Whether the caller may see a photo: it references a patrol in the caller's part of the grid
@@ -584,8 +601,29 @@ async fn info(
     sha256: web::Path<String>,
 ) -> ApiResult<web::Json<PhotoInfo>> {
     let sha = checked_sha(&sha256)?;
-    let (row, patrols) = authorize(&state, authed, sha).await?;
+    let (row, patrols) = authorize(&state, authed.clone(), sha.clone()).await?;
+    let near = state
+        .db
+        .run(move |conn| super::near_duplicates(conn, &sha))
+        .await?;
+    let near_duplicates = near
+        .into_iter()
+        .map(|near| {
+            let (seen, hidden): (Vec<_>, Vec<_>) = near
+                .patrols
+                .into_iter()
+                .partition(|(_, path)| authed.can_see(path));
+            NearDuplicateView {
+                sha256: near.sha256,
+                distance: near.distance,
+                received_at: near.received_at,
+                patrols: seen.into_iter().map(|(id, _)| id).collect(),
+                hidden_patrols: hidden.len(),
+            }
+        })
+        .collect();
     Ok(web::Json(PhotoInfo {
+        near_duplicates,
         exif: serde_json::from_str(&row.exif).unwrap_or(serde_json::Value::Null),
         sha256: row.sha256,
         bytes: row.bytes,

@@ -694,6 +694,89 @@ async fn discard(state: &Arc<AppState>, id: &str) {
     }
 }
 
+/// Perceptual hashes this many bits apart or fewer are the same picture (re-encoded, resized,
+/// turned with a tag); different pictures are 16 or more apart (`photo/README.md`).
+pub const NEAR_DUPLICATE_BITS: u32 = 8;
+
+/// An earlier photo that looks the same as another.
+pub struct NearDuplicate {
+    pub sha256: String,
+    pub distance: u32,
+    pub received_at: NaiveDateTime,
+    /// The patrols that reference it, with their grids' paths.
+    pub patrols: Vec<(String, String)>,
+}
+
+/// Earlier photos of the same jurisdiction (the top-level grids of the patrols that reference
+/// `sha256`) whose perceptual hash is within [`NEAR_DUPLICATE_BITS`] of this one's: a photo
+/// reused from an earlier patrol. Empty until the photo's hash is made and a patrol references
+/// it.
+pub fn near_duplicates(conn: &mut DbConnection, sha256: &str) -> ApiResult<Vec<NearDuplicate>> {
+    use crate::schema::grids;
+    let Some((Some(phash), received_at)) = photos::table
+        .find(sha256)
+        .select((photos::phash, photos::received_at))
+        .first::<(Option<i64>, NaiveDateTime)>(conn)
+        .optional()?
+    else {
+        return Ok(Vec::new());
+    };
+    let paths: Vec<String> = patrol_photos::table
+        .inner_join(grids::table.on(grids::id.eq(patrol_photos::grid_id)))
+        .filter(patrol_photos::sha256.eq(sha256))
+        .select(grids::path)
+        .load(conn)?;
+    let roots: std::collections::BTreeSet<String> = paths
+        .iter()
+        .filter_map(|path| {
+            crate::grids::path_ids(path)
+                .first()
+                .map(|root| format!("/{root}/%"))
+        })
+        .collect();
+    let mut found: std::collections::BTreeMap<String, NearDuplicate> = Default::default();
+    for root in roots {
+        let candidates: Vec<(String, i64, NaiveDateTime, String, String)> = photos::table
+            .inner_join(patrol_photos::table.on(patrol_photos::sha256.eq(photos::sha256)))
+            .inner_join(grids::table.on(grids::id.eq(patrol_photos::grid_id)))
+            .filter(grids::path.like(&root))
+            .filter(photos::received_at.lt(received_at))
+            .filter(photos::sha256.ne(sha256))
+            .filter(photos::phash.is_not_null())
+            .select((
+                photos::sha256,
+                photos::phash.assume_not_null(),
+                photos::received_at,
+                patrol_photos::patrol_id,
+                grids::path,
+            ))
+            .load(conn)?;
+        for (other, other_hash, at, patrol, path) in candidates {
+            let distance = gridpatrol_photo::hamming(phash as u64, other_hash as u64);
+            if distance > NEAR_DUPLICATE_BITS {
+                continue;
+            }
+            found
+                .entry(other.clone())
+                .or_insert_with(|| NearDuplicate {
+                    sha256: other,
+                    distance,
+                    received_at: at,
+                    patrols: Vec::new(),
+                })
+                .patrols
+                .push((patrol, path));
+        }
+    }
+    let mut found: Vec<NearDuplicate> = found.into_values().collect();
+    found.sort_by(|a, b| {
+        a.distance
+            .cmp(&b.distance)
+            .then(a.received_at.cmp(&b.received_at))
+    });
+    Ok(found)
+}
+
 /// Writes a patrol document's photo references (replacing the previous ones).
 pub fn project_patrol_photos(
     conn: &mut DbConnection,

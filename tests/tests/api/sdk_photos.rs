@@ -243,7 +243,82 @@ async fn uploads_cut_at_random_places_always_complete_once(backend: Backend) {
     );
 }
 
+/// A scene with structure (noise alone has no picture to recognise).
+fn scene() -> image::RgbImage {
+    image::RgbImage::from_fn(640, 480, |x, y| {
+        let block = ((x / 80 + y / 60) % 5) as u8;
+        image::Rgb([block * 50, (x * 255 / 640) as u8, (y * 255 / 480) as u8])
+    })
+}
+
+fn encode(image: &image::RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(image)
+        .expect("encode");
+    out
+}
+
+/// The same picture sent again with last week's patrol's photo, re-encoded: the supervisor sees
+/// it as a near-duplicate of the earlier one; a different picture is not.
+async fn a_reused_photo_is_shown_as_a_near_duplicate(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inspector = phone(&dir, &app.base, photo_dir(&dir));
+    inspector
+        .enroll(&code_for(&app, INSPECTOR).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let mut shas = Vec::new();
+    let mut patrols = Vec::new();
+    for (n, bytes) in [
+        encode(&scene(), 90),
+        encode(&scene(), 45),
+        crate::photos::jpeg(77, 640, 480),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let patrol = inspector
+            .start_patrol(VILLAGE, Method::Routine)
+            .expect("start");
+        walk(&inspector, &patrol);
+        let camera = dir.path().join(format!("IMG_{n}.jpg"));
+        std::fs::write(&camera, bytes).expect("camera");
+        shas.push(
+            inspector
+                .attach_photo(&patrol, &camera, "")
+                .expect("attach"),
+        );
+        inspector.submit(&patrol).expect("submit");
+        assert_eq!(inspector.sync().await.expect("sync").photos_uploaded, 1);
+        gridpatrol_server::photos::derive_pending(&app.state)
+            .await
+            .expect("derive");
+        patrols.push(patrol);
+    }
+    let leader = app.token("leader-522632100").await;
+    let reused = app
+        .get(&format!("/v1/photos/{}/info", shas[1]), Some(&leader))
+        .await;
+    assert_eq!(reused.status, 200, "{}", reused.text);
+    let near = reused.body["near_duplicates"].as_array().expect("list");
+    assert_eq!(near.len(), 1, "{near:?}");
+    assert_eq!(near[0]["sha256"], shas[0].as_str());
+    assert_eq!(near[0]["patrols"], serde_json::json!([patrols[0]]));
+    assert!(near[0]["distance"].as_u64().expect("distance") <= 8);
+    // The first photo has nothing earlier; the different picture resembles neither.
+    for sha in [&shas[0], &shas[2]] {
+        let body = app
+            .get(&format!("/v1/photos/{sha}/info"), Some(&leader))
+            .await
+            .body;
+        assert_eq!(body["near_duplicates"], serde_json::json!([]), "{sha}");
+    }
+}
+
 both_backends!(
+    a_reused_photo_is_shown_as_a_near_duplicate,
     a_photo_attached_offline_is_uploaded_after_its_patrol,
     uploads_cut_at_random_places_always_complete_once,
 );
