@@ -1,6 +1,7 @@
 //! Thumbnails from 12-megapixel phone JPEGs: this crate's reduced-scale path against `image`'s
-//! full decode + resize, measured in the same run; and peak memory while 4 thumbnails are made at
-//! once.
+//! full decode + resize, measured in the same run; the thumbnail, preview and hash together
+//! (`derive_all`, one decode) against the three separate calls and a naive baseline; and peak
+//! memory while 4 thumbnails are made at once.
 //!
 //! ```sh
 //! cargo bench -p gridpatrol-photo --bench thumbnails
@@ -13,13 +14,16 @@
 //! once, as a smoke test.
 
 use std::hint::black_box;
+use std::sync::LazyLock;
 use std::thread;
 use std::time::Instant;
 
 use gridpatrol_photo::{
-    DecodePath, Limits, PREVIEW_EDGE, THUMBNAIL_EDGE, derive, derive_via, inspect, perceptual_hash,
+    DecodePath, Limits, PREVIEW_EDGE, THUMBNAIL_EDGE, derive, derive_all, derive_via, inspect,
+    perceptual_hash,
 };
-use image::{Rgb, RgbImage};
+use image::{DynamicImage, Rgb, RgbImage};
+use image_hasher::{HashAlg, Hasher, HasherConfig};
 
 /// A noisy photo-like picture (deterministic).
 fn noisy(width: u32, height: u32) -> RgbImage {
@@ -60,6 +64,35 @@ fn baseline(jpeg: &[u8], edge: u32) -> Vec<u8> {
         .thumbnail(edge, edge)
         .to_rgb8();
     encode(&thumb, jpeg_encoder::SamplingFactor::F_2_2)
+}
+
+/// The naive path for what the server keeps of a photo: `image` decodes it whole once, then
+/// `thumbnail` makes the preview and the thumbnail from the full decode (both encoded like this
+/// crate's), and `image_hasher` (configured as this crate's pHash) hashes the full decode.
+fn baseline_all(jpeg: &[u8]) -> (Vec<u8>, Vec<u8>, u64) {
+    let full = image::load_from_memory(jpeg).expect("decodes");
+    let preview = encode(
+        &full.thumbnail(PREVIEW_EDGE, PREVIEW_EDGE).to_rgb8(),
+        jpeg_encoder::SamplingFactor::F_2_2,
+    );
+    let thumbnail = encode(
+        &full.thumbnail(THUMBNAIL_EDGE, THUMBNAIL_EDGE).to_rgb8(),
+        jpeg_encoder::SamplingFactor::F_2_2,
+    );
+    (thumbnail, preview, baseline_hash(&full))
+}
+
+/// `image_hasher` as this crate configures it (pHash: 16 × 16, DCT, 8 × 8 against the mean).
+static HASHER: LazyLock<Hasher<[u8; 8]>> = LazyLock::new(|| {
+    HasherConfig::with_bytes_type::<[u8; 8]>()
+        .hash_size(8, 8)
+        .hash_alg(HashAlg::Mean)
+        .preproc_dct()
+        .to_hasher()
+});
+
+fn baseline_hash(image: &DynamicImage) -> u64 {
+    u64::from_be_bytes(HASHER.hash_image(image).into_inner())
 }
 
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -143,6 +176,24 @@ fn main() {
         let hashed = median_ms(runs, || {
             black_box(perceptual_hash(jpeg, &limits).expect("hash"));
         });
+        let base_all = median_ms(runs, || {
+            black_box(baseline_all(jpeg));
+        });
+        let full = image::load_from_memory(jpeg).expect("decodes");
+        let base_hash = median_ms(runs, || {
+            black_box(baseline_hash(&full));
+        });
+        drop(full);
+        let separate = median_ms(runs, || {
+            black_box((
+                derive(jpeg, THUMBNAIL_EDGE, &limits).expect("thumbnail"),
+                derive(jpeg, PREVIEW_EDGE, &limits).expect("preview"),
+                perceptual_hash(jpeg, &limits).expect("hash"),
+            ));
+        });
+        let all = median_ms(runs, || {
+            black_box(derive_all(jpeg, &limits).expect("all three"));
+        });
         println!("### {name}: {} bytes\n", jpeg.len());
         println!("| path | median (ms) | per second per core | vs baseline |");
         println!("|---|---|---|---|");
@@ -180,6 +231,25 @@ fn main() {
             base,
         );
         row("`perceptual_hash` (1/8-scale decode)", hashed, base);
+        row(
+            "all three: `image` full decode once + `thumbnail` × 2 + `image_hasher` (baseline)",
+            base_all,
+            base_all,
+        );
+        println!(
+            "| … of which `image_hasher` on the full decode | {base_hash:.1} | | {:.0} % of it |",
+            100.0 * base_hash / base_all
+        );
+        row(
+            "all three: `derive(320)` + `derive(1280)` + `perceptual_hash` (three decodes)",
+            separate,
+            base_all,
+        );
+        row(
+            "all three: `derive_all` (one 1/2-scale decode)",
+            all,
+            base_all,
+        );
         println!();
     }
     let show = |p: Option<f64>| p.map_or("n/a".to_owned(), |m| format!("{m:.1} MiB"));

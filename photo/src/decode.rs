@@ -185,19 +185,38 @@ impl<'a> Opened<'a> {
     }
 }
 
+/// A side decoded at `eighths`/8 of its length, rounded up as `jpeg-decoder` does.
+pub(crate) fn jpeg_scaled(len: u32, eighths: u32) -> u32 {
+    (len * eighths).div_ceil(8)
+}
+
 /// The output size of the smallest JPEG IDCT scale (1/8, 1/4, 1/2, 1) whose output is at least
 /// `min_w` × `min_h`, as `jpeg-decoder` computes it (rounding up).
 fn jpeg_scaled_size(width: u32, height: u32, min_w: u32, min_h: u32) -> (u16, u16) {
-    let scaled = |len: u32, eighths: u32| (len * eighths).div_ceil(8);
     let eighths = [1, 2, 4]
         .into_iter()
-        .find(|&e| scaled(width, e) >= min_w && scaled(height, e) >= min_h)
+        .find(|&e| jpeg_scaled(width, e) >= min_w && jpeg_scaled(height, e) >= min_h)
         .unwrap_or(8);
     let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
     (
-        clamp(scaled(width, eighths)),
-        clamp(scaled(height, eighths)),
+        clamp(jpeg_scaled(width, eighths)),
+        clamp(jpeg_scaled(height, eighths)),
     )
+}
+
+/// The IDCT scale, in eighths (1, 2, 4 or 8), at which [`Opened::decode`] decodes a JPEG of
+/// `width` × `height` given `min_size` (`None`: full size). `jpeg-decoder` is asked for
+/// [`jpeg_scaled_size`] and takes the first scale that reaches the width *or* the height asked
+/// for; on sides of a few pixels that can be a smaller scale than the one asked for.
+pub(crate) fn jpeg_decode_eighths(width: u32, height: u32, min_size: Option<(u32, u32)>) -> u32 {
+    let Some((min_w, min_h)) = min_size else {
+        return 8;
+    };
+    let (w, h) = jpeg_scaled_size(width, height, min_w, min_h);
+    [1, 2, 4]
+        .into_iter()
+        .find(|&e| jpeg_scaled(width, e) >= u32::from(w) || jpeg_scaled(height, e) >= u32::from(h))
+        .unwrap_or(8)
 }
 
 fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), PhotoError> {
@@ -333,6 +352,41 @@ mod tests {
         // Both sides must be covered, and scaled sizes round up as jpeg-decoder's do.
         assert_eq!(jpeg_scaled_size(4000, 3000, 100, 376), (1000, 750));
         assert_eq!(jpeg_scaled_size(1001, 17, 126, 3), (126, 3));
+    }
+
+    #[test]
+    fn the_decode_scale_is_the_one_jpeg_decoder_takes() {
+        // Decode real JPEGs and compare the output size with the scale predicted.
+        for (width, height) in [(400, 300), (1, 200), (200, 1), (37, 3), (1283, 17)] {
+            let pixels = vec![128u8; width as usize * height as usize * 3];
+            let mut jpeg = Vec::new();
+            jpeg_encoder::Encoder::new(&mut jpeg, 90)
+                .encode(
+                    &pixels,
+                    width as u16,
+                    height as u16,
+                    jpeg_encoder::ColorType::Rgb,
+                )
+                .expect("encodes");
+            let limits = Limits::default();
+            for min_size in [
+                None,
+                Some((1, 1)),
+                Some((1, height)),
+                Some((width / 3, height / 3)),
+                Some((width / 2, height / 2)),
+                Some((width, height)),
+            ] {
+                let opened = Opened::open(&jpeg, Format::Jpeg, &limits).expect("opens");
+                let image = opened.decode(min_size, &limits).expect("decodes");
+                let eighths = jpeg_decode_eighths(width, height, min_size);
+                assert_eq!(
+                    (image.width(), image.height()),
+                    (jpeg_scaled(width, eighths), jpeg_scaled(height, eighths)),
+                    "{width}×{height} for {min_size:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`derive`] makes a thumbnail or preview (JPEG, EXIF orientation applied), decoding JPEGs at
 //!   1/2, 1/4 or 1/8 scale where that suffices;
 //! - [`perceptual_hash`] and [`hamming`] detect a photo used again;
+//! - [`derive_all`] makes the thumbnail, the preview and the perceptual hash from one decode;
 //! - [`downscale_keeping_exif`] is for the phone: a smaller JPEG that keeps the original EXIF.
 //!
 //! Every failure is a [`PhotoError`] with a stable [`code`](PhotoError::code). The crate's
@@ -20,7 +21,9 @@ mod sniff;
 
 use std::fmt;
 
-pub use output::{derive, downscale_keeping_exif, hamming, perceptual_hash};
+pub use output::{
+    Derivatives, derive, derive_all, downscale_keeping_exif, hamming, perceptual_hash,
+};
 pub use sniff::sniff;
 
 #[doc(hidden)]

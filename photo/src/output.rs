@@ -2,13 +2,13 @@
 
 use std::sync::LazyLock;
 
-use image::DynamicImage;
 use image::imageops::FilterType;
 use image::metadata::Orientation;
+use image::{DynamicImage, ImageBuffer, Pixel};
 use image_hasher::{HashAlg, Hasher, HasherConfig};
 
-use crate::decode::{Opened, check_container};
-use crate::{DERIVED_QUALITY, Limits, PhotoError, exif_read};
+use crate::decode::{Opened, check_container, jpeg_decode_eighths, jpeg_scaled};
+use crate::{DERIVED_QUALITY, Format, Limits, PREVIEW_EDGE, PhotoError, THUMBNAIL_EDGE, exif_read};
 
 /// How [`derive_via`] decodes a JPEG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,154 @@ pub fn derive_via(
     let image = opened.decode(min_size, limits)?;
     let image = orient(resize(image, width, height), orientation);
     encode_jpeg(&image, DERIVED_QUALITY, None, None)
+}
+
+/// What the server keeps of a photo, from one decode: see [`derive_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derivatives {
+    /// The thumbnail ([`THUMBNAIL_EDGE`]): the size and look of
+    /// `derive(bytes, THUMBNAIL_EDGE, limits)`.
+    pub thumbnail: Vec<u8>,
+    /// The preview ([`PREVIEW_EDGE`]): byte for byte `derive(bytes, PREVIEW_EDGE, limits)`.
+    pub preview: Vec<u8>,
+    /// The perceptual hash: `perceptual_hash(bytes, limits)`, or a bit or two from it.
+    pub phash: u64,
+}
+
+/// The thumbnail, the preview and the perceptual hash of a photo from one decode, for the
+/// server's worker (instead of [`derive`] twice and [`perceptual_hash`], three decodes).
+///
+/// The photo gets the checks of [`derive`] and is decoded once, as
+/// `derive(bytes, PREVIEW_EDGE, limits)` decodes it (a 12 MP JPEG at 1/2 scale), so it is refused
+/// exactly when that call refuses it, with the same error; in particular `max_alloc` must allow
+/// the preview's decode, even where the thumbnail's 1/8-scale decode alone would fit. The EXIF
+/// orientation is read once and applied to each small result.
+///
+/// - `preview` is byte for byte what `derive(bytes, PREVIEW_EDGE, limits)` returns;
+/// - `thumbnail` has the size `derive(bytes, THUMBNAIL_EDGE, limits)` gives. [`derive`] decodes a
+///   JPEG at the smallest IDCT scale that covers the thumbnail (1/8 for a phone photo); here
+///   blocks of the preview's decode are averaged down to that scale (an IDCT at 1/8 keeps each
+///   8 × 8 block's mean), then resized with the same triangle filter. The pixels differ from
+///   [`derive`]'s by rounding: 0.3 to 2.3 levels in 255 on average (the tests allow 3). PNG and
+///   WebP, and JPEGs small enough to be decoded at the same scale for both, give the same bytes;
+/// - `phash` is computed the same way from the scale [`perceptual_hash`] decodes at. It is
+///   usually the same hash; where one of the 64 DCT coefficients sits right at the mean the
+///   rounding can flip its bit (the tests allow 2 bits; see the crate's README for what was
+///   seen). PNG, WebP and small JPEGs give the same hash.
+pub fn derive_all(bytes: &[u8], limits: &Limits) -> Result<Derivatives, PhotoError> {
+    let format = check_container(bytes, limits)?;
+    let opened = Opened::open(bytes, format, limits)?;
+    let orientation = exif_read::parse(opened.exif_raw.as_deref()).orientation;
+    let size = (opened.width, opened.height);
+    let (preview_w, preview_h) = fit(size.0, size.1, PREVIEW_EDGE);
+    let (thumb_w, thumb_h) = fit(size.0, size.1, THUMBNAIL_EDGE);
+    let hash_min = fit(size.0, size.1, HASH_SOURCE_EDGE);
+    let decoded = opened.decode(Some((preview_w, preview_h)), limits)?;
+
+    // The scales the separate calls would have decoded at, made from this decode (None: the
+    // decode itself is at that scale).
+    let thumb_scale = decode_scale(format, size, (thumb_w, thumb_h));
+    let hash_scale = decode_scale(format, size, hash_min);
+    let for_thumbnail = as_if_decoded_at(&decoded, format, size, thumb_scale);
+    let for_hash = if hash_scale == thumb_scale {
+        None
+    } else {
+        as_if_decoded_at(&decoded, format, size, hash_scale)
+    };
+
+    let thumb_source = for_thumbnail.as_ref().unwrap_or(&decoded);
+    let thumbnail = orient(resized(thumb_source, thumb_w, thumb_h), orientation);
+    let thumbnail = encode_jpeg(&thumbnail, DERIVED_QUALITY, None, None)?;
+    let preview = orient(resized(&decoded, preview_w, preview_h), orientation);
+    let preview = encode_jpeg(&preview, DERIVED_QUALITY, None, None)?;
+    let hash_source = match (for_hash, for_thumbnail) {
+        (Some(image), _) => image,
+        (None, Some(image)) if hash_scale == thumb_scale => image,
+        _ => decoded,
+    };
+    let phash = hash(&orient(hash_source, orientation));
+    Ok(Derivatives {
+        thumbnail,
+        preview,
+        phash,
+    })
+}
+
+/// The IDCT scale in eighths at which a photo of `size` is decoded for at least `min` pixels
+/// (8 for PNG and WebP, always decoded whole).
+fn decode_scale(format: Format, (width, height): (u32, u32), min: (u32, u32)) -> u32 {
+    match format {
+        Format::Jpeg => jpeg_decode_eighths(width, height, Some(min)),
+        Format::Png | Format::WebP => 8,
+    }
+}
+
+/// The picture a JPEG decode at `eighths`/8 scale would have given, made from `image` (the same
+/// JPEG decoded at a larger scale) by averaging blocks of 2, 4 or 8 pixels a side: a JPEG's
+/// inverse DCT at a smaller scale keeps the mean of each block, up to rounding. `None` when
+/// `image` is already at that scale, or is not a reduced JPEG decode.
+fn as_if_decoded_at(
+    image: &DynamicImage,
+    format: Format,
+    (width, height): (u32, u32),
+    eighths: u32,
+) -> Option<DynamicImage> {
+    if format != Format::Jpeg {
+        return None;
+    }
+    let want = (jpeg_scaled(width, eighths), jpeg_scaled(height, eighths));
+    let have = (image.width(), image.height());
+    let factor = [2, 4, 8]
+        .into_iter()
+        .find(|&f| (have.0.div_ceil(f), have.1.div_ceil(f)) == want)?;
+    // At 1/8 the IDCT keeps only each block's DC term and truncates it; the 1/4 and 1/2 IDCTs
+    // round to nearest.
+    let round_down = eighths == 1;
+    match image {
+        DynamicImage::ImageLuma8(grey) => Some(DynamicImage::ImageLuma8(block_means(
+            grey, factor, round_down,
+        ))),
+        DynamicImage::ImageRgb8(rgb) => Some(DynamicImage::ImageRgb8(block_means(
+            rgb, factor, round_down,
+        ))),
+        _ => None,
+    }
+}
+
+/// Each `factor` × `factor` block of `image` replaced by its mean, rounded down or to nearest;
+/// the blocks of the last column and row are cut by the image's edge.
+fn block_means<P: Pixel<Subpixel = u8>>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    factor: u32,
+    round_down: bool,
+) -> ImageBuffer<P, Vec<u8>> {
+    let channels = usize::from(P::CHANNEL_COUNT);
+    let (width, height) = image.dimensions();
+    let (out_w, out_h) = (width.div_ceil(factor), height.div_ceil(factor));
+    let row_len = width as usize * channels;
+    let block_len = factor as usize * channels;
+    let mut sums = vec![0u32; out_w as usize * channels];
+    let mut out = Vec::with_capacity(out_w as usize * out_h as usize * channels);
+    for band in image.as_raw().chunks(row_len * factor as usize) {
+        sums.fill(0);
+        for row in band.chunks_exact(row_len) {
+            for (block, sum) in row.chunks(block_len).zip(sums.chunks_exact_mut(channels)) {
+                for pixel in block.chunks_exact(channels) {
+                    for (s, &v) in sum.iter_mut().zip(pixel) {
+                        *s += u32::from(v);
+                    }
+                }
+            }
+        }
+        let rows = (band.len() / row_len) as u32;
+        for (x, sum) in sums.chunks_exact(channels).enumerate() {
+            let cols = (width - x as u32 * factor).min(factor);
+            let n = rows * cols;
+            let half = if round_down { 0 } else { n / 2 };
+            out.extend(sum.iter().map(|&s| ((s + half) / n) as u8));
+        }
+    }
+    ImageBuffer::from_raw(out_w, out_h, out).expect("one mean per block")
 }
 
 /// For the phone: the photo re-encoded as a JPEG of at most `long_edge` pixels on its longer
@@ -102,7 +250,11 @@ pub fn perceptual_hash(bytes: &[u8], limits: &Limits) -> Result<u64, PhotoError>
     let orientation = exif_read::parse(opened.exif_raw.as_deref()).orientation;
     let min_size = fit(opened.width, opened.height, HASH_SOURCE_EDGE);
     let image = orient(opened.decode(Some(min_size), limits)?, orientation);
-    Ok(u64::from_be_bytes(HASHER.hash_image(&image).into_inner()))
+    Ok(hash(&image))
+}
+
+fn hash(image: &DynamicImage) -> u64 {
+    u64::from_be_bytes(HASHER.hash_image(image).into_inner())
 }
 
 /// The number of bits in which two hashes differ (0 to 64).
@@ -128,6 +280,15 @@ pub(crate) fn fit(width: u32, height: u32, long_edge: u32) -> (u32, u32) {
 fn resize(image: DynamicImage, width: u32, height: u32) -> DynamicImage {
     if (image.width(), image.height()) == (width, height) {
         image
+    } else {
+        image.resize_exact(width, height, FilterType::Triangle)
+    }
+}
+
+/// [`resize`] without taking the image (copied when it already has the size).
+fn resized(image: &DynamicImage, width: u32, height: u32) -> DynamicImage {
+    if (image.width(), image.height()) == (width, height) {
+        image.clone()
     } else {
         image.resize_exact(width, height, FilterType::Triangle)
     }
@@ -201,6 +362,30 @@ mod tests {
         assert_eq!(fit(10_000, 1, 320), (320, 1));
         assert_eq!(fit(4000, 3000, 0), (1, 1));
         assert_eq!(fit(4032, 3024, 1280), (1280, 960));
+    }
+
+    #[test]
+    fn block_means_average_and_cut_at_the_edges() {
+        // 5 × 3 grey, blocks of 2: full blocks, a column of 1, a row of 1, a corner of 1.
+        let grey = image::GrayImage::from_raw(
+            5,
+            3,
+            vec![
+                0, 2, 10, 10, 7, //
+                4, 6, 20, 21, 9, //
+                100, 50, 1, 2, 255,
+            ],
+        )
+        .expect("15 pixels");
+        let means = block_means(&grey, 2, false);
+        assert_eq!(means.dimensions(), (3, 2));
+        assert_eq!(means.as_raw(), &[3, 15, 8, 75, 2, 255]);
+        let means = block_means(&grey, 2, true);
+        assert_eq!(means.as_raw(), &[3, 15, 8, 75, 1, 255]);
+        // RGB: channels are averaged apart.
+        let rgb = image::RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8, y as u8, 200]));
+        assert_eq!(block_means(&rgb, 4, false).as_raw(), &[2, 2, 200]);
+        assert_eq!(block_means(&rgb, 4, true).as_raw(), &[1, 1, 200]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{huge_jpeg_header, huge_png_header, jpeg, scene};
-use gridpatrol_photo::{Limits, derive, inspect, perceptual_hash};
+use gridpatrol_photo::{Limits, derive, derive_all, inspect, perceptual_hash};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -23,6 +23,7 @@ fn huge_claims_are_refused_without_allocating() {
         for result in [
             inspect(header, None, &limits).map(|_| ()),
             derive(header, 320, &limits).map(|_| ()),
+            derive_all(header, &limits).map(|_| ()),
             perceptual_hash(header, &limits).map(|_| ()),
         ] {
             let err = result.expect_err(name);

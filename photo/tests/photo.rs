@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use gridpatrol_photo::{
-    DecodePath, Exif, Format, Limits, PhotoError, derive, derive_via, downscale_keeping_exif,
-    hamming, inspect, perceptual_hash, sniff,
+    DecodePath, Derivatives, Exif, Format, Limits, PREVIEW_EDGE, PhotoError, THUMBNAIL_EDGE,
+    derive, derive_all, derive_via, downscale_keeping_exif, hamming, inspect, perceptual_hash,
+    sniff,
 };
 use image::{DynamicImage, GenericImageView};
 
@@ -539,4 +540,318 @@ fn derived_output_has_no_metadata_and_fits() {
         Exif::default(),
         "GPS does not leak into thumbnails"
     );
+}
+
+// --- one decode for all three: derive_all ---------------------------------------------------
+
+/// Mean absolute difference per channel (0 to 255) of two pictures of the same size.
+fn mean_difference(a: &DynamicImage, b: &DynamicImage) -> f64 {
+    let (a, b) = (a.to_rgb8(), b.to_rgb8());
+    assert_eq!(a.dimensions(), b.dimensions());
+    let diff: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    diff as f64 / a.as_raw().len() as f64
+}
+
+/// `derive_all` against the three separate calls: the preview byte for byte, the thumbnail the
+/// same size with nearly the same pixels, the hash within 2 bits. Returns the results, decoded,
+/// and the hash distance.
+fn like_the_separate_calls(name: &str, bytes: &[u8]) -> (DynamicImage, DynamicImage, u32) {
+    let limits = Limits::default();
+    let Derivatives {
+        thumbnail,
+        preview,
+        phash,
+    } = derive_all(bytes, &limits).expect(name);
+    let separate_preview = derive(bytes, PREVIEW_EDGE, &limits).expect(name);
+    assert!(
+        preview == separate_preview,
+        "{name}: the preview is not derive's"
+    );
+    let separate_thumbnail = derive(bytes, THUMBNAIL_EDGE, &limits).expect(name);
+    let (thumb, separate) = (decode(&thumbnail), decode(&separate_thumbnail));
+    assert_eq!(thumb.dimensions(), separate.dimensions(), "{name}");
+    let diff = mean_difference(&thumb, &separate);
+    assert!(
+        diff < 3.0,
+        "{name}: the thumbnail is {diff:.2} levels from derive's"
+    );
+    let distance = hamming(phash, perceptual_hash(bytes, &limits).expect(name));
+    assert!(
+        distance <= 2,
+        "{name}: the hash is {distance} bits from perceptual_hash"
+    );
+    eprintln!("{name}: thumbnail {diff:.2} levels from derive's, hash {distance} bits");
+    (thumb, decode(&preview), distance)
+}
+
+#[test]
+fn derive_all_matches_the_separate_calls() {
+    // Landscape, portrait, strips whose preview is decoded at 1/4, sizes where the thumbnail and
+    // the hash come from a full-size decode, and small photos decoded whole for everything.
+    let mut distances = Vec::new();
+    for (w, h) in [
+        (2600, 1950),
+        (1950, 2600),
+        (5200, 400),
+        (400, 5200),
+        (2048, 1536),
+        (1600, 1200),
+        (1000, 750),
+        (300, 200),
+        (33, 17),
+    ] {
+        let photo = jpeg(&scene(w, h, w * 3 + h), 90, None);
+        let name = format!("{w}×{h}");
+        let (thumb, preview, distance) = like_the_separate_calls(&name, &photo);
+        distances.push(distance);
+        let long = |image: &DynamicImage| image.width().max(image.height());
+        assert_eq!(long(&thumb), w.max(h).min(THUMBNAIL_EDGE), "{name}");
+        assert_eq!(long(&preview), w.max(h).min(PREVIEW_EDGE), "{name}");
+        assert_eq!(
+            w > h,
+            thumb.width() > thumb.height(),
+            "{name}: same way round"
+        );
+        assert_eq!(w > h, preview.width() > preview.height(), "{name}");
+    }
+    eprintln!("hash distances: {distances:?}");
+    assert!(
+        distances.iter().filter(|&&d| d == 0).count() >= distances.len() - 2,
+        "the hash should usually be the same: {distances:?}"
+    );
+}
+
+#[test]
+fn derive_all_on_every_accepted_kind() {
+    let limits = Limits::default();
+    let image = scene(1600, 1200, 17);
+    for (name, bytes) in [
+        ("progressive", progressive_jpeg(&image, 90)),
+        ("grey", grey_jpeg(&image, 90)),
+    ] {
+        like_the_separate_calls(name, &bytes);
+    }
+    // PNG and WebP are decoded whole whichever call decodes them: the very same results.
+    for (name, bytes) in [("png", png(&image)), ("webp", webp(&image))] {
+        let all = derive_all(&bytes, &limits).expect(name);
+        assert_eq!(
+            all.thumbnail,
+            derive(&bytes, THUMBNAIL_EDGE, &limits).expect(name),
+            "{name}"
+        );
+        assert_eq!(
+            all.preview,
+            derive(&bytes, PREVIEW_EDGE, &limits).expect(name),
+            "{name}"
+        );
+        assert_eq!(
+            all.phash,
+            perceptual_hash(&bytes, &limits).expect(name),
+            "{name}"
+        );
+        assert_eq!(decode(&all.thumbnail).dimensions(), (320, 240), "{name}");
+        assert_eq!(decode(&all.preview).dimensions(), (1280, 960), "{name}");
+    }
+}
+
+#[test]
+fn derive_all_honours_all_eight_orientations() {
+    // Where the stored top-left corner is seen, for each EXIF orientation.
+    let expected = [
+        (1, false, false),
+        (2, true, false),
+        (3, true, true),
+        (4, false, true),
+        (5, false, false),
+        (6, true, false),
+        (7, true, true),
+        (8, false, true),
+    ];
+    // Wide enough that the preview is decoded at 1/2 and the thumbnail averaged down to 1/8.
+    let stored = red_corner(2600, 1000);
+    for (orientation, right, bottom) in expected {
+        let photo = jpeg(&stored, 92, Some(&exif_orientation(orientation)));
+        let name = format!("orientation {orientation}");
+        let (thumb, preview, _) = like_the_separate_calls(&name, &photo);
+        let turned = orientation >= 5;
+        let sizes = [
+            (&thumb, if turned { (123, 320) } else { (320, 123) }),
+            (&preview, if turned { (492, 1280) } else { (1280, 492) }),
+        ];
+        for (image, size) in sizes {
+            assert_eq!(image.dimensions(), size, "{name}");
+            for (r, b) in [(false, false), (true, false), (false, true), (true, true)] {
+                let colour = quadrant(image, r, b);
+                assert_eq!(
+                    is_red(colour),
+                    (r, b) == (right, bottom),
+                    "{name}, {size:?}: quadrant right={r} bottom={b} is {colour:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn derive_all_refuses_like_derive() {
+    let image = scene(300, 200, 18);
+    let whole = jpeg(&image, 90, None);
+    let progressive = progressive_jpeg(&image, 90);
+    let png_whole = png(&image);
+    let webp_whole = webp(&image);
+    let mut garbage = whole.clone();
+    let mut noise = Noise::new(99);
+    let middle = garbage.len() / 2;
+    for b in &mut garbage[middle..middle + 400] {
+        *b = noise.next() as u8;
+    }
+    let mut no_components = whole.clone();
+    let sof = no_components
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("SOF0");
+    no_components[sof + 9] = 0;
+    let mut flipped_png = png_whole.clone();
+    let idat = flipped_png
+        .windows(4)
+        .position(|w| w == b"IDAT")
+        .expect("IDAT");
+    flipped_png[idat + 20] ^= 0x55;
+    let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic\0\0\0\x08free".to_vec();
+
+    let default = Limits::default();
+    let limits = |max_bytes, max_pixels, max_alloc| Limits {
+        max_bytes,
+        max_pixels,
+        max_alloc,
+    };
+    let few_bytes = limits(whole.len() as u64 - 1, u64::MAX, u64::MAX);
+    let few_pixels = limits(u64::MAX, 300 * 200 - 1, u64::MAX);
+    let little_memory = limits(u64::MAX, u64::MAX, 1_000);
+    let cases: [(&str, &[u8], &Limits, &str); 19] = [
+        ("empty", &[], &default, "photo_empty"),
+        ("too large", &whole, &few_bytes, "photo_too_large"),
+        ("heic", &heic, &default, "photo_unsupported_format"),
+        (
+            "jpeg cut in half",
+            &whole[..whole.len() / 2],
+            &default,
+            "photo_truncated",
+        ),
+        (
+            "jpeg cut 40 bytes short",
+            &whole[..whole.len() - 40],
+            &default,
+            "photo_truncated",
+        ),
+        (
+            "jpeg cut in the header",
+            &whole[..30],
+            &default,
+            "photo_truncated",
+        ),
+        (
+            "progressive jpeg cut in half",
+            &progressive[..progressive.len() / 2],
+            &default,
+            "photo_truncated",
+        ),
+        (
+            "png cut in half",
+            &png_whole[..png_whole.len() / 2],
+            &default,
+            "photo_truncated",
+        ),
+        (
+            "webp cut in half",
+            &webp_whole[..webp_whole.len() / 2],
+            &default,
+            "photo_truncated",
+        ),
+        ("jpeg with garbage", &garbage, &default, "photo_corrupt"),
+        (
+            "jpeg without components",
+            &no_components,
+            &default,
+            "photo_corrupt",
+        ),
+        (
+            "png with a flipped byte",
+            &flipped_png,
+            &default,
+            "photo_corrupt",
+        ),
+        (
+            "jpeg over max_pixels",
+            &whole,
+            &few_pixels,
+            "photo_too_many_pixels",
+        ),
+        (
+            "png over max_pixels",
+            &png_whole,
+            &few_pixels,
+            "photo_too_many_pixels",
+        ),
+        (
+            "65,535² jpeg header",
+            &huge_jpeg_header(),
+            &default,
+            "photo_too_many_pixels",
+        ),
+        (
+            "100,000² png header",
+            &huge_png_header(),
+            &default,
+            "photo_too_many_pixels",
+        ),
+        (
+            "jpeg over max_alloc",
+            &whole,
+            &little_memory,
+            "photo_too_much_memory",
+        ),
+        (
+            "png over max_alloc",
+            &png_whole,
+            &little_memory,
+            "photo_too_much_memory",
+        ),
+        (
+            "webp over max_alloc",
+            &webp_whole,
+            &little_memory,
+            "photo_too_much_memory",
+        ),
+    ];
+    for (name, bytes, limits, expected) in cases {
+        assert_eq!(code(derive_all(bytes, limits)), expected, "{name}");
+        assert_eq!(
+            code(derive(bytes, PREVIEW_EDGE, limits)),
+            expected,
+            "{name}: derive, preview"
+        );
+        assert_eq!(
+            code(derive(bytes, THUMBNAIL_EDGE, limits)),
+            expected,
+            "{name}: derive, thumbnail"
+        );
+    }
+
+    // derive_all decodes at the preview's scale: where only the thumbnail's decode fits in
+    // max_alloc, it is refused as derive(PREVIEW_EDGE) is (1600 × 1200: the thumbnail is decoded
+    // at 1/4, 400 × 300; the preview whole).
+    let photo = jpeg(&scene(1600, 1200, 19), 90, None);
+    let tight = limits(u64::MAX, u64::MAX, 1024 * 1024);
+    assert!(derive(&photo, THUMBNAIL_EDGE, &tight).is_ok());
+    assert_eq!(
+        code(derive(&photo, PREVIEW_EDGE, &tight)),
+        "photo_too_much_memory"
+    );
+    assert_eq!(code(derive_all(&photo, &tight)), "photo_too_much_memory");
 }
