@@ -231,11 +231,12 @@ pub fn downscale_keeping_exif(
 /// Long edge the hash is computed from (the hasher shrinks it further to 16×16).
 const HASH_SOURCE_EDGE: u32 = 256;
 
-/// pHash: grey, 16×16, DCT, the 8×8 lowest frequencies compared with their mean.
+/// pHash: grey, 16×16, DCT, the 8×8 lowest frequencies compared with their median (the mean
+/// would be dragged up by the DC term and leave nearly every bit 0).
 static HASHER: LazyLock<Hasher<[u8; 8]>> = LazyLock::new(|| {
     HasherConfig::with_bytes_type::<[u8; 8]>()
         .hash_size(8, 8)
-        .hash_alg(HashAlg::Mean)
+        .hash_alg(HashAlg::Median)
         .preproc_dct()
         .to_hasher()
 });

@@ -18,6 +18,8 @@ pub struct FlakyLink {
     pub upstream_bytes: Arc<AtomicU64>,
     /// Connections cut.
     pub cuts: Arc<AtomicU64>,
+    /// Bytes per second from the phone (0: as fast as loopback goes).
+    pace: Arc<AtomicU64>,
 }
 
 impl FlakyLink {
@@ -32,15 +34,21 @@ impl FlakyLink {
         let budget = Arc::new(AtomicI64::new(-1));
         let upstream_bytes = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
-        let (b, u, c) = (budget.clone(), upstream_bytes.clone(), cuts.clone());
+        let pace = Arc::new(AtomicU64::new(0));
+        let counters = Counters {
+            budget: budget.clone(),
+            counted: upstream_bytes.clone(),
+            cuts: cuts.clone(),
+            pace: pace.clone(),
+        };
         tokio::spawn(async move {
             while let Ok((phone, _)) = listener.accept().await {
-                let (b, u, c, upstream) = (b.clone(), u.clone(), c.clone(), upstream.clone());
+                let (counters, upstream) = (counters.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    relay(phone, server, b, u, c).await;
+                    relay(phone, server, counters).await;
                 });
             }
         });
@@ -49,6 +57,7 @@ impl FlakyLink {
             budget,
             upstream_bytes,
             cuts,
+            pace,
         }
     }
 
@@ -65,27 +74,65 @@ impl FlakyLink {
     pub fn disarm(&self) {
         self.budget.store(-1, Ordering::SeqCst);
     }
+
+    /// Limits the phone's sending to `bytes_per_second`, as a mobile link does (0: no limit).
+    pub fn pace(&self, bytes_per_second: u64) {
+        self.pace.store(bytes_per_second, Ordering::SeqCst);
+    }
 }
 
-async fn relay(
-    phone: TcpStream,
-    server: TcpStream,
+#[derive(Clone)]
+struct Counters {
     budget: Arc<AtomicI64>,
     counted: Arc<AtomicU64>,
     cuts: Arc<AtomicU64>,
-) {
-    let (mut phone_read, mut phone_write) = phone.into_split();
+    pace: Arc<AtomicU64>,
+}
+
+async fn relay(phone: TcpStream, server: TcpStream, counters: Counters) {
+    let Counters {
+        budget,
+        counted,
+        cuts,
+        pace,
+    } = counters;
+    let (mut phone_read, phone_write) = phone.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let (cut_tx, mut cut_rx) = tokio::sync::watch::channel(false);
+    // Server to phone, until the cut; after it the server's answers are read and dropped, so
+    // that the server's side closes cleanly and keeps every byte that crossed.
     let down = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut phone_write).await;
-        let _ = phone_write.shutdown().await;
+        let mut phone_write = Some(phone_write);
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                read = server_read.read(&mut buffer) => {
+                    let Ok(read) = read else { break };
+                    if read == 0 {
+                        break;
+                    }
+                    if let Some(phone) = phone_write.as_mut()
+                        && phone.write_all(&buffer[..read]).await.is_err()
+                    {
+                        phone_write = None;
+                    }
+                }
+                changed = cut_rx.changed(), if phone_write.is_some() => {
+                    if changed.is_err() || *cut_rx.borrow() {
+                        // The phone's side of the link is gone.
+                        phone_write = None;
+                    }
+                }
+            }
+        }
+        if let Some(mut phone) = phone_write {
+            let _ = phone.shutdown().await;
+        }
     });
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; 4 * 1024];
     while let Ok(read) = phone_read.read(&mut buffer).await {
         if read == 0 {
-            let _ = server_write.shutdown().await;
-            let _ = down.await;
-            return;
+            break;
         }
         // Take what the budget allows; the byte that exhausts it is never delivered.
         let allowed = loop {
@@ -99,18 +146,29 @@ async fn relay(
                 .compare_exchange(left, next, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                break if take < read { take } else { read };
+                break take;
             }
         };
         if allowed > 0 && server_write.write_all(&buffer[..allowed]).await.is_err() {
             break;
         }
         counted.fetch_add(allowed as u64, Ordering::Relaxed);
+        let rate = pace.load(Ordering::Relaxed);
+        if rate > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(
+                allowed as f64 / rate as f64,
+            ))
+            .await;
+        }
         if allowed < read {
             cuts.fetch_add(1, Ordering::Relaxed);
+            let _ = cut_tx.send(true);
             break;
         }
     }
-    // Cut (or broken): both directions die at once, as when the radio link drops.
-    down.abort();
+    // What crossed reaches the server, then its end closes; the phone's end is dropped at once,
+    // as when the radio link goes.
+    drop(phone_read);
+    let _ = server_write.shutdown().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), down).await;
 }

@@ -307,6 +307,7 @@ async fn status(
         require_tus(&req)?;
         let device_id = device(&authed?)?;
         let id = id.into_inner();
+        let _turn = state.photos.turn(&id).await;
         let upload = state
             .db
             .run(move |conn| load_upload(conn, &id, device_id))
@@ -357,7 +358,7 @@ async fn append_inner(
     authed: Result<Authed, ApiError>,
     req: HttpRequest,
     id: String,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     require_tus(&req)?;
     let device_id = device(&authed?)?;
@@ -380,6 +381,7 @@ async fn append_inner(
         )
     })?;
     let checksum = checksum(headers)?;
+    let turn = state.photos.turn(&id).await;
     let upload = state
         .db
         .run(move |conn| load_upload(conn, &id, device_id))
@@ -411,8 +413,9 @@ async fn append_inner(
         upload_headers(&mut response, &upload);
         return Ok(response.finish());
     }
-    // The piece is stored and committed on a task of its own, so that a dropped connection
-    // (which cancels this handler) cannot stop it halfway.
+    // The piece is stored and committed on a task of its own, and the body is read on another
+    // (on this worker, as actix's payload stays on its thread): a dropped connection cancels
+    // this handler, and neither the bytes actix has already read nor the commit may go with it.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let task = tokio::spawn(receive(
         Arc::clone(&state.into_inner()),
@@ -420,33 +423,40 @@ async fn append_inner(
         offset,
         checksum,
         rx,
+        turn,
     ));
-    let mut whole = false;
-    loop {
-        match payload.next().await {
-            Some(Ok(bytes)) => {
-                if tx.send(Piece::Bytes(bytes)).await.is_err() {
-                    break; // refused (past the length): the task says why
-                }
-            }
-            Some(Err(error)) => {
-                tracing::debug!(%error, "upload body broken off");
-                break;
-            }
-            None => {
-                whole = true;
-                break;
-            }
-        }
-    }
-    if whole {
-        let _ = tx.send(Piece::End).await;
-    }
-    drop(tx);
+    actix_web::rt::spawn(forward(payload, tx));
     let received = task.await.map_err(ApiError::internal)??;
     let mut response = HttpResponse::NoContent();
     upload_headers(&mut response, &received.upload);
     Ok(response.finish())
+}
+
+/// Passes a PATCH body on to [`receive`], then its end (`Piece::End`) if it came whole. A body
+/// that stalls for two minutes counts as broken off.
+async fn forward(mut payload: web::Payload, tx: tokio::sync::mpsc::Sender<Piece>) {
+    let stall = std::time::Duration::from_secs(120);
+    loop {
+        match tokio::time::timeout(stall, payload.next()).await {
+            Ok(Some(Ok(bytes))) => {
+                if tx.send(Piece::Bytes(bytes)).await.is_err() {
+                    return; // refused (past the length): the task says why
+                }
+            }
+            Ok(Some(Err(error))) => {
+                tracing::debug!(%error, "upload body broken off");
+                return;
+            }
+            Ok(None) => {
+                let _ = tx.send(Piece::End).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("upload body stalled");
+                return;
+            }
+        }
+    }
 }
 
 /// `Upload-Checksum: <algorithm> <base64 digest>`.

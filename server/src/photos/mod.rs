@@ -42,6 +42,10 @@ pub struct Photos {
     completing: tokio::sync::Semaphore,
     /// Wakes the derived-image worker when a photo arrives.
     pub wake_worker: tokio::sync::Notify,
+    /// One request at a time per upload in this process: a phone that reconnects after a drop
+    /// asks where the upload stands while the server may still be storing the piece the drop
+    /// cut short; its HEAD waits for that piece instead of reporting an older offset.
+    turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Photos {
@@ -109,7 +113,19 @@ impl Photos {
                 .unwrap_or(chrono::Duration::hours(24)),
             completing: tokio::sync::Semaphore::new(2),
             wake_worker: tokio::sync::Notify::new(),
+            turns: Default::default(),
         }
+    }
+
+    /// Waits for this upload's turn (see `turns`).
+    pub async fn turn(&self, upload: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget the locks nobody holds or waits for.
+            turns.retain(|_, lock| Arc::strong_count(lock) > 1);
+            turns.entry(upload.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 }
 
@@ -439,6 +455,7 @@ pub async fn receive(
     offset: i64,
     checksum: Option<Checksum>,
     mut body: tokio::sync::mpsc::Receiver<Piece>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 ) -> ApiResult<Received> {
     let photos = &state.photos;
     let remaining = (upload.length - offset) as u64;
@@ -921,16 +938,13 @@ async fn derive_one(state: &Arc<AppState>, sha: &str) -> ApiResult<u64> {
         .await
         .map_err(storage)?;
     let limits = state.photos.limits;
-    let (thumbnail, preview, phash) = tokio::task::spawn_blocking(move || {
-        Ok::<_, PhotoError>((
-            gridpatrol_photo::derive(&bytes, THUMBNAIL_EDGE, &limits)?,
-            gridpatrol_photo::derive(&bytes, PREVIEW_EDGE, &limits)?,
-            gridpatrol_photo::perceptual_hash(&bytes, &limits)?,
-        ))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| refusal(&e))?;
+    // One decode for the three.
+    let derived =
+        tokio::task::spawn_blocking(move || gridpatrol_photo::derive_all(&bytes, &limits))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| refusal(&e))?;
+    let (thumbnail, preview, phash) = (derived.thumbnail, derived.preview, derived.phash);
     store
         .put(
             &derived_path(sha, Derived::Thumbnail),

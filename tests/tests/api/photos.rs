@@ -227,6 +227,25 @@ macro_rules! every_store {
     )+};
 }
 
+/// Waits until the background worker has made a photo's derived images and hash.
+pub async fn wait_derived(app: &TestApp, sha: &str, token: &str) {
+    let mut derived = String::new();
+    for _ in 0..400 {
+        let info = app
+            .get(&format!("/v1/photos/{sha}/info"), Some(token))
+            .await;
+        derived = info.body["derived"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if derived != "pending" && derived != "working" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(derived, "done", "{sha}");
+}
+
 async fn stored_photos(app: &TestApp) -> i64 {
     app.with_conn(|conn| photos::table.count().get_result(conn))
         .await
@@ -547,13 +566,13 @@ async fn a_dropped_connection_keeps_what_arrived(setup: Setup) {
     use tokio::io::AsyncWriteExt;
     let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
-    let photo = jpeg(5, 400, 300);
+    let photo = jpeg(5, 800, 600);
     let location = phone.create(&photo).await.location();
     let address = app.base.trim_start_matches("http://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    let sent = photo.len() / 3;
+    let sent = photo.len() * 2 / 3;
     let head = format!(
         "PATCH {location} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\n\
          tus-resumable: 1.0.0\r\nupload-offset: 0\r\ncontent-type: application/offset+octet-stream\r\n\
@@ -564,7 +583,6 @@ async fn a_dropped_connection_keeps_what_arrived(setup: Setup) {
     tcp.write_all(head.as_bytes()).await.expect("head");
     tcp.write_all(&photo[..sent]).await.expect("body");
     tcp.flush().await.expect("flush");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     drop(tcp);
     let mut offset = 0;
     for _ in 0..100 {

@@ -245,9 +245,24 @@ async fn uploads_cut_at_random_places_always_complete_once(backend: Backend) {
 
 /// A scene with structure (noise alone has no picture to recognise).
 fn scene() -> image::RgbImage {
+    let mut state = 7u32;
     image::RgbImage::from_fn(640, 480, |x, y| {
-        let block = ((x / 80 + y / 60) % 5) as u8;
-        image::Rgb([block * 50, (x * 255 / 640) as u8, (y * 255 / 480) as u8])
+        // Sensor noise, as in any photo: flat areas would leave the hash's bits to rounding.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let noise = (state % 17) as i32 - 8;
+        let block = ((x / 80 + y / 60) % 5) as i32;
+        let p = [block * 50, (x * 255 / 640) as i32, (y * 255 / 480) as i32];
+        image::Rgb(p.map(|v| (v + noise).clamp(0, 255) as u8))
+    })
+}
+
+/// Another picture altogether: diagonal bands.
+fn stripes() -> image::RgbImage {
+    image::RgbImage::from_fn(640, 480, |x, y| {
+        let band = ((x + 2 * y) / 90 % 2) as u8;
+        image::Rgb([40 + band * 180, 200 - band * 150, 60 + band * 100])
     })
 }
 
@@ -274,7 +289,7 @@ async fn a_reused_photo_is_shown_as_a_near_duplicate(backend: Backend) {
     for (n, bytes) in [
         encode(&scene(), 90),
         encode(&scene(), 45),
-        crate::photos::jpeg(77, 640, 480),
+        encode(&stripes(), 90),
     ]
     .into_iter()
     .enumerate()
@@ -292,12 +307,16 @@ async fn a_reused_photo_is_shown_as_a_near_duplicate(backend: Backend) {
         );
         inspector.submit(&patrol).expect("submit");
         assert_eq!(inspector.sync().await.expect("sync").photos_uploaded, 1);
-        gridpatrol_server::photos::derive_pending(&app.state)
-            .await
-            .expect("derive");
         patrols.push(patrol);
     }
     let leader = app.token("leader-522632100").await;
+    // The worker hashes photos in the background; run it here too and wait for all three.
+    gridpatrol_server::photos::derive_pending(&app.state)
+        .await
+        .expect("derive");
+    for sha in &shas {
+        crate::photos::wait_derived(&app, sha, &leader).await;
+    }
     let reused = app
         .get(&format!("/v1/photos/{}/info", shas[1]), Some(&leader))
         .await;
