@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod compliance;
 pub mod config;
 pub mod db;
 pub mod demo;

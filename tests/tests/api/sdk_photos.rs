@@ -152,6 +152,52 @@ async fn a_photo_attached_offline_is_uploaded_after_its_patrol(backend: Backend)
     assert_eq!(refused.status, 404);
 }
 
+/// Downscaled on the phone when the app asks: what reaches the server is the smaller photo.
+async fn a_photo_is_downscaled_on_the_phone_when_asked(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inspector = phone(
+        &dir,
+        &app.base,
+        PhotoOptions {
+            long_edge: Some(1024),
+            ..photo_dir(&dir)
+        },
+    );
+    inspector
+        .enroll(&code_for(&app, INSPECTOR).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let patrol = inspector
+        .start_patrol(VILLAGE, Method::Routine)
+        .expect("start");
+    walk(&inspector, &patrol);
+    let camera = dir.path().join("IMG_big.jpg");
+    let original = jpeg(21, 2400, 1800);
+    std::fs::write(&camera, &original).expect("camera");
+    let sha = inspector
+        .attach_photo(&patrol, &camera, "")
+        .expect("attach");
+    assert_ne!(sha, sha256(&original), "the kept photo is the smaller one");
+    let kept = &inspector.photos().expect("photos")[0];
+    assert!(
+        kept.size < original.len() as u64 / 3,
+        "{} bytes kept",
+        kept.size
+    );
+    inspector.sync().await.expect("sync");
+    let info = app
+        .get(
+            &format!("/v1/photos/{sha}/info"),
+            Some(&app.token("leader-522632100").await),
+        )
+        .await;
+    assert_eq!(
+        (info.body["width"].as_i64(), info.body["height"].as_i64()),
+        (Some(1024), Some(768))
+    );
+}
+
 /// The test: an upload cut at 100 random places (in the request line, the headers, the
 /// middle of a piece) always completes with the identical hash, once, with no pieces left over.
 async fn uploads_cut_at_random_places_always_complete_once(backend: Backend) {
@@ -337,6 +383,7 @@ async fn a_reused_photo_is_shown_as_a_near_duplicate(backend: Backend) {
 }
 
 both_backends!(
+    a_photo_is_downscaled_on_the_phone_when_asked,
     a_reused_photo_is_shown_as_a_near_duplicate,
     a_photo_attached_offline_is_uploaded_after_its_patrol,
     uploads_cut_at_random_places_always_complete_once,

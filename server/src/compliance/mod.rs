@@ -1,0 +1,6 @@
+//! Compliance: whether each patrol counts toward the duty its jurisdiction sets, and why
+//! (`verdict`), on positions brought to WGS-84 first (`coords`). The weekly record, sign-off and
+//! exports build on these.
+
+pub mod coords;
+pub mod verdict;

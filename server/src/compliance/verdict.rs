@@ -1,0 +1,701 @@
+//! A patrol's verdict: counted or not, with every reason, and the fraud signals (巡查走形式) it
+//! shows. Pure: a patrol, its grid and the rules in, a verdict out, so the weekly record can be
+//! recomputed from scratch and give the same answer.
+//!
+//! Each reason and signal has a stable code, the figures it was judged on, and a Chinese message
+//! a supervisor can read out: "轨迹点在网格内占 62%（要求 ≥ 60%）".
+
+use geo::{Distance, Euclidean, MultiPolygon, Point};
+use serde::{Deserialize, Serialize};
+use sync_protocol::schema::{Fix, PatrolStatus, PatrolView};
+use utoipa::ToSchema;
+
+use super::coords::{LocalFrame, metres, to_wgs84};
+
+/// What makes a patrol count, and which signals are how serious. A jurisdiction's policy file
+/// sets these; the defaults are this module's own, conservative choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatrolRules {
+    /// Share of fixes inside the grid (a fix whose accuracy circle touches the grid is inside).
+    pub min_inside_share: f64,
+    pub min_duration_minutes: f64,
+    pub min_fixes: u32,
+    /// Length of the track, metres (0: not checked).
+    pub min_distance_m: f64,
+    pub min_photos: u32,
+    /// Faster than this between two fixes (beyond what their accuracy explains) is a jump.
+    pub max_speed_kmh: f64,
+    /// A patrol whose fixes all stay this close to their centre never moved ("desk patrol").
+    pub desk_radius_m: f64,
+    /// A stretch without fixes longer than this is a gap (soft: tunnels and valleys happen).
+    pub max_gap_minutes: f64,
+    /// A photo taken (EXIF time) more than this before the start or after the end.
+    pub photo_time_slack_minutes: f64,
+    /// A photo taken (EXIF position) farther than this from every fix of the track.
+    pub photo_distance_m: f64,
+    /// The phone's clock ahead of the server's receive time by more than this.
+    pub max_clock_ahead_minutes: f64,
+    /// Signals that stop a patrol from counting; the others are shown to the supervisor.
+    pub hard_signals: Vec<Signal>,
+}
+
+impl Default for PatrolRules {
+    fn default() -> Self {
+        PatrolRules {
+            min_inside_share: 0.6,
+            min_duration_minutes: 20.0,
+            min_fixes: 10,
+            min_distance_m: 0.0,
+            min_photos: 1,
+            max_speed_kmh: 120.0,
+            desk_radius_m: 30.0,
+            max_gap_minutes: 15.0,
+            photo_time_slack_minutes: 30.0,
+            photo_distance_m: 1000.0,
+            max_clock_ahead_minutes: 10.0,
+            hard_signals: vec![Signal::MockLocation, Signal::DeskPatrol],
+        }
+    }
+}
+
+/// A fraud signal (巡查走形式).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    MockLocation,
+    ImpossibleSpeed,
+    DeskPatrol,
+    LongGap,
+    PhotoTimeOutside,
+    PhotoFarFromTrack,
+    PhotoReused,
+    ClockAhead,
+}
+
+impl Signal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Signal::MockLocation => "mock_location",
+            Signal::ImpossibleSpeed => "impossible_speed",
+            Signal::DeskPatrol => "desk_patrol",
+            Signal::LongGap => "long_gap",
+            Signal::PhotoTimeOutside => "photo_time_outside",
+            Signal::PhotoFarFromTrack => "photo_far_from_track",
+            Signal::PhotoReused => "photo_reused",
+            Signal::ClockAhead => "clock_ahead",
+        }
+    }
+}
+
+/// A photo as the verdict sees it: what the server read from its EXIF, and whether it was seen
+/// before.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhotoEvidence {
+    pub sha256: String,
+    /// The bytes have arrived and passed the checks.
+    pub received: bool,
+    /// EXIF time taken, as Unix ms (the camera's local time read in the jurisdiction's zone).
+    pub taken_at_ms: Option<i64>,
+    /// EXIF position, WGS-84.
+    pub position: Option<(f64, f64)>,
+    /// An earlier photo of another patrol that looks the same: (its patrol, bits apart).
+    pub reused_from: Option<(String, u32)>,
+}
+
+/// Everything a verdict is made from besides the patrol itself.
+pub struct Context<'a> {
+    /// The grid's outline, WGS-84.
+    pub grid: &'a MultiPolygon<f64>,
+    pub rules: &'a PatrolRules,
+    pub photos: &'a [PhotoEvidence],
+    /// The server's receive time of the patrol's last change (trusted time), Unix ms.
+    pub received_at_ms: Option<i64>,
+}
+
+/// One check of the rules: passed or not, with the figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Reason {
+    /// `inside_share`, `duration`, `fixes`, `distance`, `photos`, `submitted`.
+    pub code: String,
+    pub passed: bool,
+    /// What was measured and what was required.
+    pub value: f64,
+    pub required: f64,
+    pub message: String,
+}
+
+/// A fraud signal found on the patrol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Flag {
+    pub signal: Signal,
+    /// Hard: the patrol does not count. Soft: shown to the supervisor.
+    pub hard: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Verdict {
+    pub counted: bool,
+    pub reasons: Vec<Reason>,
+    pub flags: Vec<Flag>,
+}
+
+/// A fix in WGS-84 and in the local metre frame.
+struct Point2 {
+    at_ms: i64,
+    lon: f64,
+    lat: f64,
+    x: f64,
+    y: f64,
+    accuracy_m: f64,
+    mock: bool,
+}
+
+/// Judges a patrol.
+pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
+    let rules = context.rules;
+    let fixes = wgs84_track(&patrol.track);
+    let mut reasons = Vec::new();
+    let mut flags = Vec::new();
+    let submitted = patrol.status == PatrolStatus::Submitted;
+    reasons.push(Reason {
+        code: "submitted".into(),
+        passed: submitted,
+        value: f64::from(u8::from(submitted)),
+        required: 1.0,
+        message: if submitted {
+            "巡查已提交".into()
+        } else {
+            "巡查尚未提交（仍在记录中）".into()
+        },
+    });
+
+    // Inside the grid, accuracy in the patrol's favour.
+    let frame = fixes
+        .first()
+        .map(|f| LocalFrame::around(f.lon, f.lat))
+        .unwrap_or_else(|| LocalFrame::around(0.0, 0.0));
+    let grid_m = project_grid(context.grid, &frame);
+    let fixes: Vec<Point2> = fixes
+        .into_iter()
+        .map(|mut f| {
+            (f.x, f.y) = frame.project(f.lon, f.lat);
+            f
+        })
+        .collect();
+    let inside = fixes
+        .iter()
+        .filter(|f| Euclidean.distance(&grid_m, &Point::new(f.x, f.y)) <= f.accuracy_m)
+        .count();
+    let share = if fixes.is_empty() {
+        0.0
+    } else {
+        inside as f64 / fixes.len() as f64
+    };
+    reasons.push(Reason {
+        code: "inside_share".into(),
+        passed: share >= rules.min_inside_share && !fixes.is_empty(),
+        value: share,
+        required: rules.min_inside_share,
+        message: format!(
+            "轨迹点在网格内占 {:.0}%（要求 ≥ {:.0}%）",
+            share * 100.0,
+            rules.min_inside_share * 100.0
+        ),
+    });
+
+    let minutes = patrol
+        .ended_at_ms
+        .map(|end| (end - patrol.started_at_ms) as f64 / 60_000.0)
+        .unwrap_or(0.0);
+    reasons.push(Reason {
+        code: "duration".into(),
+        passed: minutes >= rules.min_duration_minutes,
+        value: minutes,
+        required: rules.min_duration_minutes,
+        message: format!(
+            "巡查时长 {minutes:.0} 分钟（要求 ≥ {:.0} 分钟）",
+            rules.min_duration_minutes
+        ),
+    });
+    reasons.push(Reason {
+        code: "fixes".into(),
+        passed: fixes.len() as u32 >= rules.min_fixes,
+        value: fixes.len() as f64,
+        required: f64::from(rules.min_fixes),
+        message: format!("轨迹点 {} 个（要求 ≥ {} 个）", fixes.len(), rules.min_fixes),
+    });
+    if rules.min_distance_m > 0.0 {
+        let length: f64 = fixes
+            .windows(2)
+            .map(|w| metres((w[0].lon, w[0].lat), (w[1].lon, w[1].lat)))
+            .sum();
+        reasons.push(Reason {
+            code: "distance".into(),
+            passed: length >= rules.min_distance_m,
+            value: length,
+            required: rules.min_distance_m,
+            message: format!(
+                "巡查路程 {length:.0} 米（要求 ≥ {:.0} 米）",
+                rules.min_distance_m
+            ),
+        });
+    }
+    let photos = context.photos.iter().filter(|p| p.received).count() as u32;
+    let referenced = patrol.photos.len() as u32;
+    reasons.push(Reason {
+        code: "photos".into(),
+        passed: photos >= rules.min_photos,
+        value: f64::from(photos),
+        required: f64::from(rules.min_photos),
+        message: if referenced > photos {
+            format!(
+                "照片 {photos} 张已上传（另有 {} 张未到）（要求 ≥ {} 张）",
+                referenced - photos,
+                rules.min_photos
+            )
+        } else {
+            format!("照片 {photos} 张（要求 ≥ {} 张）", rules.min_photos)
+        },
+    });
+
+    // Fraud signals.
+    let hard = |signal: Signal| rules.hard_signals.contains(&signal);
+    let mocked = fixes.iter().filter(|f| f.mock).count();
+    if mocked > 0 {
+        flags.push(Flag {
+            signal: Signal::MockLocation,
+            hard: hard(Signal::MockLocation),
+            message: format!("{mocked} 个轨迹点来自模拟定位（虚拟定位软件）"),
+        });
+    }
+    let jumps = fixes
+        .windows(2)
+        .filter(|w| {
+            let seconds = (w[1].at_ms - w[0].at_ms) as f64 / 1000.0;
+            let apart = ((w[1].x - w[0].x).powi(2) + (w[1].y - w[0].y).powi(2)).sqrt();
+            // What the two fixes' accuracy cannot explain.
+            let moved = (apart - w[0].accuracy_m - w[1].accuracy_m).max(0.0);
+            moved > 0.0 && (seconds <= 0.0 || moved / seconds * 3.6 > rules.max_speed_kmh)
+        })
+        .count();
+    if jumps > 0 {
+        flags.push(Flag {
+            signal: Signal::ImpossibleSpeed,
+            hard: hard(Signal::ImpossibleSpeed),
+            message: format!(
+                "轨迹有 {jumps} 处跳变（两点间速度超过 {:.0} 公里/小时）",
+                rules.max_speed_kmh
+            ),
+        });
+    }
+    if fixes.len() >= 2 && minutes >= rules.min_duration_minutes.min(10.0) {
+        let (cx, cy) = (
+            fixes.iter().map(|f| f.x).sum::<f64>() / fixes.len() as f64,
+            fixes.iter().map(|f| f.y).sum::<f64>() / fixes.len() as f64,
+        );
+        let farthest = fixes
+            .iter()
+            .map(|f| ((f.x - cx).powi(2) + (f.y - cy).powi(2)).sqrt())
+            .fold(0.0, f64::max);
+        // Poor accuracy widens the circle: a phone with 50 m fixes that sits still wobbles more.
+        let mut accuracies: Vec<f64> = fixes.iter().map(|f| f.accuracy_m).collect();
+        accuracies.sort_by(f64::total_cmp);
+        let radius = rules.desk_radius_m.max(accuracies[accuracies.len() / 2]);
+        if farthest <= radius {
+            flags.push(Flag {
+                signal: Signal::DeskPatrol,
+                hard: hard(Signal::DeskPatrol),
+                message: format!(
+                    "{minutes:.0} 分钟内所有轨迹点都在 {farthest:.0} 米范围内，未见移动"
+                ),
+            });
+        }
+    }
+    let gap = fixes
+        .windows(2)
+        .map(|w| (w[1].at_ms - w[0].at_ms) as f64 / 60_000.0)
+        .fold(0.0, f64::max);
+    if gap > rules.max_gap_minutes {
+        flags.push(Flag {
+            signal: Signal::LongGap,
+            hard: hard(Signal::LongGap),
+            message: format!("轨迹中断 {gap:.0} 分钟（隧道、山谷可能无信号）"),
+        });
+    }
+    let slack = (rules.photo_time_slack_minutes * 60_000.0) as i64;
+    let end = patrol.ended_at_ms.unwrap_or(patrol.started_at_ms);
+    for photo in context.photos {
+        let short = &photo.sha256[..photo.sha256.len().min(8)];
+        if let Some(taken) = photo.taken_at_ms
+            && (taken < patrol.started_at_ms - slack || taken > end + slack)
+        {
+            flags.push(Flag {
+                signal: Signal::PhotoTimeOutside,
+                hard: hard(Signal::PhotoTimeOutside),
+                message: format!("照片 {short} 的拍摄时间不在巡查时段内"),
+            });
+        }
+        if let Some(position) = photo.position
+            && !fixes.is_empty()
+        {
+            let nearest = fixes
+                .iter()
+                .map(|f| metres(position, (f.lon, f.lat)))
+                .fold(f64::INFINITY, f64::min);
+            if nearest > rules.photo_distance_m {
+                flags.push(Flag {
+                    signal: Signal::PhotoFarFromTrack,
+                    hard: hard(Signal::PhotoFarFromTrack),
+                    message: format!("照片 {short} 的拍摄地点距轨迹 {nearest:.0} 米"),
+                });
+            }
+        }
+        if let Some((earlier, distance)) = &photo.reused_from {
+            flags.push(Flag {
+                signal: Signal::PhotoReused,
+                hard: hard(Signal::PhotoReused),
+                message: format!(
+                    "照片 {short} 与之前巡查 {} 的照片相同或极相似（差 {distance} 位）",
+                    &earlier[..earlier.len().min(8)]
+                ),
+            });
+        }
+    }
+    if let (Some(received), Some(last)) = (context.received_at_ms, fixes.last()) {
+        let ahead = (last.at_ms.max(end) - received) as f64 / 60_000.0;
+        if ahead > rules.max_clock_ahead_minutes {
+            flags.push(Flag {
+                signal: Signal::ClockAhead,
+                hard: hard(Signal::ClockAhead),
+                message: format!("手机时间比服务器接收时间快 {ahead:.0} 分钟"),
+            });
+        }
+    }
+
+    let counted = reasons.iter().all(|r| r.passed) && !flags.iter().any(|f| f.hard);
+    Verdict {
+        counted,
+        reasons,
+        flags,
+    }
+}
+
+fn wgs84_track(track: &[Fix]) -> Vec<Point2> {
+    track
+        .iter()
+        .filter_map(|fix| {
+            let (lon, lat) = to_wgs84(fix.lon, fix.lat, fix.datum)?;
+            Some(Point2 {
+                at_ms: fix.at_ms,
+                lon,
+                lat,
+                x: 0.0,
+                y: 0.0,
+                // A fix without an accuracy gets none in its favour.
+                accuracy_m: fix.accuracy_m.map_or(0.0, f64::from).clamp(0.0, 500.0),
+                mock: fix.mock,
+            })
+        })
+        .collect()
+}
+
+fn project_grid(grid: &MultiPolygon<f64>, frame: &LocalFrame) -> MultiPolygon<f64> {
+    use geo::MapCoords;
+    grid.map_coords(|c| {
+        let (x, y) = frame.project(c.x, c.y);
+        geo::Coord { x, y }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_protocol::schema::{Datum, DocKind, FixSource, Identity, Method, PhotoRef};
+
+    const START: i64 = 1_795_395_600_000; // 2026-11-23 09:00 China time
+
+    /// A square village of about 1 km a side around (108.52, 25.93).
+    fn grid() -> MultiPolygon<f64> {
+        let (w, s, e, n) = (108.515, 25.925, 108.525, 25.935);
+        MultiPolygon::new(vec![geo::Polygon::new(
+            geo::LineString::from(vec![(w, s), (e, s), (e, n), (w, n), (w, s)]),
+            vec![],
+        )])
+    }
+
+    fn fix(minute: i64, lon: f64, lat: f64) -> Fix {
+        Fix {
+            at_ms: START + minute * 60_000,
+            lon,
+            lat,
+            datum: Datum::Wgs84,
+            accuracy_m: Some(8.0),
+            source: FixSource::Gnss,
+            mock: false,
+        }
+    }
+
+    /// A walk of 40 minutes, a fix a minute, west to east across the village and a little beyond.
+    fn walk() -> Vec<Fix> {
+        (0..=40)
+            .map(|m| fix(m, 108.516 + 0.00025 * m as f64, 25.93))
+            .collect()
+    }
+
+    fn patrol(track: Vec<Fix>, photos: usize) -> PatrolView {
+        PatrolView {
+            identity: Identity {
+                kind: DocKind::Patrol,
+                id: "p".into(),
+                grid: "522632100001".into(),
+                inspector: 1,
+                device: 1,
+            },
+            method: Method::Routine,
+            started_at_ms: START,
+            ended_at_ms: Some(START + 40 * 60_000),
+            status: PatrolStatus::Submitted,
+            track,
+            notes: vec![],
+            photos: (0..photos)
+                .map(|i| PhotoRef {
+                    sha256: format!("{i:064x}"),
+                    taken_at_ms: START + 600_000,
+                    position: None,
+                    caption: String::new(),
+                })
+                .collect(),
+            problems: vec![],
+            review: None,
+        }
+    }
+
+    fn photo(n: usize) -> PhotoEvidence {
+        PhotoEvidence {
+            sha256: format!("{n:064x}"),
+            received: true,
+            taken_at_ms: Some(START + 10 * 60_000),
+            position: Some((108.52, 25.93)),
+            reused_from: None,
+        }
+    }
+
+    fn judged(patrol: &PatrolView, photos: &[PhotoEvidence]) -> Verdict {
+        let grid = grid();
+        let rules = PatrolRules::default();
+        judge(
+            patrol,
+            &Context {
+                grid: &grid,
+                rules: &rules,
+                photos,
+                received_at_ms: Some(START + 41 * 60_000),
+            },
+        )
+    }
+
+    fn reason<'a>(verdict: &'a Verdict, code: &str) -> &'a Reason {
+        verdict
+            .reasons
+            .iter()
+            .find(|r| r.code == code)
+            .unwrap_or_else(|| panic!("no {code} in {verdict:?}"))
+    }
+
+    fn signals(verdict: &Verdict) -> Vec<(Signal, bool)> {
+        verdict.flags.iter().map(|f| (f.signal, f.hard)).collect()
+    }
+
+    #[test]
+    fn an_honest_patrol_counts_and_says_why() {
+        let verdict = judged(&patrol(walk(), 1), &[photo(0)]);
+        assert!(verdict.counted, "{verdict:?}");
+        assert!(verdict.flags.is_empty(), "{verdict:?}");
+        let inside = reason(&verdict, "inside_share");
+        // 0.516 → 0.526: the last 4 minutes are east of 0.525, a few metres' accuracy aside.
+        assert!((0.85..0.95).contains(&inside.value), "{inside:?}");
+        assert!(
+            inside.message.starts_with("轨迹点在网格内占"),
+            "{}",
+            inside.message
+        );
+        assert_eq!(reason(&verdict, "duration").value, 40.0);
+        assert_eq!(
+            reason(&verdict, "photos").message,
+            "照片 1 张（要求 ≥ 1 张）"
+        );
+    }
+
+    #[test]
+    fn an_honest_gcj02_patrol_counts_once_converted() {
+        // The same walk as a Chinese map SDK reports it: shifted a few hundred metres.
+        let shifted: Vec<Fix> = walk()
+            .into_iter()
+            .map(|mut f| {
+                let c = gcoord::transform(
+                    gcoord::Coordinate::new(f.lon, f.lat),
+                    gcoord::CoordSystem::WGS84,
+                    gcoord::CoordSystem::GCJ02,
+                )
+                .expect("forward");
+                (f.lon, f.lat, f.datum) = (c.lng, c.lat, Datum::Gcj02);
+                f
+            })
+            .collect();
+        let verdict = judged(&patrol(shifted.clone(), 1), &[photo(0)]);
+        assert!(verdict.counted, "{verdict:?}");
+        // Read as if it were WGS-84, the same fixes fall short: the conversion is what saves it.
+        let unconverted: Vec<Fix> = shifted
+            .into_iter()
+            .map(|mut f| {
+                f.datum = Datum::Wgs84;
+                f
+            })
+            .collect();
+        let wrong = judged(&patrol(unconverted, 1), &[photo(0)]);
+        assert!(
+            reason(&wrong, "inside_share").value < reason(&verdict, "inside_share").value,
+            "{wrong:?}"
+        );
+    }
+
+    #[test]
+    fn accuracy_counts_in_the_patrols_favour() {
+        // Walking along the northern edge, 20 m outside it, with 30 m accuracy: inside.
+        let edge = 25.935 + 20.0 / 111_000.0;
+        let mut track: Vec<Fix> = (0..=40)
+            .map(|m| fix(m, 108.516 + 0.0002 * m as f64, edge))
+            .collect();
+        for f in &mut track {
+            f.accuracy_m = Some(30.0);
+        }
+        let verdict = judged(&patrol(track.clone(), 1), &[photo(0)]);
+        assert_eq!(reason(&verdict, "inside_share").value, 1.0);
+        // With 5 m accuracy the same fixes are outside.
+        for f in &mut track {
+            f.accuracy_m = Some(5.0);
+        }
+        let verdict = judged(&patrol(track, 1), &[photo(0)]);
+        assert_eq!(reason(&verdict, "inside_share").value, 0.0);
+        assert!(!verdict.counted);
+    }
+
+    #[test]
+    fn mock_locations_and_desk_patrols_do_not_count() {
+        let mut track = walk();
+        track[5].mock = true;
+        let verdict = judged(&patrol(track, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::MockLocation, true)]);
+        assert!(!verdict.counted);
+
+        // 40 minutes at the village office, wobbling by a few metres.
+        let desk: Vec<Fix> = (0..=40)
+            .map(|m| fix(m, 108.52 + 0.00003 * (m % 3) as f64, 25.93))
+            .collect();
+        let verdict = judged(&patrol(desk, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::DeskPatrol, true)]);
+        assert!(!verdict.counted);
+    }
+
+    #[test]
+    fn honest_troubles_are_soft() {
+        // A tunnel: 25 minutes without fixes.
+        let tunnel: Vec<Fix> = walk()
+            .into_iter()
+            .filter(|f| !(START + 10 * 60_000..START + 35 * 60_000).contains(&f.at_ms))
+            .collect();
+        let verdict = judged(&patrol(tunnel, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::LongGap, false)]);
+        // Poor accuracy with noise (a valley): no jump, no flag.
+        let noisy: Vec<Fix> = walk()
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                f.accuracy_m = Some(80.0);
+                f.lat += if i % 2 == 0 { 0.0006 } else { -0.0006 };
+                f
+            })
+            .collect();
+        let verdict = judged(&patrol(noisy, 1), &[photo(0)]);
+        assert!(verdict.flags.is_empty(), "{verdict:?}");
+        assert!(verdict.counted);
+        // One fix 5 km away for a moment: a jump, shown, not failing the patrol.
+        let mut jump = walk();
+        jump[20].lon += 0.05;
+        let verdict = judged(&patrol(jump, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::ImpossibleSpeed, false)]);
+        assert!(verdict.counted);
+    }
+
+    #[test]
+    fn photos_that_disagree_with_the_patrol_are_shown() {
+        let late = PhotoEvidence {
+            taken_at_ms: Some(START - 86_400_000),
+            ..photo(0)
+        };
+        let far = PhotoEvidence {
+            position: Some((108.60, 25.93)),
+            ..photo(1)
+        };
+        let reused = PhotoEvidence {
+            reused_from: Some(("0190aaaa-bbbb".into(), 3)),
+            ..photo(2)
+        };
+        let verdict = judged(&patrol(walk(), 3), &[late, far, reused]);
+        assert_eq!(
+            signals(&verdict),
+            vec![
+                (Signal::PhotoTimeOutside, false),
+                (Signal::PhotoFarFromTrack, false),
+                (Signal::PhotoReused, false),
+            ]
+        );
+        assert!(verdict.counted, "soft signals do not fail a patrol");
+    }
+
+    #[test]
+    fn short_unsubmitted_or_photoless_patrols_do_not_count_with_reasons() {
+        let mut short = patrol(walk().into_iter().take(10).collect(), 1);
+        short.ended_at_ms = Some(START + 9 * 60_000);
+        let verdict = judged(&short, &[photo(0)]);
+        assert!(!verdict.counted);
+        let duration = reason(&verdict, "duration");
+        assert!(!duration.passed);
+        assert_eq!(duration.message, "巡查时长 9 分钟（要求 ≥ 20 分钟）");
+
+        let mut recording = patrol(walk(), 1);
+        recording.status = PatrolStatus::Recording;
+        assert!(!judged(&recording, &[photo(0)]).counted);
+
+        // The photo is referenced but its bytes have not arrived.
+        let waiting = PhotoEvidence {
+            received: false,
+            ..photo(0)
+        };
+        let verdict = judged(&patrol(walk(), 1), &[waiting]);
+        assert!(!verdict.counted);
+        assert_eq!(
+            reason(&verdict, "photos").message,
+            "照片 0 张已上传（另有 1 张未到）（要求 ≥ 1 张）"
+        );
+    }
+
+    #[test]
+    fn a_clock_ahead_of_the_server_is_shown() {
+        let grid = grid();
+        let rules = PatrolRules::default();
+        let verdict = judge(
+            &patrol(walk(), 1),
+            &Context {
+                grid: &grid,
+                rules: &rules,
+                photos: &[photo(0)],
+                // Received 30 minutes before the phone says the patrol ended.
+                received_at_ms: Some(START + 10 * 60_000),
+            },
+        );
+        assert_eq!(signals(&verdict), vec![(Signal::ClockAhead, false)]);
+    }
+}
