@@ -1,6 +1,8 @@
 //! Jurisdiction rules as data (one TOML file per county or prefecture, each rule quoting the seed
-//! document it comes from). This first cut carries the staffing minimums; patrol duty, deadlines and
-//! fraud thresholds join it with the compliance work.
+//! document it comes from): staffing minimums, and the compliance rules (patrol duty, key-point
+//! coverage, the weekly record's deadline, what makes a patrol count and which fraud signals are
+//! hard), versioned by the ISO week from which they apply: a week is judged by the rules in force
+//! then, whatever changes later.
 
 use std::collections::HashMap;
 
@@ -24,6 +26,101 @@ pub struct Policy {
     pub timezone: String,
     #[serde(default)]
     pub staffing: Vec<StaffingRule>,
+    /// Compliance rules, each set from its `from_week` on (the latest that has begun applies).
+    #[serde(default)]
+    pub compliance: Vec<ComplianceRules>,
+}
+
+/// The compliance rules of a jurisdiction from a given ISO week on.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceRules {
+    /// `2026-W01`: the first ISO week these rules judge.
+    #[schema(value_type = String)]
+    pub from_week: toml::Spanned<String>,
+    /// Patrols required of people or grids.
+    #[serde(default)]
+    pub duty: Vec<DutyRule>,
+    /// Every key point (重点点位) of a grid patrolled at least this often.
+    pub key_points: Option<KeyPointRule>,
+    /// When the week's record is due.
+    pub deadline: Option<DeadlineRule>,
+    /// What makes a patrol count, and which fraud signals are hard.
+    #[serde(default)]
+    pub patrol: crate::compliance::verdict::PatrolRules,
+    /// Where the patrol rules come from (the seed sentence), or why they are GridPatrol's defaults.
+    #[serde(default)]
+    pub patrol_quote: String,
+}
+
+/// How often something is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+/// At least `min` counted patrols per `per`, by each person with `role` in grids of `level`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DutyRule {
+    pub level: String,
+    pub role: Role,
+    pub per: Period,
+    pub min: u32,
+    pub quote: String,
+}
+
+/// Every key point covered by at least `min` counted patrols per `per`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPointRule {
+    pub per: Period,
+    pub min: u32,
+    /// A patrol covers a key point when a fix comes this close to it.
+    #[serde(default = "default_visit_radius")]
+    pub visit_radius_m: f64,
+    pub quote: String,
+}
+
+fn default_visit_radius() -> f64 {
+    100.0
+}
+
+/// The week's record is due on `weekday` at `time` (local) of the following week.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineRule {
+    /// `mon` … `sun`.
+    pub weekday: String,
+    /// `HH:MM`.
+    pub time: String,
+    pub quote: String,
+}
+
+impl ComplianceRules {
+    /// The first day of `from_week`.
+    pub fn starts(&self) -> Option<chrono::NaiveDate> {
+        parse_week(self.from_week.get_ref())
+    }
+}
+
+/// `2026-W05` → the Monday of ISO week 5 of 2026.
+pub fn parse_week(text: &str) -> Option<chrono::NaiveDate> {
+    let (year, week) = text.split_once("-W")?;
+    chrono::NaiveDate::from_isoywd_opt(year.parse().ok()?, week.parse().ok()?, chrono::Weekday::Mon)
+}
+
+impl Policy {
+    /// The compliance rules that judge the week starting on `monday`.
+    pub fn rules_for_week(&self, monday: chrono::NaiveDate) -> Option<&ComplianceRules> {
+        self.compliance
+            .iter()
+            .filter(|rules| rules.starts().is_some_and(|start| start <= monday))
+            .max_by_key(|rules| rules.starts())
+    }
 }
 
 /// At least `min` people with `role` in every grid of `level`.
@@ -61,7 +158,48 @@ impl Policies {
                 message: format!("unknown time zone {:?}", policy.timezone),
             });
         }
+        let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let mut weeks = std::collections::BTreeSet::new();
+        for rules in &policy.compliance {
+            let at = line(rules.from_week.span().start);
+            let Some(start) = rules.starts() else {
+                return Err(PolicyError {
+                    file: file.into(),
+                    message: format!(
+                        "line {at}: from_week {:?} is not an ISO week like \"2026-W01\"",
+                        rules.from_week.get_ref()
+                    ),
+                });
+            };
+            if !weeks.insert(start) {
+                return Err(PolicyError {
+                    file: file.into(),
+                    message: format!("line {at}: two rule sets start in the same week"),
+                });
+            }
+            let problem = if let Some(deadline) = &rules.deadline
+                && (weekday(&deadline.weekday).is_none()
+                    || chrono::NaiveTime::parse_from_str(&deadline.time, "%H:%M").is_err())
+            {
+                Some("deadline: weekday is mon … sun and time is HH:MM".to_string())
+            } else if !(0.0..=1.0).contains(&rules.patrol.min_inside_share) {
+                Some("patrol.min_inside_share is a share between 0 and 1".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(PolicyError {
+                    file: file.into(),
+                    message: format!("the rules from line {at}: {problem}"),
+                });
+            }
+        }
         Ok(policy)
+    }
+
+    /// All jurisdictions' policies.
+    pub fn all(&self) -> impl Iterator<Item = &Policy> {
+        self.by_code.values()
     }
 
     pub fn builtin() -> Policies {
@@ -92,6 +230,11 @@ impl Policies {
     }
 }
 
+/// `mon` … `sun` (or the full English name).
+pub fn weekday(text: &str) -> Option<chrono::Weekday> {
+    text.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +256,82 @@ mod tests {
                 .map(|p| p.name.as_str()),
             Some("榕江县")
         );
+    }
+
+    /// 榕江: "网格员每周巡查原则上不少于1次，对网格内的重点监控区域、点位全覆盖巡查每月不少于2次"
+    /// and "于每周三上午12：00前将网格巡查资料……报至县环委办邮箱".
+    #[test]
+    fn rongjiang_sets_weekly_patrols_key_points_twice_a_month_and_wednesday_noon() {
+        let policies = Policies::builtin();
+        let rongjiang = policies.for_code("522632").expect("榕江 preset");
+        let week = parse_week("2026-W48").expect("week");
+        let rules = rongjiang.rules_for_week(week).expect("rules in force");
+        let inspector = rules
+            .duty
+            .iter()
+            .find(|d| d.role == Role::Inspector)
+            .expect("inspector duty");
+        assert_eq!((inspector.per, inspector.min), (Period::Week, 1));
+        assert!(inspector.quote.contains("网格员每周巡查原则上不少于1次"));
+        let key_points = rules.key_points.as_ref().expect("key points");
+        assert_eq!((key_points.per, key_points.min), (Period::Month, 2));
+        let deadline = rules.deadline.as_ref().expect("deadline");
+        assert_eq!(weekday(&deadline.weekday), Some(chrono::Weekday::Wed));
+        assert_eq!(deadline.time, "12:00");
+        assert!(deadline.quote.contains("每周三上午12：00前"));
+        assert_eq!(rules.patrol.min_inside_share, 0.6);
+        // Before the rules began, nothing judges.
+        assert!(
+            rongjiang
+                .rules_for_week(parse_week("2025-W52").expect("week"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_later_rule_set_applies_from_its_week_and_earlier_weeks_keep_theirs() {
+        let text = "jurisdiction_code = \"1\"\nname = \"x\"\ntimezone = \"Asia/Shanghai\"\n\
+                    [[compliance]]\nfrom_week = \"2026-W01\"\n[compliance.patrol]\nmin_photos = 1\n\
+                    [[compliance]]\nfrom_week = \"2026-W30\"\n[compliance.patrol]\nmin_photos = 2\n";
+        let policy = Policies::parse("x.toml", text).expect("parses");
+        let photos = |week: &str| {
+            policy
+                .rules_for_week(parse_week(week).expect("week"))
+                .map(|r| r.patrol.min_photos)
+        };
+        assert_eq!(photos("2026-W29"), Some(1));
+        assert_eq!(photos("2026-W30"), Some(2));
+        assert_eq!(photos("2027-W10"), Some(2));
+    }
+
+    #[test]
+    fn bad_compliance_rules_name_their_line() {
+        for (text, wanted) in [
+            ("[[compliance]]\nfrom_week = \"2026-53\"\n", "line 6"),
+            (
+                "[[compliance]]\nfrom_week = \"2026-W02\"\n[compliance.deadline]\nweekday = \"someday\"\ntime = \"12:00\"\nquote = \"\"\n",
+                "line 6",
+            ),
+            (
+                "[[compliance]]\nfrom_week = \"2026-W02\"\n[compliance.patrol]\nmin_inside_share = 60\n",
+                "line 6",
+            ),
+            (
+                "[[compliance]]\nfrom_week = \"2026-W02\"\nsurprise = 1\n",
+                "line 7",
+            ),
+        ] {
+            let text = format!(
+                "jurisdiction_code = \"1\"\nname = \"x\"\ntimezone = \"Asia/Shanghai\"\n\n{text}"
+            );
+            let error = Policies::parse("bad.toml", &text)
+                .expect_err(&text)
+                .to_string();
+            assert!(
+                error.contains("bad.toml") && error.contains(wanted),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn photo(seed: u64, bytes: usize) -> Vec<u8> {
         if out.len() >= bytes {
             return out;
         }
-        side = side * 5 / 4;
+        side = side * 21 / 20;
     }
 }
 
