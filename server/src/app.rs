@@ -51,6 +51,8 @@ pub struct AppState {
     pub openapi: utoipa::openapi::OpenApi,
     pub sync_settings: SyncSettings,
     pub photos: crate::photos::Photos,
+    /// Wakes the compliance worker when a patrol changes.
+    pub wake_judging: tokio::sync::Notify,
 }
 
 /// Caps on sync requests.
@@ -75,6 +77,7 @@ pub struct SyncSettings {
         (name = "auth", description = "Sign-in, device enrollment, tokens"),
         (name = "grids", description = "The grid tree (网格) and locating points in it"),
         (name = "people", description = "People (人员), their roles in grids, devices, staffing"),
+        (name = "compliance", description = "Patrol verdicts: counted or not, with reasons and fraud signals"),
         (name = "photos", description = "Resumable photo uploads (tus 1.0), photos, thumbnails and previews"),
         (name = "sync", description = "Phones push and pull Automerge documents; the changes feed"),
         (name = "ops", description = "Health, metrics, this specification"),
@@ -108,7 +111,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .configure(crate::grids::api::configure)
         .configure(crate::people::api::configure)
         .configure(crate::sync::api::configure)
-        .configure(crate::photos::api::configure);
+        .configure(crate::photos::api::configure)
+        .configure(crate::compliance::api::configure);
 }
 
 /// The OpenAPI document of [`routes`], as served at `/openapi.json` and written to `openapi.yaml`.
@@ -167,6 +171,7 @@ pub async fn build_state(
             limits: sync_protocol::Limits::default(),
         },
         photos,
+        wake_judging: tokio::sync::Notify::new(),
     }))
 }
 
@@ -207,6 +212,7 @@ pub fn launch(
     }
     let server = server.run();
     crate::photos::spawn_workers(state.clone());
+    crate::compliance::judging::spawn_worker(state.clone());
     // Other server processes on the same database may import grids: notice it.
     let handle = state.clone();
     tokio::spawn(async move {

@@ -74,6 +74,9 @@ enum Command {
     },
     /// Recompute the patrol and problem rows from the change store.
     RebuildProjections,
+    /// Judge every patrol again from the stored documents and the rules (the same verdicts as
+    /// kept up to date while syncing).
+    RecomputeCompliance,
     /// Write the OpenAPI document (YAML) to a file or standard output.
     Openapi {
         #[arg(long)]
@@ -309,6 +312,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("{count} document(s) projected again");
             Ok(())
+        }
+        Command::RecomputeCompliance => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let state = build_state(&config, &ServeConfig::default(), true).await?;
+                let count = gridpatrol_server::compliance::judging::recompute_all(&state)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                println!("{count} patrol(s) judged again");
+                Ok(())
+            })
         }
         Command::Openapi { output } => {
             let yaml = gridpatrol_server::openapi_yaml();

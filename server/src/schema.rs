@@ -134,6 +134,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     patrol_photos,
     photo_uploads,
     photo_upload_chunks,
+    patrol_verdicts,
 );
 
 diesel::table! {
@@ -256,5 +257,20 @@ diesel::table! {
         start -> BigInt,
         stop -> BigInt,
         object -> Text,
+    }
+}
+
+diesel::table! {
+    patrol_verdicts (patrol_id) {
+        patrol_id -> Text,
+        grid_id -> BigInt,
+        inspector_id -> BigInt,
+        week -> Nullable<Text>,
+        counted -> Bool,
+        verdict -> Nullable<Text>,
+        version -> BigInt,
+        judged_version -> BigInt,
+        claimed_at -> Nullable<Timestamp>,
+        computed_at -> Nullable<Timestamp>,
     }
 }

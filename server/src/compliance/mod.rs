@@ -2,5 +2,7 @@
 //! (`verdict`), on positions brought to WGS-84 first (`coords`). The weekly record, sign-off and
 //! exports build on these.
 
+pub mod api;
 pub mod coords;
+pub mod judging;
 pub mod verdict;

@@ -680,7 +680,7 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
         user_id: upload.user_id,
         received_at: now(),
     };
-    let (id, length) = (upload.id.clone(), upload.length);
+    let (id, length, upload_sha) = (upload.id.clone(), upload.length, upload.sha256.clone());
     let (objects, done) = state
         .db
         .write(move |conn| -> ApiResult<_> {
@@ -690,6 +690,7 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
                 .do_nothing()
                 .execute(c))?;
             let objects = finish_upload(conn, &id, length)?;
+            crate::compliance::judging::mark_photo_stale(conn, &upload_sha)?;
             let done = photo_uploads::table
                 .find(&id)
                 .select(UploadRow::as_select())
@@ -699,6 +700,7 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
         .await?;
     delete_objects(photos.store.as_ref(), objects).await;
     photos.wake_worker.notify_one();
+    state.wake_judging.notify_one();
     Ok(done)
 }
 
@@ -921,10 +923,13 @@ pub async fn derive_pending(state: &Arc<AppState>) -> ApiResult<usize> {
                 diesel::update(photos::table.find(&sha))
                     .set((photos::derived.eq(state_text), photos::phash.eq(phash)))
                     .execute(conn)?;
+                // Its hash may show it reused: the patrols using it are judged again.
+                crate::compliance::judging::mark_photo_stale(conn, &sha)?;
                 Ok(())
             })
             .await?;
         made += 1;
+        state.wake_judging.notify_one();
     }
 }
 

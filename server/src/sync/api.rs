@@ -172,7 +172,9 @@ async fn sync(
             Ok::<_, ApiError>((request, authority, handled))
         })
         .await?;
-    // Committed: now what the phone lacks from others, outside the write lock.
+    // Committed: the compliance worker judges the patrols that changed.
+    state.wake_judging.notify_one();
+    // Now what the phone lacks from others, outside the write lock.
     let response = state
         .db
         .run(move |conn| {

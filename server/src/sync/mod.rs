@@ -313,6 +313,12 @@ pub fn project(
                 first_received_at: received.0,
                 updated_at: received.1,
             };
+            crate::compliance::judging::mark_stale(
+                conn,
+                &view.identity.id,
+                grid_id,
+                view.identity.inspector,
+            )?;
             crate::photos::project_patrol_photos(
                 conn,
                 &view.identity.id,

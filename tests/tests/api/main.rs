@@ -1,6 +1,7 @@
 //! End-to-end API tests: a real server over real HTTP, each test on SQLite and on PostgreSQL.
 
 mod auth;
+mod compliance;
 mod grids;
 mod import;
 mod migrations;

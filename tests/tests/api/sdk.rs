@@ -409,7 +409,7 @@ async fn a_reused_refresh_token_signs_the_phone_out_and_keeps_its_records(backen
 }
 
 /// A point inside a grid's GeoJSON polygon (the outer ring of the largest part).
-fn inside(geometry: &serde_json::Value) -> (f64, f64) {
+pub(crate) fn inside(geometry: &serde_json::Value) -> (f64, f64) {
     use geo::{Area, InteriorPoint};
     let rings: Vec<&serde_json::Value> = match geometry["type"].as_str() {
         Some("Polygon") => vec![&geometry["coordinates"][0]],

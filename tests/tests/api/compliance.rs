@@ -1,0 +1,198 @@
+//! Patrol verdicts against the real server: judged by the compliance worker as patrols sync,
+//! under the jurisdiction's rules for that week, visible to those who may see the patrol, and the
+//! same after `recompute-compliance`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use diesel::prelude::*;
+use gridpatrol_sdk::clock::{Clock, SystemClock};
+use gridpatrol_sdk::store::MemoryStore;
+use gridpatrol_sdk::{Client, Datum, FixInput, Method, Options, PhotoOptions};
+use gridpatrol_server::schema::patrol_verdicts;
+use gridpatrol_tests::{Backend, TestApp, both_backends};
+use serde_json::Value;
+
+const VILLAGE: &str = "522632100001";
+const INSPECTOR: &str = "inspector-522632100001-1";
+const LEADER: &str = "leader-522632100";
+
+/// The phone's clock, moved by the test as the patrol goes on.
+#[derive(Default)]
+struct TestClock(AtomicI64);
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn monotonic_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+async fn inspector(app: &TestApp, dir: &tempfile::TempDir) -> (Client, Arc<TestClock>) {
+    let clock = Arc::new(TestClock(AtomicI64::new(SystemClock::default().now_ms())));
+    let phone = Client::open_with(
+        Arc::new(MemoryStore::new()),
+        &app.base,
+        Options {
+            clock: clock.clone(),
+            photos: PhotoOptions {
+                dir: Some(dir.path().join("photos")),
+                ..PhotoOptions::default()
+            },
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let leader = app.token(LEADER).await;
+    let code = app
+        .enrollment_code(&leader, app.user_id(INSPECTOR).await)
+        .await;
+    phone.enroll(&code, "红米 Note 12").await.expect("enroll");
+    (phone, clock)
+}
+
+/// A 40-minute patrol walking to and fro around a point inside the village, a fix a minute, with
+/// one photo; `mock` marks the fixes as coming from a fake-GPS app.
+async fn record(
+    app: &TestApp,
+    (phone, clock): &(Client, Arc<TestClock>),
+    dir: &tempfile::TempDir,
+    mock: bool,
+) -> String {
+    let admin = app.token("admin-522632").await;
+    let village = app.grid_id(VILLAGE).await;
+    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
+    let (lon, lat) = crate::sdk::inside(&detail.body["geometry"]);
+    let start = SystemClock::default().now_ms() - 45 * 60_000;
+    clock.0.store(start, Ordering::Relaxed);
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    for minute in 0..=40 {
+        clock.0.store(start + minute * 60_000, Ordering::Relaxed);
+        let step = (minute % 10) as f64 - 5.0;
+        phone
+            .add_fix(
+                &id,
+                FixInput {
+                    at_ms: start + minute * 60_000,
+                    lon: lon + 0.0002 * step,
+                    lat: lat + 0.0001 * ((minute / 10) as f64 - 2.0),
+                    datum: Datum::Wgs84,
+                    accuracy_m: Some(10.0),
+                    mock,
+                },
+            )
+            .expect("fix");
+    }
+    let camera = dir.path().join(format!("IMG_{id}.jpg"));
+    std::fs::write(&camera, crate::photos::jpeg(mock as u64 + 31, 320, 240)).expect("camera");
+    phone.attach_photo(&id, &camera, "河道").expect("photo");
+    clock.0.store(start + 40 * 60_000, Ordering::Relaxed);
+    phone.submit(&id).expect("submit");
+    let report = phone.sync().await.expect("sync");
+    assert_eq!(report.photos_uploaded, 1);
+    id
+}
+
+/// Asks for a verdict until the worker has made it.
+async fn verdict(app: &TestApp, token: &str, patrol: &str) -> Value {
+    for _ in 0..400 {
+        let reply = app
+            .get(&format!("/v1/patrols/{patrol}/verdict"), Some(token))
+            .await;
+        if reply.status == 200 {
+            return reply.body;
+        }
+        assert_eq!(reply.body["error"], "verdict_pending", "{}", reply.text);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no verdict for {patrol}");
+}
+
+fn reason<'a>(verdict: &'a Value, code: &str) -> &'a Value {
+    verdict["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .find(|r| r["code"] == code)
+        .unwrap_or_else(|| panic!("no {code} in {verdict}"))
+}
+
+async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = inspector(&app, &dir).await;
+    let leader = app.token(LEADER).await;
+
+    let honest = record(&app, &phone, &dir, false).await;
+    let judged = verdict(&app, &leader, &honest).await;
+    assert_eq!(judged["counted"], true, "{judged}");
+    assert_eq!(judged["rules"], "policy", "榕江's rules for this week");
+    assert!(judged["week"].as_str().expect("week").contains("-W"));
+    assert_eq!(reason(&judged, "inside_share")["value"], 1.0);
+    assert_eq!(
+        reason(&judged, "duration")["message"],
+        "巡查时长 40 分钟（要求 ≥ 20 分钟）"
+    );
+    assert_eq!(reason(&judged, "photos")["value"], 1.0);
+    assert_eq!(judged["flags"], serde_json::json!([]));
+
+    let mocked = record(&app, &phone, &dir, true).await;
+    let judged = verdict(&app, &leader, &mocked).await;
+    assert_eq!(judged["counted"], false, "{judged}");
+    assert_eq!(judged["flags"][0]["signal"], "mock_location");
+    assert_eq!(judged["flags"][0]["hard"], true);
+
+    // Another township's leader may not see it.
+    let stranger = app.token("leader-522632101").await;
+    let refused = app
+        .get(&format!("/v1/patrols/{honest}/verdict"), Some(&stranger))
+        .await;
+    assert_eq!(
+        (refused.status, refused.body["error"].as_str()),
+        (403, Some("outside_subtree"))
+    );
+    let unknown = app.get("/v1/patrols/nope/verdict", Some(&leader)).await;
+    assert_eq!(unknown.status, 404);
+
+    // Recomputed from scratch: the very same verdicts.
+    let before = stored(&app).await;
+    let state = app.state.clone();
+    gridpatrol_server::compliance::judging::recompute_all(&state)
+        .await
+        .expect("recompute");
+    // The background worker may have taken some of them: wait until every one is judged.
+    for _ in 0..400 {
+        let behind: i64 = app
+            .with_conn(|conn| {
+                patrol_verdicts::table
+                    .filter(patrol_verdicts::judged_version.lt(patrol_verdicts::version))
+                    .count()
+                    .get_result(conn)
+            })
+            .await;
+        if behind == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored(&app).await, before);
+}
+
+/// Every stored verdict, in patrol order.
+async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
+    app.with_conn(|conn| {
+        patrol_verdicts::table
+            .order(patrol_verdicts::patrol_id.asc())
+            .select((
+                patrol_verdicts::patrol_id,
+                patrol_verdicts::counted,
+                patrol_verdicts::verdict,
+            ))
+            .load(conn)
+    })
+    .await
+}
+
+both_backends!(patrols_are_judged_as_they_sync_and_again_the_same);
