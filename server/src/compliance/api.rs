@@ -5,13 +5,96 @@ use diesel::prelude::*;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::judging::StoredVerdict;
+use super::record::WeekRecord;
 use crate::app::AppState;
 use crate::auth::Authed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::schema::{grids, patrol_verdicts};
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(verdict);
+    cfg.service(verdict).service(week);
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct WeekQuery {
+    /// The code of the subtree's root grid (default: the highest grid the caller may see).
+    pub grid: Option<String>,
+}
+
+/// The weekly record (巡查台账) of ISO week `week` (`2026-W48`, in the jurisdiction's time zone)
+/// for a part of the grid tree: every village grid and inspector, counted patrols against the
+/// duty, the patrols that did not count and why, soft signals, rolled up to township and the
+/// whole subtree, with the record's deadline. Kept current as patrols sync.
+#[utoipa::path(
+    tag = "compliance",
+    params(("week" = String, Path), WeekQuery),
+    responses(
+        (status = 200, body = WeekRecord),
+        (status = 400, description = "`invalid_week`", body = ErrorBody),
+        (status = 403, description = "`outside_subtree`", body = ErrorBody),
+        (status = 404, description = "`grid_not_found`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/compliance/weeks/{week}")]
+async fn week(
+    state: web::Data<AppState>,
+    authed: Authed,
+    week: web::Path<String>,
+    query: web::Query<WeekQuery>,
+) -> ApiResult<web::Json<WeekRecord>> {
+    let week = week.into_inner();
+    crate::policy::parse_week(&week).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_week",
+            format!("{week:?} is not an ISO week like 2026-W48"),
+        )
+    })?;
+    let code = query.into_inner().grid;
+    let roots = authed.visible_roots();
+    let root: (i64, String, String, String, String) = state
+        .db
+        .run(move |conn| -> ApiResult<_> {
+            let row = match code {
+                Some(code) => grids::table
+                    .filter(grids::code.eq(code))
+                    .select((
+                        grids::id,
+                        grids::code,
+                        grids::name,
+                        grids::level,
+                        grids::path,
+                    ))
+                    .first(conn)
+                    .optional()?,
+                None => match roots.first() {
+                    Some(path) => grids::table
+                        .filter(grids::path.eq(path))
+                        .select((
+                            grids::id,
+                            grids::code,
+                            grids::name,
+                            grids::level,
+                            grids::path,
+                        ))
+                        .first(conn)
+                        .optional()?,
+                    None => None,
+                },
+            };
+            row.ok_or_else(|| ApiError::not_found("grid_not_found", "no such grid"))
+        })
+        .await?;
+    authed.require_see(&root.4)?;
+    let state2 = state.clone().into_inner();
+    let record = state
+        .db
+        .run(move |conn| {
+            let (policy, tz) = super::judging::policy_of(&state2, root.0);
+            super::record::week_record(conn, root, &week, policy, tz)
+        })
+        .await?;
+    Ok(web::Json(record))
 }
 
 /// A patrol's verdict: counted or not, each rule with the figures it was judged on, and the

@@ -142,6 +142,27 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
     }
 }
 
+/// The policy of the nearest jurisdiction above a grid (or the grid's own), and its time zone
+/// (the server's when no policy applies).
+pub fn policy_of(
+    state: &AppState,
+    grid_id: i64,
+) -> (Option<&crate::policy::Policy>, chrono_tz::Tz) {
+    let index = state.index.current();
+    let mut chain = Vec::new();
+    let mut next = Some(grid_id);
+    while let Some(grid) = next.and_then(|id| index.get(id)) {
+        chain.push(grid.code.clone());
+        next = grid.parent_id;
+    }
+    chain.reverse();
+    let policy = state.policies.nearest(chain.iter().map(String::as_str));
+    let tz = policy
+        .and_then(|p| p.timezone.parse().ok())
+        .unwrap_or(state.timezone);
+    (policy, tz)
+}
+
 /// Judges one patrol from its stored document.
 fn judge_one(
     state: &AppState,
@@ -158,18 +179,7 @@ fn judge_one(
     let grid = index
         .get(grid_id)
         .ok_or_else(|| ApiError::internal(format!("grid {grid_id} is not in the index")))?;
-    // The grid's chain, root first, for the nearest jurisdiction's policy.
-    let mut chain = vec![grid.code.as_str()];
-    let mut parent = grid.parent_id;
-    while let Some(up) = parent.and_then(|p| index.get(p)) {
-        chain.push(up.code.as_str());
-        parent = up.parent_id;
-    }
-    chain.reverse();
-    let policy = state.policies.nearest(chain.into_iter());
-    let tz: chrono_tz::Tz = policy
-        .and_then(|p| p.timezone.parse().ok())
-        .unwrap_or(state.timezone);
+    let (policy, tz) = policy_of(state, grid_id);
     let (week, monday) = iso_week(view.started_at_ms, tz)
         .ok_or_else(|| ApiError::internal(format!("patrol {id} starts at no valid time")))?;
     let (rules, origin) = match policy.and_then(|p| p.rules_for_week(monday)) {

@@ -5,4 +5,5 @@
 pub mod api;
 pub mod coords;
 pub mod judging;
+pub mod record;
 pub mod verdict;

@@ -180,6 +180,114 @@ async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
     assert_eq!(stored(&app).await, before);
 }
 
+/// The week's record for the township: the village with an honest patrol is short (one of its
+/// three inspectors patrolled), the others have none; the mocked patrol is listed with its reason.
+async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = inspector(&app, &dir).await;
+    let leader = app.token(LEADER).await;
+    let honest = record(&app, &phone, &dir, false).await;
+    let mocked = record(&app, &phone, &dir, true).await;
+    let judged = verdict(&app, &leader, &honest).await;
+    verdict(&app, &leader, &mocked).await;
+    let week = judged["week"].as_str().expect("week").to_string();
+
+    let reply = app
+        .get(&format!("/v1/compliance/weeks/{week}"), Some(&leader))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let record = &reply.body;
+    assert_eq!(
+        record["grid"]["code"], "522632100",
+        "the leader's township by default"
+    );
+    assert_eq!(record["timezone"], "Asia/Shanghai");
+    // 榕江: "网格员每周巡查原则上不少于1次"; the record is due "每周三上午12：00前".
+    assert_eq!(record["required_per_inspector"], 1);
+    assert!(
+        record["duty_quote"]
+            .as_str()
+            .expect("quote")
+            .contains("每周巡查原则上不少于1次")
+    );
+    let deadline = record["deadline"].as_str().expect("deadline");
+    assert!(deadline.ends_with("T12:00:00+08:00"), "{deadline}");
+    let villages = record["townships"][0]["villages"]
+        .as_array()
+        .expect("villages");
+    let mine = villages
+        .iter()
+        .find(|v| v["grid"]["code"] == VILLAGE)
+        .expect("the village");
+    assert_eq!(mine["status"], "short", "{mine}");
+    assert_eq!(
+        (
+            mine["rollup"]["patrols"].as_u64(),
+            mine["rollup"]["counted"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let me = mine["inspectors"]
+        .as_array()
+        .expect("inspectors")
+        .iter()
+        .find(|p| p["username"] == INSPECTOR)
+        .expect("me");
+    assert_eq!(
+        (me["counted"].as_u64(), me["met"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(mine["not_counted"][0]["patrol_id"], mocked.as_str());
+    assert!(
+        mine["not_counted"][0]["reasons"][0]
+            .as_str()
+            .expect("reason")
+            .contains("模拟定位"),
+        "{mine}"
+    );
+    assert!(
+        villages
+            .iter()
+            .filter(|v| v["grid"]["code"] != VILLAGE)
+            .all(|v| v["status"] == "none")
+    );
+    let summary = &record["summary"];
+    assert_eq!(summary["villages"].as_u64(), Some(villages.len() as u64));
+    assert_eq!(summary["villages_met"], 0);
+    assert_eq!(summary["completion_rate"], 0.0);
+
+    // Bad input: a week that is not one, a grid outside the caller's subtree.
+    let bad = app.get("/v1/compliance/weeks/2026-48", Some(&leader)).await;
+    assert_eq!(
+        (bad.status, bad.body["error"].as_str()),
+        (400, Some("invalid_week"))
+    );
+    let outside = app
+        .get(
+            &format!("/v1/compliance/weeks/{week}?grid=522632101"),
+            Some(&leader),
+        )
+        .await;
+    assert_eq!(
+        (outside.status, outside.body["error"].as_str()),
+        (403, Some("outside_subtree"))
+    );
+    // The county admin sees every township.
+    let admin = app.token("admin-522632").await;
+    let county = app
+        .get(&format!("/v1/compliance/weeks/{week}"), Some(&admin))
+        .await;
+    assert_eq!(county.body["grid"]["code"], "522632");
+    assert!(
+        county.body["townships"]
+            .as_array()
+            .expect("townships")
+            .len()
+            > 1
+    );
+}
+
 /// Every stored verdict, in patrol order.
 async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
     app.with_conn(|conn| {
@@ -195,4 +303,7 @@ async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
     .await
 }
 
-both_backends!(patrols_are_judged_as_they_sync_and_again_the_same);
+both_backends!(
+    patrols_are_judged_as_they_sync_and_again_the_same,
+    the_weekly_record_counts_patrols_against_the_duty,
+);

@@ -263,6 +263,8 @@ async fn a_photo_arrives_in_pieces_and_is_stored_once(setup: Setup) {
     assert_eq!(created.offset(), 0);
     assert!(created.header("upload-expires").is_some());
     let location = created.location();
+    let id = location.rsplit('/').next().expect("upload id");
+    assert_eq!(location, format!("/v1/photos/uploads/{id}"));
     // Asking again (a phone killed before it stored the address) finds the same upload.
     assert_eq!(phone.create(&photo).await.location(), location);
 
@@ -682,10 +684,21 @@ async fn thumbnails_and_previews_are_made_off_the_request_path(setup: Setup) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(derived, "done");
-    for (kind, long) in [("thumbnail", 320), ("preview", 1280)] {
+    for (kind, long, url) in [
+        (
+            "thumbnail",
+            320,
+            format!("{}/v1/photos/{sha}/thumbnail", app.base),
+        ),
+        (
+            "preview",
+            1280,
+            format!("{}/v1/photos/{sha}/preview", app.base),
+        ),
+    ] {
         let response = app
             .client
-            .get(format!("{}/v1/photos/{sha}/{kind}", app.base))
+            .get(url)
             .bearer_auth(&phone.token)
             .send()
             .await

@@ -1,0 +1,384 @@
+//! The weekly record (巡查台账/周报): for an ISO week in the jurisdiction's time zone and a part of
+//! the grid tree, every village grid and every inspector's counted patrols against the duty, the
+//! patrols that did not count and why, the soft signals, rolled up to township and the whole
+//! subtree. Built from the verdicts the worker keeps current, so it is up to date as patrols sync.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::judging::StoredVerdict;
+use crate::db::DbConnection;
+use crate::error::{ApiError, ApiResult};
+use crate::policy::{Period, Policy};
+use crate::schema::{grid_roles, grids, patrol_verdicts, users};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GridRef {
+    pub id: i64,
+    pub code: String,
+    pub name: String,
+    pub level: String,
+}
+
+/// Counts rolled up over villages and inspectors.
+#[derive(Debug, Clone, Default, Serialize, ToSchema, PartialEq)]
+pub struct Rollup {
+    pub villages: u32,
+    /// Every inspector met the duty.
+    pub villages_met: u32,
+    /// Some patrols, but not every inspector met the duty.
+    pub villages_short: u32,
+    /// No counted patrol at all.
+    pub villages_without_patrols: u32,
+    pub inspectors: u32,
+    pub inspectors_met: u32,
+    pub patrols: u32,
+    pub counted: u32,
+    /// `villages_met / villages` (1 when there are none).
+    pub completion_rate: f64,
+}
+
+impl Rollup {
+    fn add(&mut self, other: &Rollup) {
+        self.villages += other.villages;
+        self.villages_met += other.villages_met;
+        self.villages_short += other.villages_short;
+        self.villages_without_patrols += other.villages_without_patrols;
+        self.inspectors += other.inspectors;
+        self.inspectors_met += other.inspectors_met;
+        self.patrols += other.patrols;
+        self.counted += other.counted;
+        self.rate();
+    }
+    fn rate(&mut self) {
+        self.completion_rate = if self.villages == 0 {
+            1.0
+        } else {
+            f64::from(self.villages_met) / f64::from(self.villages)
+        };
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InspectorWeek {
+    pub user_id: i64,
+    pub username: String,
+    pub name: String,
+    pub patrols: u32,
+    pub counted: u32,
+    pub required: u32,
+    pub met: bool,
+}
+
+/// A patrol of the week that did not count, and why.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotCounted {
+    pub patrol_id: String,
+    pub inspector_id: i64,
+    /// The failed rules' and hard signals' messages, e.g. "巡查时长 9 分钟（要求 ≥ 20 分钟）".
+    pub reasons: Vec<String>,
+}
+
+/// A soft signal on a patrol of the week, for the supervisor to look at.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SoftFlag {
+    pub patrol_id: String,
+    pub signal: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VillageWeek {
+    pub grid: GridRef,
+    /// `met`, `short` or `none`.
+    pub status: String,
+    pub rollup: Rollup,
+    pub inspectors: Vec<InspectorWeek>,
+    pub not_counted: Vec<NotCounted>,
+    pub soft_flags: Vec<SoftFlag>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TownshipWeek {
+    pub grid: GridRef,
+    pub rollup: Rollup,
+    pub villages: Vec<VillageWeek>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WeekRecord {
+    /// `2026-W48`.
+    pub week: String,
+    pub starts: NaiveDate,
+    pub ends: NaiveDate,
+    pub timezone: String,
+    pub grid: GridRef,
+    /// Counted patrols each inspector owes this week, and the sentence it comes from.
+    pub required_per_inspector: u32,
+    pub duty_quote: Option<String>,
+    /// When the record is due (local time, ISO 8601 with offset), and the sentence.
+    pub deadline: Option<String>,
+    pub deadline_quote: Option<String>,
+    pub summary: Rollup,
+    pub townships: Vec<TownshipWeek>,
+}
+
+/// Counted patrols an inspector owes in a week under `policy`'s rules for that week (a daily
+/// duty is seven times its minimum; a monthly one is judged by month, not here).
+fn required(policy: Option<&Policy>, monday: NaiveDate) -> (u32, Option<String>) {
+    let Some(rules) = policy.and_then(|p| p.rules_for_week(monday)) else {
+        return (1, None);
+    };
+    rules
+        .duty
+        .iter()
+        .find(|d| d.level == "village" && d.role == crate::auth::Role::Inspector)
+        .map(|d| {
+            let per_week = match d.per {
+                Period::Day => d.min * 7,
+                Period::Week => d.min,
+                Period::Month => 0,
+            };
+            (per_week, Some(d.quote.clone()))
+        })
+        .unwrap_or((1, None))
+}
+
+fn deadline(
+    policy: Option<&Policy>,
+    monday: NaiveDate,
+    tz: chrono_tz::Tz,
+) -> (Option<String>, Option<String>) {
+    use chrono::TimeZone;
+    let Some(rule) = policy
+        .and_then(|p| p.rules_for_week(monday))
+        .and_then(|r| r.deadline.as_ref())
+    else {
+        return (None, None);
+    };
+    let (Some(day), Ok(time)) = (
+        crate::policy::weekday(&rule.weekday),
+        chrono::NaiveTime::parse_from_str(&rule.time, "%H:%M"),
+    ) else {
+        return (None, None);
+    };
+    // The following week's day.
+    let date = monday + chrono::Duration::days(7 + i64::from(day.num_days_from_monday()));
+    let at = tz
+        .from_local_datetime(&date.and_time(time))
+        .earliest()
+        .map(|t| t.fixed_offset().to_rfc3339());
+    (at, Some(rule.quote.clone()))
+}
+
+/// The week's record for the subtree under `root` (a grid row: id, code, name, level, path).
+pub fn week_record(
+    conn: &mut DbConnection,
+    root: (i64, String, String, String, String),
+    week: &str,
+    policy: Option<&Policy>,
+    tz: chrono_tz::Tz,
+) -> ApiResult<WeekRecord> {
+    let monday = crate::policy::parse_week(week).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_week",
+            format!("{week:?} is not an ISO week like 2026-W48"),
+        )
+    })?;
+    let (root_id, root_code, root_name, root_level, root_path) = root;
+    let villages: Vec<(i64, String, String, String, Option<i64>)> = grids::table
+        .filter(grids::path.like(format!("{root_path}%")))
+        .filter(grids::level.eq("village"))
+        .filter(grids::kind.eq("territorial"))
+        .order(grids::code.asc())
+        .select((
+            grids::id,
+            grids::code,
+            grids::name,
+            grids::level,
+            grids::parent_id,
+        ))
+        .load(conn)?;
+    let parent_ids: Vec<i64> = villages.iter().filter_map(|v| v.4).collect();
+    let parents: BTreeMap<i64, GridRef> = grids::table
+        .filter(grids::id.eq_any(&parent_ids))
+        .select((grids::id, grids::code, grids::name, grids::level))
+        .load::<(i64, String, String, String)>(conn)?
+        .into_iter()
+        .map(|(id, code, name, level)| {
+            (
+                id,
+                GridRef {
+                    id,
+                    code,
+                    name,
+                    level,
+                },
+            )
+        })
+        .collect();
+    let village_ids: Vec<i64> = villages.iter().map(|v| v.0).collect();
+    let inspectors: Vec<(i64, i64, String, String)> = grid_roles::table
+        .inner_join(users::table.on(users::id.eq(grid_roles::user_id)))
+        .filter(grid_roles::grid_id.eq_any(&village_ids))
+        .filter(grid_roles::role.eq("inspector"))
+        .order(users::username.asc())
+        .select((
+            grid_roles::grid_id,
+            users::id,
+            users::username,
+            users::display_name,
+        ))
+        .load(conn)?;
+    let verdicts: Vec<(String, i64, i64, bool, Option<String>)> = patrol_verdicts::table
+        .filter(patrol_verdicts::grid_id.eq_any(&village_ids))
+        .filter(patrol_verdicts::week.eq(week))
+        .order(patrol_verdicts::patrol_id.asc())
+        .select((
+            patrol_verdicts::patrol_id,
+            patrol_verdicts::grid_id,
+            patrol_verdicts::inspector_id,
+            patrol_verdicts::counted,
+            patrol_verdicts::verdict,
+        ))
+        .load(conn)?;
+    let (required, duty_quote) = required(policy, monday);
+
+    let mut townships: BTreeMap<Option<i64>, TownshipWeek> = BTreeMap::new();
+    for (id, code, name, level, parent) in villages {
+        let mut people: Vec<InspectorWeek> = inspectors
+            .iter()
+            .filter(|(grid, ..)| *grid == id)
+            .map(|(_, user_id, username, name)| InspectorWeek {
+                user_id: *user_id,
+                username: username.clone(),
+                name: name.clone(),
+                patrols: 0,
+                counted: 0,
+                required,
+                met: required == 0,
+            })
+            .collect();
+        let mut not_counted = Vec::new();
+        let mut soft_flags = Vec::new();
+        let mut rollup = Rollup {
+            villages: 1,
+            ..Rollup::default()
+        };
+        for (patrol, _, inspector, counted, text) in verdicts.iter().filter(|v| v.1 == id) {
+            rollup.patrols += 1;
+            rollup.counted += u32::from(*counted);
+            if let Some(person) = people.iter_mut().find(|p| p.user_id == *inspector) {
+                person.patrols += 1;
+                person.counted += u32::from(*counted);
+                person.met = person.counted >= person.required;
+            }
+            let stored: Option<StoredVerdict> =
+                text.as_deref().and_then(|t| serde_json::from_str(t).ok());
+            let Some(stored) = stored else { continue };
+            if !counted {
+                let mut reasons: Vec<String> = stored
+                    .verdict
+                    .reasons
+                    .iter()
+                    .filter(|r| !r.passed)
+                    .map(|r| r.message.clone())
+                    .collect();
+                reasons.extend(
+                    stored
+                        .verdict
+                        .flags
+                        .iter()
+                        .filter(|f| f.hard)
+                        .map(|f| f.message.clone()),
+                );
+                not_counted.push(NotCounted {
+                    patrol_id: patrol.clone(),
+                    inspector_id: *inspector,
+                    reasons,
+                });
+            }
+            soft_flags.extend(
+                stored
+                    .verdict
+                    .flags
+                    .iter()
+                    .filter(|f| !f.hard)
+                    .map(|f| SoftFlag {
+                        patrol_id: patrol.clone(),
+                        signal: f.signal.code().into(),
+                        message: f.message.clone(),
+                    }),
+            );
+        }
+        rollup.inspectors = people.len() as u32;
+        rollup.inspectors_met = people.iter().filter(|p| p.met).count() as u32;
+        let status = if rollup.counted == 0 && required > 0 {
+            rollup.villages_without_patrols = 1;
+            "none"
+        } else if rollup.inspectors_met == rollup.inspectors && rollup.inspectors > 0 {
+            rollup.villages_met = 1;
+            "met"
+        } else {
+            rollup.villages_short = 1;
+            "short"
+        };
+        rollup.rate();
+        let township = townships.entry(parent).or_insert_with(|| TownshipWeek {
+            grid: parent
+                .and_then(|p| parents.get(&p).cloned())
+                .unwrap_or_else(|| GridRef {
+                    id: root_id,
+                    code: root_code.clone(),
+                    name: root_name.clone(),
+                    level: root_level.clone(),
+                }),
+            rollup: Rollup::default(),
+            villages: Vec::new(),
+        });
+        township.rollup.add(&rollup);
+        township.villages.push(VillageWeek {
+            grid: GridRef {
+                id,
+                code,
+                name,
+                level,
+            },
+            status: status.into(),
+            rollup,
+            inspectors: people,
+            not_counted,
+            soft_flags,
+        });
+    }
+    let mut summary = Rollup::default();
+    summary.rate();
+    let mut townships: Vec<TownshipWeek> = townships.into_values().collect();
+    townships.sort_by(|a, b| a.grid.code.cmp(&b.grid.code));
+    for township in &townships {
+        summary.add(&township.rollup);
+    }
+    let (deadline, deadline_quote) = deadline(policy, monday, tz);
+    Ok(WeekRecord {
+        week: week.to_string(),
+        starts: monday,
+        ends: monday + chrono::Duration::days(6),
+        timezone: tz.name().to_string(),
+        grid: GridRef {
+            id: root_id,
+            code: root_code,
+            name: root_name,
+            level: root_level,
+        },
+        required_per_inspector: required,
+        duty_quote,
+        deadline,
+        deadline_quote,
+        summary,
+        townships,
+    })
+}
