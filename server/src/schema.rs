@@ -135,6 +135,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     photo_uploads,
     photo_upload_chunks,
     patrol_verdicts,
+    week_signoffs,
+    compliance_audit,
 );
 
 diesel::table! {
@@ -272,5 +274,29 @@ diesel::table! {
         judged_version -> BigInt,
         claimed_at -> Nullable<Timestamp>,
         computed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    week_signoffs (grid_id, week) {
+        grid_id -> BigInt,
+        week -> Text,
+        signed_by -> BigInt,
+        signed_at -> Timestamp,
+        late -> Bool,
+        record -> Text,
+        content_hash -> Text,
+    }
+}
+
+diesel::table! {
+    compliance_audit (grid_id, week, at, action) {
+        grid_id -> BigInt,
+        week -> Text,
+        at -> Timestamp,
+        action -> Text,
+        user_id -> BigInt,
+        reason -> Nullable<Text>,
+        content_hash -> Nullable<Text>,
     }
 }

@@ -1,6 +1,6 @@
 //! `GET /v1/patrols/{id}/verdict`: whether a patrol counts, and why.
 
-use actix_web::{get, web};
+use actix_web::{get, post, web};
 use diesel::prelude::*;
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -12,7 +12,10 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::schema::{grids, patrol_verdicts};
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(verdict).service(week);
+    cfg.service(verdict)
+        .service(get_week)
+        .service(sign_week)
+        .service(reopen_week);
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -37,38 +40,49 @@ pub struct WeekQuery {
     security(("bearer" = []))
 )]
 #[get("/v1/compliance/weeks/{week}")]
-async fn week(
+async fn get_week(
     state: web::Data<AppState>,
     authed: Authed,
     week: web::Path<String>,
     query: web::Query<WeekQuery>,
 ) -> ApiResult<web::Json<WeekRecord>> {
-    let week = week.into_inner();
+    let (root, week) = resolve(&state, &authed, week.into_inner(), query.into_inner()).await?;
+    authed.require_see(&root.4)?;
+    let state2 = state.clone().into_inner();
+    let record = state
+        .db
+        .run(move |conn| {
+            let live = live_record(&state2, conn, root, &week)?;
+            super::signoff::shown(conn, live)
+        })
+        .await?;
+    Ok(web::Json(record))
+}
+
+/// The week checked and the subtree's root: the grid asked for, or the caller's highest.
+async fn resolve(
+    state: &AppState,
+    authed: &Authed,
+    week: String,
+    query: WeekQuery,
+) -> ApiResult<((i64, String, String, String, String), String)> {
     crate::policy::parse_week(&week).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_week",
             format!("{week:?} is not an ISO week like 2026-W48"),
         )
     })?;
-    let code = query.into_inner().grid;
     let roots = authed.visible_roots();
-    let root: (i64, String, String, String, String) = state
+    let root = state
         .db
         .run(move |conn| -> ApiResult<_> {
-            let row = match code {
-                Some(code) => grids::table
-                    .filter(grids::code.eq(code))
-                    .select((
-                        grids::id,
-                        grids::code,
-                        grids::name,
-                        grids::level,
-                        grids::path,
-                    ))
-                    .first(conn)
-                    .optional()?,
-                None => match roots.first() {
-                    Some(path) => grids::table
+            match query.grid {
+                Some(code) => super::signoff::grid_by_code(conn, &code),
+                None => {
+                    let path = roots.first().ok_or_else(|| {
+                        ApiError::not_found("grid_not_found", "you hold no role in any grid")
+                    })?;
+                    Ok(grids::table
                         .filter(grids::path.eq(path))
                         .select((
                             grids::id,
@@ -77,21 +91,110 @@ async fn week(
                             grids::level,
                             grids::path,
                         ))
-                        .first(conn)
-                        .optional()?,
-                    None => None,
-                },
-            };
-            row.ok_or_else(|| ApiError::not_found("grid_not_found", "no such grid"))
+                        .first(conn)?)
+                }
+            }
         })
         .await?;
-    authed.require_see(&root.4)?;
+    Ok((root, week))
+}
+
+fn live_record(
+    state: &AppState,
+    conn: &mut crate::db::DbConnection,
+    root: (i64, String, String, String, String),
+    week: &str,
+) -> ApiResult<WeekRecord> {
+    let (policy, tz) = super::judging::policy_of(state, root.0);
+    super::record::week_record(conn, root, week, policy, tz)
+}
+
+/// Signs the week off for the grid (a leader, deputy, supervisor or admin of it or above): the
+/// record is frozen as it stands, with the SHA-256 of its content, and marked late if the
+/// deadline has passed. Patrols of the week that sync later appear as late amendments.
+#[utoipa::path(
+    tag = "compliance",
+    params(("week" = String, Path), WeekQuery),
+    responses(
+        (status = 200, body = WeekRecord, description = "The signed, frozen record"),
+        (status = 400, description = "`invalid_week`", body = ErrorBody),
+        (status = 403, description = "`outside_subtree`, `role_required`", body = ErrorBody),
+        (status = 409, description = "`already_signed`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/compliance/weeks/{week}/signoff")]
+async fn sign_week(
+    state: web::Data<AppState>,
+    authed: Authed,
+    week: web::Path<String>,
+    query: web::Query<WeekQuery>,
+) -> ApiResult<web::Json<WeekRecord>> {
+    let (root, week) = resolve(&state, &authed, week.into_inner(), query.into_inner()).await?;
+    authed.require_manage(&root.4)?;
     let state2 = state.clone().into_inner();
+    let user = authed.user_id;
     let record = state
         .db
-        .run(move |conn| {
-            let (policy, tz) = super::judging::policy_of(&state2, root.0);
-            super::record::week_record(conn, root, &week, policy, tz)
+        .write(move |conn| {
+            let live = live_record(&state2, conn, root, &week)?;
+            let late = live
+                .deadline
+                .as_deref()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .is_some_and(|deadline| chrono::Utc::now() > deadline);
+            super::signoff::sign(conn, &live, user, late)?;
+            super::signoff::shown(conn, live)
+        })
+        .await?;
+    Ok(web::Json(record))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReopenRequest {
+    /// Why the signed record is reopened (kept in the audit log).
+    pub reason: String,
+}
+
+/// Reopens a signed week (an admin of the grid or above, with a reason kept in the audit log).
+#[utoipa::path(
+    tag = "compliance",
+    params(("week" = String, Path), WeekQuery),
+    request_body = ReopenRequest,
+    responses(
+        (status = 200, body = WeekRecord, description = "The live record again"),
+        (status = 403, description = "`outside_subtree`, `role_required`", body = ErrorBody),
+        (status = 409, description = "`not_signed`", body = ErrorBody),
+        (status = 422, description = "`reason_required`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/compliance/weeks/{week}/reopen")]
+async fn reopen_week(
+    state: web::Data<AppState>,
+    authed: Authed,
+    week: web::Path<String>,
+    query: web::Query<WeekQuery>,
+    body: web::Json<ReopenRequest>,
+) -> ApiResult<web::Json<WeekRecord>> {
+    let reason = body.into_inner().reason.trim().to_string();
+    if reason.is_empty() {
+        return Err(ApiError::unprocessable(
+            "reason_required",
+            "say why the signed record is reopened",
+        ));
+    }
+    let (root, week) = resolve(&state, &authed, week.into_inner(), query.into_inner()).await?;
+    authed.require_admin(&root.4)?;
+    let state2 = state.clone().into_inner();
+    let user = authed.user_id;
+    let record = state
+        .db
+        .write(move |conn| {
+            super::signoff::reopen(conn, root.0, &week, user, &reason)?;
+            let live = live_record(&state2, conn, root, &week)?;
+            super::signoff::shown(conn, live)
         })
         .await?;
     Ok(web::Json(record))

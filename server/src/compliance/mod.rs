@@ -6,4 +6,5 @@ pub mod api;
 pub mod coords;
 pub mod judging;
 pub mod record;
+pub mod signoff;
 pub mod verdict;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::judging::StoredVerdict;
@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::policy::{Period, Policy};
 use crate::schema::{grid_roles, grids, patrol_verdicts, users};
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GridRef {
     pub id: i64,
     pub code: String,
@@ -25,7 +25,7 @@ pub struct GridRef {
 }
 
 /// Counts rolled up over villages and inspectors.
-#[derive(Debug, Clone, Default, Serialize, ToSchema, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Rollup {
     pub villages: u32,
     /// Every inspector met the duty.
@@ -63,7 +63,7 @@ impl Rollup {
     }
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InspectorWeek {
     pub user_id: i64,
     pub username: String,
@@ -75,7 +75,7 @@ pub struct InspectorWeek {
 }
 
 /// A patrol of the week that did not count, and why.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NotCounted {
     pub patrol_id: String,
     pub inspector_id: i64,
@@ -84,14 +84,14 @@ pub struct NotCounted {
 }
 
 /// A soft signal on a patrol of the week, for the supervisor to look at.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SoftFlag {
     pub patrol_id: String,
     pub signal: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VillageWeek {
     pub grid: GridRef,
     /// `met`, `short` or `none`.
@@ -102,14 +102,14 @@ pub struct VillageWeek {
     pub soft_flags: Vec<SoftFlag>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TownshipWeek {
     pub grid: GridRef,
     pub rollup: Rollup,
     pub villages: Vec<VillageWeek>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WeekRecord {
     /// `2026-W48`.
     pub week: String,
@@ -125,6 +125,47 @@ pub struct WeekRecord {
     pub deadline_quote: Option<String>,
     pub summary: Rollup,
     pub townships: Vec<TownshipWeek>,
+    /// Present once the record is signed: it is then shown as signed, frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signoff: Option<Signoff>,
+    /// Patrols of the week that reached the server after the sign-off: listed beside the frozen
+    /// record, never changing its figures.
+    #[serde(default)]
+    pub late_amendments: Vec<Amendment>,
+    /// Every signing and reopening of this record, oldest first.
+    #[serde(default)]
+    pub history: Vec<AuditEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Signoff {
+    pub signed_by: i64,
+    pub signed_by_name: String,
+    pub signed_at: chrono::NaiveDateTime,
+    /// Signed after the deadline.
+    pub late: bool,
+    /// SHA-256 (hex) of the frozen record's JSON as stored (without `signoff`, `late_amendments`,
+    /// `history`).
+    pub content_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Amendment {
+    pub patrol_id: String,
+    pub grid_code: String,
+    pub inspector_id: i64,
+    pub counted: bool,
+    pub received_at: chrono::NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// `signed` or `reopened`.
+    pub action: String,
+    pub at: chrono::NaiveDateTime,
+    pub user_id: i64,
+    pub reason: Option<String>,
+    pub content_hash: Option<String>,
 }
 
 /// Counted patrols an inspector owes in a week under `policy`'s rules for that week (a daily
@@ -380,5 +421,8 @@ pub fn week_record(
         deadline_quote,
         summary,
         townships,
+        signoff: None,
+        late_amendments: Vec::new(),
+        history: Vec::new(),
     })
 }

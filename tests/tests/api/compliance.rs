@@ -288,6 +288,128 @@ async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
     );
 }
 
+/// The township leader signs the week off: the record is frozen with a content hash, a patrol
+/// that syncs afterwards appears beside it as a late amendment, and only a county admin may
+/// reopen it, with a reason that the history keeps.
+async fn a_signed_week_is_frozen_and_late_patrols_are_amendments(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let phone = inspector(&app, &dir).await;
+    let leader = app.token(LEADER).await;
+    let first = record(&app, &phone, &dir, false).await;
+    let week = verdict(&app, &leader, &first).await["week"]
+        .as_str()
+        .expect("week")
+        .to_string();
+    let url = format!("/v1/compliance/weeks/{week}?grid=522632100");
+
+    // An inspector may not sign; the leader may, once.
+    // (Inspectors have no password: a phone's token.)
+    let inspector_token = gridpatrol_tests::phone::Phone::enroll(&app, &leader, INSPECTOR)
+        .await
+        .token;
+    let refused = app
+        .post(
+            &format!("/v1/compliance/weeks/{week}/signoff?grid=522632100"),
+            Some(&inspector_token),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let signed = app
+        .post(
+            &format!("/v1/compliance/weeks/{week}/signoff?grid=522632100"),
+            Some(&leader),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(signed.status, 200, "{}", signed.text);
+    let signoff = &signed.body["signoff"];
+    assert_eq!(
+        signoff["late"], false,
+        "the deadline is next Wednesday 12:00"
+    );
+    let hash = signoff["content_hash"].as_str().expect("hash").to_string();
+    assert_eq!(hash.len(), 64);
+    let again = app
+        .post(
+            &format!("/v1/compliance/weeks/{week}/signoff?grid=522632100"),
+            Some(&leader),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.body["error"].as_str()),
+        (409, Some("already_signed"))
+    );
+
+    // A patrol of the same week syncs after the sign-off: listed, not counted into the figures.
+    let late = record(&app, &phone, &dir, false).await;
+    verdict(&app, &leader, &late).await;
+    let shown = app.get(&url, Some(&leader)).await.body;
+    assert_eq!(shown["signoff"]["content_hash"], hash.as_str());
+    assert_eq!(
+        shown["summary"], signed.body["summary"],
+        "the signed figures stay"
+    );
+    assert_eq!(shown["late_amendments"][0]["patrol_id"], late.as_str());
+    assert_eq!(shown["late_amendments"][0]["counted"], true);
+
+    // Reopening: not the leader; the county admin, with a reason.
+    let no = app
+        .post(
+            &format!("/v1/compliance/weeks/{week}/reopen?grid=522632100"),
+            Some(&leader),
+            &serde_json::json!({"reason": "补录"}),
+        )
+        .await;
+    assert_eq!(no.status, 403);
+    let admin = app.token("admin-522632").await;
+    let empty = app
+        .post(
+            &format!("/v1/compliance/weeks/{week}/reopen?grid=522632100"),
+            Some(&admin),
+            &serde_json::json!({"reason": " "}),
+        )
+        .await;
+    assert_eq!(
+        (empty.status, empty.body["error"].as_str()),
+        (422, Some("reason_required"))
+    );
+    let reopened = app
+        .post(
+            &format!("/v1/compliance/weeks/{week}/reopen?grid=522632100"),
+            Some(&admin),
+            &serde_json::json!({"reason": "补录迟到的巡查"}),
+        )
+        .await;
+    assert_eq!(reopened.status, 200, "{}", reopened.text);
+    assert!(reopened.body.get("signoff").is_none());
+    assert_eq!(
+        reopened.body["summary"]["counted"], 2,
+        "the live record counts the late patrol"
+    );
+    let history = reopened.body["history"].as_array().expect("history");
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        (history[0]["action"].as_str(), history[1]["action"].as_str()),
+        (Some("signed"), Some("reopened"))
+    );
+    assert_eq!(history[1]["reason"], "补录迟到的巡查");
+    assert_eq!(history[1]["content_hash"], hash.as_str());
+
+    // A week whose deadline has passed is signed late, and says so.
+    let past = app
+        .post(
+            "/v1/compliance/weeks/2026-W40/signoff?grid=522632100",
+            Some(&leader),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(past.status, 200, "{}", past.text);
+    assert_eq!(past.body["signoff"]["late"], true);
+}
+
 /// Every stored verdict, in patrol order.
 async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
     app.with_conn(|conn| {
@@ -306,4 +428,5 @@ async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
 both_backends!(
     patrols_are_judged_as_they_sync_and_again_the_same,
     the_weekly_record_counts_patrols_against_the_duty,
+    a_signed_week_is_frozen_and_late_patrols_are_amendments,
 );

@@ -1,0 +1,2 @@
+DROP TABLE compliance_audit;
+DROP TABLE week_signoffs;
