@@ -15,7 +15,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(verdict)
         .service(get_week)
         .service(sign_week)
-        .service(reopen_week);
+        .service(reopen_week)
+        .service(export_week);
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -148,6 +149,88 @@ async fn sign_week(
         })
         .await?;
     Ok(web::Json(record))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct ExportQuery {
+    /// The code of the subtree's root grid (default: the highest grid the caller may see).
+    pub grid: Option<String>,
+    /// `xlsx` (default), `csv` or `json`.
+    pub format: Option<String>,
+}
+
+/// The week's record as a file: XLSX (a summary sheet and a sheet per township, Chinese
+/// headers), CSV (UTF-8 with BOM) or JSON; named `巡查台账_<grid>_<code>_<week>.<ext>`. A signed
+/// week exports its frozen record.
+#[utoipa::path(
+    tag = "compliance",
+    params(("week" = String, Path), ExportQuery),
+    responses(
+        (status = 200, description = "The file", content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        (status = 400, description = "`invalid_week`, `unknown_format`", body = ErrorBody),
+        (status = 403, description = "`outside_subtree`", body = ErrorBody),
+        (status = 404, description = "`grid_not_found`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/compliance/weeks/{week}/export")]
+async fn export_week(
+    state: web::Data<AppState>,
+    authed: Authed,
+    week: web::Path<String>,
+    query: web::Query<ExportQuery>,
+) -> ApiResult<actix_web::HttpResponse> {
+    use actix_web::http::header::{
+        Charset, ContentDisposition, DispositionParam, DispositionType, ExtendedValue,
+    };
+    let ExportQuery { grid, format } = query.into_inner();
+    let format = format.unwrap_or_else(|| "xlsx".into());
+    if !matches!(format.as_str(), "xlsx" | "csv" | "json") {
+        return Err(ApiError::bad_request(
+            "unknown_format",
+            format!("format is xlsx, csv or json, not {format:?}"),
+        ));
+    }
+    let (root, week) = resolve(&state, &authed, week.into_inner(), WeekQuery { grid }).await?;
+    authed.require_see(&root.4)?;
+    let state2 = state.clone().into_inner();
+    let record = state
+        .db
+        .run(move |conn| {
+            let live = live_record(&state2, conn, root, &week)?;
+            super::signoff::shown(conn, live)
+        })
+        .await?;
+    let (bytes, content_type) = match format.as_str() {
+        "csv" => (super::export::csv(&record), "text/csv; charset=utf-8"),
+        "json" => (
+            serde_json::to_vec_pretty(&record).map_err(ApiError::internal)?,
+            "application/json",
+        ),
+        _ => (
+            super::export::xlsx(&record).map_err(ApiError::internal)?,
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+    };
+    let name = super::export::file_name(&record, &format);
+    let disposition = ContentDisposition {
+        disposition: DispositionType::Attachment,
+        parameters: vec![
+            DispositionParam::Filename(format!(
+                "gridpatrol_{}_{}.{format}",
+                record.grid.code, record.week
+            )),
+            DispositionParam::FilenameExt(ExtendedValue {
+                charset: Charset::Ext("UTF-8".into()),
+                language_tag: None,
+                value: name.into_bytes(),
+            }),
+        ],
+    };
+    Ok(actix_web::HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(disposition)
+        .body(bytes))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod coords;
+pub mod export;
 pub mod judging;
 pub mod record;
 pub mod signoff;

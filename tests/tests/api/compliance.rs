@@ -257,6 +257,99 @@ async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
     assert_eq!(summary["villages_met"], 0);
     assert_eq!(summary["completion_rate"], 0.0);
 
+    // The same record as files: XLSX read back cell by cell, CSV with a BOM.
+    let xlsx = app
+        .client
+        .get(format!(
+            "{}/v1/compliance/weeks/{week}/export?format=xlsx",
+            app.base
+        ))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .expect("xlsx");
+    assert_eq!(xlsx.status().as_u16(), 200);
+    let disposition = xlsx.headers()["content-disposition"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        disposition.contains(&format!("gridpatrol_522632100_{week}.xlsx")),
+        "{disposition}"
+    );
+    assert!(disposition.contains("filename*=UTF-8''"), "{disposition}");
+    let bytes = xlsx.bytes().await.expect("bytes");
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes.to_vec())).expect("an XLSX");
+    let township = record["townships"][0]["grid"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    assert_eq!(
+        book.sheet_names(),
+        vec!["汇总".to_string(), township.clone()]
+    );
+    let summary = book.worksheet_range("汇总").expect("summary");
+    let cell = |range: &calamine::Range<calamine::Data>, row: u32, col: u32| {
+        range
+            .get_value((row, col))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        cell(&summary, 0, 0).contains(&week),
+        "{}",
+        cell(&summary, 0, 0)
+    );
+    assert_eq!(cell(&summary, 2, 6), "完成率");
+    assert_eq!(cell(&summary, 3, 0), "522632100");
+    assert_eq!(cell(&summary, 3, 2), villages.len().to_string());
+    assert_eq!(cell(&summary, 3, 3), "0", "no village met its duty");
+    let sheet = book.worksheet_range(&township).expect("township sheet");
+    assert_eq!(cell(&sheet, 0, 1), "网格编码");
+    assert_eq!(cell(&sheet, 0, 7), "有效巡查次数");
+    let mine = (1..sheet.height() as u32)
+        .find(|&r| cell(&sheet, r, 4).contains(INSPECTOR))
+        .expect("my row");
+    assert_eq!(cell(&sheet, mine, 1), VILLAGE);
+    assert_eq!(cell(&sheet, mine, 3), "不足");
+    assert_eq!(cell(&sheet, mine, 7), "1");
+    assert_eq!(cell(&sheet, mine, 8), "是");
+    assert!(cell(&sheet, mine, 9).contains(&mocked) && cell(&sheet, mine, 9).contains("模拟定位"));
+    let csv = app
+        .client
+        .get(format!(
+            "{}/v1/compliance/weeks/{week}/export?format=csv",
+            app.base
+        ))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        csv.starts_with("\u{feff}乡镇,网格编码,网格名称"),
+        "{}",
+        &csv[..60.min(csv.len())]
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(VILLAGE) && l.contains(INSPECTOR))
+    );
+    let unknown = app
+        .get(
+            &format!("/v1/compliance/weeks/{week}/export?format=pdf"),
+            Some(&leader),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"].as_str()),
+        (400, Some("unknown_format"))
+    );
+
     // Bad input: a week that is not one, a grid outside the caller's subtree.
     let bad = app.get("/v1/compliance/weeks/2026-48", Some(&leader)).await;
     assert_eq!(
