@@ -12,10 +12,28 @@ use utoipa::ToSchema;
 use crate::auth::Role;
 
 /// Presets shipped with the server, keyed by the jurisdiction's administrative code.
-const BUILTIN: &[(&str, &str)] = &[(
-    "rongjiang_522632.toml",
-    include_str!("../policies/rongjiang_522632.toml"),
-)];
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "rongjiang_522632.toml",
+        include_str!("../policies/rongjiang_522632.toml"),
+    ),
+    (
+        "changji_652300.toml",
+        include_str!("../policies/changji_652300.toml"),
+    ),
+    (
+        "gaochang_650402.toml",
+        include_str!("../policies/gaochang_650402.toml"),
+    ),
+    (
+        "wenzhou_330300.toml",
+        include_str!("../policies/wenzhou_330300.toml"),
+    ),
+    (
+        "yiyang_430900.toml",
+        include_str!("../policies/yiyang_430900.toml"),
+    ),
+];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +78,7 @@ pub enum Period {
     Day,
     Week,
     Month,
+    Quarter,
 }
 
 /// At least `min` counted patrols per `per`, by each person with `role` in grids of `level`.
@@ -286,6 +305,42 @@ mod tests {
                 .rules_for_week(parse_week("2025-W52").expect("week"))
                 .is_none()
         );
+    }
+
+    /// The four other seeds, each from its own text: 昌吉 "四级网格监督员每日至少要对网格内的污染源
+    /// 巡查一次"; 温州 "上级网格责任人员每季度要对下级网格的环境监管工作进行督查"; 益阳 "负责每月至少
+    /// 组织一次对重点企业进行突击检查"; 高昌 "定期巡查" (no number: GridPatrol's default, said so).
+    #[test]
+    fn every_seed_has_a_preset_quoting_its_duty() {
+        let policies = Policies::builtin();
+        let week = parse_week("2026-W48").expect("week");
+        let duty = |code: &str, level: &str| {
+            let policy = policies.for_code(code).unwrap_or_else(|| panic!("{code}"));
+            let rules = policy.rules_for_week(week).expect("rules");
+            let rule = rules
+                .duty
+                .iter()
+                .find(|d| d.level == level)
+                .unwrap_or_else(|| panic!("{code} {level}"))
+                .clone();
+            (rule.per, rule.min, rule.quote)
+        };
+        let (per, min, quote) = duty("652300", "village");
+        assert_eq!((per, min), (Period::Day, 1));
+        assert!(quote.contains("四级网格监督员每日至少要对网格内的污染源巡查一次"));
+        let (per, min, quote) = duty("330300", "township");
+        assert_eq!((per, min), (Period::Quarter, 1));
+        assert!(quote.contains("每季度要对下级网格的环境监管工作进行督查"));
+        let (per, min, quote) = duty("430900", "county");
+        assert_eq!((per, min), (Period::Month, 1));
+        assert!(quote.contains("每月至少组织一次对重点企业进行突击检查"));
+        let (per, _, quote) = duty("650402", "village");
+        assert_eq!(per, Period::Week);
+        assert!(
+            quote.contains("定期巡查") && quote.contains("默认值"),
+            "{quote}"
+        );
+        assert_eq!(policies.all().count(), 5);
     }
 
     #[test]

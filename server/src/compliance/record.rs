@@ -169,7 +169,8 @@ pub struct AuditEntry {
 }
 
 /// Counted patrols an inspector owes in a week under `policy`'s rules for that week (a daily
-/// duty is seven times its minimum; a monthly one is judged by month, not here).
+/// duty is seven times its minimum; a monthly or quarterly one is judged over its own period,
+/// not in the weekly record).
 fn required(policy: Option<&Policy>, monday: NaiveDate) -> (u32, Option<String>) {
     let Some(rules) = policy.and_then(|p| p.rules_for_week(monday)) else {
         return (1, None);
@@ -182,7 +183,7 @@ fn required(policy: Option<&Policy>, monday: NaiveDate) -> (u32, Option<String>)
             let per_week = match d.per {
                 Period::Day => d.min * 7,
                 Period::Week => d.min,
-                Period::Month => 0,
+                Period::Month | Period::Quarter => 0,
             };
             (per_week, Some(d.quote.clone()))
         })
