@@ -162,7 +162,8 @@ pub async fn build_state(
             access_ttl_secs: serve.access_token_ttl_secs,
             refresh_days: serve.refresh_token_days,
         },
-        policies: Policies::builtin(),
+        policies: Policies::load(&config.data_dir.join("policies"))
+            .map_err(|e| StartupError::Config(e.to_string()))?,
         timezone,
         metrics: Metrics::default(),
         openapi: openapi(),

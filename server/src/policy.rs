@@ -233,6 +233,41 @@ impl Policies {
         Policies { by_code }
     }
 
+    /// The built-in presets, replaced jurisdiction by jurisdiction by the files in `dir`
+    /// (`<data dir>/policies/*.toml`): an admin changes a jurisdiction's rules by adding a
+    /// `[[compliance]]` set with a later `from_week` to its file. A file that does not parse stops
+    /// the server from starting, with its name and line.
+    pub fn load(dir: &std::path::Path) -> Result<Policies, PolicyError> {
+        let mut policies = Self::builtin();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(policies),
+            Err(e) => {
+                return Err(PolicyError {
+                    file: dir.display().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let mut files: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| PolicyError {
+                file: name.clone(),
+                message: e.to_string(),
+            })?;
+            let policy = Self::parse(&name, &text)?;
+            policies
+                .by_code
+                .insert(policy.jurisdiction_code.clone(), policy);
+        }
+        Ok(policies)
+    }
+
     pub fn for_code(&self, code: &str) -> Option<&Policy> {
         self.by_code.get(code)
     }
@@ -387,6 +422,41 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn files_in_the_data_directory_replace_a_preset_and_bad_ones_stop_the_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rongjiang = include_str!("../policies/rongjiang_522632.toml").to_string()
+            + "\n[[compliance]]\nfrom_week = \"2027-W01\"\n[compliance.patrol]\nmin_photos = 2\n";
+        std::fs::write(dir.path().join("rongjiang.toml"), rongjiang).expect("write");
+        let policies = Policies::load(dir.path()).expect("loads");
+        let rules = policies
+            .for_code("522632")
+            .and_then(|p| p.rules_for_week(parse_week("2027-W05").expect("week")))
+            .expect("rules");
+        assert_eq!(
+            rules.patrol.min_photos, 2,
+            "the admin's change from 2027-W01 on"
+        );
+        assert_eq!(policies.all().count(), 5, "the other presets stay");
+        std::fs::write(
+            dir.path().join("zz_bad.toml"),
+            "jurisdiction_code = \"1\"\nname = 3\n",
+        )
+        .expect("write");
+        let error = Policies::load(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("zz_bad.toml") && error.contains("line 2"),
+            "{error}"
+        );
+        assert!(
+            Policies::load(&dir.path().join("missing")).is_ok(),
+            "no directory: presets"
+        );
     }
 
     #[test]

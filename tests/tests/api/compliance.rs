@@ -503,6 +503,31 @@ async fn a_signed_week_is_frozen_and_late_patrols_are_amendments(backend: Backen
     assert_eq!(past.body["signoff"]["late"], true);
 }
 
+/// A malformed policy file in the data directory stops the server from starting, naming the file
+/// and the line.
+#[tokio::test]
+async fn a_malformed_policy_file_stops_the_start_naming_its_line() {
+    let db = gridpatrol_tests::fresh_database(Backend::Sqlite);
+    let dir = db.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("rongjiang.toml"),
+        "jurisdiction_code = \"522632\"\nname = \"榕江县\"\ntimezone = \"Asia/Shanghai\"\n\n[[compliance]]\nfrom_week = \"2026-W60\"\n",
+    )
+    .expect("write");
+    let config =
+        gridpatrol_server::Config::for_database(db.dir.path().to_path_buf(), db.url.clone());
+    let error = gridpatrol_server::build_state(&config, &gridpatrol_tests::serve_config(), true)
+        .await
+        .err()
+        .expect("refused to start")
+        .to_string();
+    assert!(
+        error.contains("rongjiang.toml") && error.contains("line 6"),
+        "{error}"
+    );
+}
+
 /// Every stored verdict, in patrol order.
 async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
     app.with_conn(|conn| {
