@@ -7,7 +7,7 @@ use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
 use super::record::{TownshipWeek, VillageWeek, WeekRecord};
 
 /// The columns of a township sheet and of the CSV: one row per inspector of each village.
-pub const DETAIL_HEADERS: [&str; 11] = [
+pub const DETAIL_HEADERS: [&str; 12] = [
     "乡镇",
     "网格编码",
     "网格名称",
@@ -19,6 +19,7 @@ pub const DETAIL_HEADERS: [&str; 11] = [
     "是否达标",
     "未计入的巡查及原因",
     "提示",
+    "重点点位（本月巡查/要求）",
 ];
 
 pub const SUMMARY_HEADERS: [&str; 8] = [
@@ -41,7 +42,7 @@ fn status(village: &VillageWeek) -> &'static str {
 }
 
 /// The detail rows of one township.
-fn rows(township: &TownshipWeek) -> Vec<[String; 11]> {
+fn rows(township: &TownshipWeek) -> Vec<[String; 12]> {
     let mut rows = Vec::new();
     for village in &township.villages {
         let not_counted = |user: Option<i64>| {
@@ -57,6 +58,17 @@ fn rows(township: &TownshipWeek) -> Vec<[String; 11]> {
             .soft_flags
             .iter()
             .map(|f| f.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let points = village
+            .key_points
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {}/{}",
+                    k.name, k.visits_this_month, k.required_per_month
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let cells = |name: String,
@@ -77,6 +89,7 @@ fn rows(township: &TownshipWeek) -> Vec<[String; 11]> {
                 met.to_string(),
                 why,
                 soft.clone(),
+                points.clone(),
             ]
         };
         if village.inspectors.is_empty() {
@@ -227,6 +240,7 @@ fn township_sheet(
     sheet.set_column_width(4, 28)?;
     sheet.set_column_width(9, 60)?;
     sheet.set_column_width(10, 40)?;
+    sheet.set_column_width(11, 30)?;
     sheet.set_freeze_panes(1, 0)?;
     Ok(())
 }

@@ -182,10 +182,22 @@ fn judge_one(
     let (policy, tz) = policy_of(state, grid_id);
     let (week, monday) = iso_week(view.started_at_ms, tz)
         .ok_or_else(|| ApiError::internal(format!("patrol {id} starts at no valid time")))?;
-    let (rules, origin) = match policy.and_then(|p| p.rules_for_week(monday)) {
+    let week_rules = policy.and_then(|p| p.rules_for_week(monday));
+    let (rules, origin) = match week_rules {
         Some(rules) => (rules.patrol.clone(), "policy"),
         None => (PatrolRules::default(), "defaults"),
     };
+    let visit_radius_m = week_rules
+        .and_then(|r| r.key_points.as_ref())
+        .map_or(100.0, |k| k.visit_radius_m);
+    let key_points: Vec<verdict::KeyPointRef<'_>> = index
+        .key_points_of(grid_id)
+        .map(|point| verdict::KeyPointRef {
+            code: &point.code,
+            name: &point.name,
+            shape: &point.shape,
+        })
+        .collect();
     let evidence = photo_evidence(conn, id, tz)?;
     let received: Option<NaiveDateTime> = sync_documents::table
         .find(id)
@@ -195,6 +207,8 @@ fn judge_one(
     let verdict = verdict::judge(
         &view,
         &Context {
+            key_points: &key_points,
+            visit_radius_m,
             grid: &grid.shape,
             rules: &rules,
             photos: &evidence,

@@ -14,7 +14,7 @@ use super::judging::StoredVerdict;
 use crate::db::DbConnection;
 use crate::error::{ApiError, ApiResult};
 use crate::policy::{Period, Policy};
-use crate::schema::{grid_roles, grids, patrol_verdicts, users};
+use crate::schema::{grid_roles, grids, patrol_verdicts, patrols, users};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GridRef {
@@ -91,6 +91,19 @@ pub struct SoftFlag {
     pub message: String,
 }
 
+/// A key point (重点监控点位) of a village: counted patrols that came to it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyPointCoverage {
+    pub code: String,
+    pub name: String,
+    pub visits_this_week: u32,
+    /// In the calendar month of the week's Monday, up to now.
+    pub visits_this_month: u32,
+    /// Visits the rules require per month (榕江: 2), 0 when none.
+    pub required_per_month: u32,
+    pub met_this_month: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VillageWeek {
     pub grid: GridRef,
@@ -98,6 +111,8 @@ pub struct VillageWeek {
     pub status: String,
     pub rollup: Rollup,
     pub inspectors: Vec<InspectorWeek>,
+    #[serde(default)]
+    pub key_points: Vec<KeyPointCoverage>,
     pub not_counted: Vec<NotCounted>,
     pub soft_flags: Vec<SoftFlag>,
 }
@@ -217,6 +232,19 @@ fn deadline(
     (at, Some(rule.quote.clone()))
 }
 
+/// Visits per key point code in these stored verdicts.
+fn visits<'a>(verdicts: impl Iterator<Item = Option<&'a str>>) -> BTreeMap<String, u32> {
+    let mut counts = BTreeMap::new();
+    for text in verdicts.flatten() {
+        if let Ok(stored) = serde_json::from_str::<StoredVerdict>(text) {
+            for point in stored.verdict.key_points.iter().filter(|k| k.visited) {
+                *counts.entry(point.code.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
 /// The week's record for the subtree under `root` (a grid row: id, code, name, level, path).
 pub fn week_record(
     conn: &mut DbConnection,
@@ -289,6 +317,51 @@ pub fn week_record(
         ))
         .load(conn)?;
     let (required, duty_quote) = required(policy, monday);
+    let key_rule = policy
+        .and_then(|p| p.rules_for_week(monday))
+        .and_then(|r| r.key_points.as_ref())
+        .map(|k| match k.per {
+            Period::Month => k.min,
+            Period::Week => k.min * 4,
+            Period::Day => k.min * 28,
+            Period::Quarter => k.min.div_ceil(3),
+        })
+        .unwrap_or(0);
+    let key_points: Vec<(i64, String, String)> = grids::table
+        .filter(grids::parent_id.eq_any(&village_ids))
+        .filter(grids::kind.eq("key_point"))
+        .order(grids::code.asc())
+        .select((grids::parent_id.assume_not_null(), grids::code, grids::name))
+        .load(conn)?;
+    // Visits this month: counted patrols of these villages started in the month of `monday`.
+    let month_visits = {
+        use chrono::{Datelike, TimeZone};
+        let first = monday.with_day(1).unwrap_or(monday);
+        let next = if first.month() == 12 {
+            NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+        } else {
+            NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+        }
+        .unwrap_or(first);
+        let utc = |date: NaiveDate| {
+            tz.from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
+                .earliest()
+                .map(|t| t.naive_utc())
+        };
+        let (Some(from), Some(to)) = (utc(first), utc(next)) else {
+            return Err(ApiError::internal("month boundaries"));
+        };
+        let rows: Vec<Option<String>> = patrol_verdicts::table
+            .inner_join(patrols::table.on(patrols::id.eq(patrol_verdicts::patrol_id)))
+            .filter(patrol_verdicts::grid_id.eq_any(&village_ids))
+            .filter(patrol_verdicts::counted.eq(true))
+            .filter(patrols::started_at.ge(from))
+            .filter(patrols::started_at.lt(to))
+            .select(patrol_verdicts::verdict)
+            .load(conn)?;
+        visits(rows.iter().map(Option::as_deref))
+    };
+    let week_visits = visits(verdicts.iter().filter(|v| v.3).map(|v| v.4.as_deref()));
 
     let mut townships: BTreeMap<Option<i64>, TownshipWeek> = BTreeMap::new();
     for (id, code, name, level, parent) in villages {
@@ -357,6 +430,21 @@ pub fn week_record(
                     }),
             );
         }
+        let key_points = key_points
+            .iter()
+            .filter(|(village, ..)| *village == id)
+            .map(|(_, code, name)| {
+                let month = month_visits.get(code).copied().unwrap_or(0);
+                KeyPointCoverage {
+                    code: code.clone(),
+                    name: name.clone(),
+                    visits_this_week: week_visits.get(code).copied().unwrap_or(0),
+                    visits_this_month: month,
+                    required_per_month: key_rule,
+                    met_this_month: month >= key_rule,
+                }
+            })
+            .collect();
         rollup.inspectors = people.len() as u32;
         rollup.inspectors_met = people.iter().filter(|p| p.met).count() as u32;
         let status = if rollup.counted == 0 && required > 0 {
@@ -393,6 +481,7 @@ pub fn week_record(
             status: status.into(),
             rollup,
             inspectors: people,
+            key_points,
             not_counted,
             soft_flags,
         });

@@ -103,8 +103,27 @@ pub struct PhotoEvidence {
     pub reused_from: Option<(String, u32)>,
 }
 
+/// A key point (重点监控点位) of the patrol's grid.
+pub struct KeyPointRef<'a> {
+    pub code: &'a str,
+    pub name: &'a str,
+    pub shape: &'a MultiPolygon<f64>,
+}
+
+/// Whether the patrol came to a key point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyPointVisit {
+    pub code: String,
+    pub name: String,
+    pub visited: bool,
+    pub message: String,
+}
+
 /// Everything a verdict is made from besides the patrol itself.
 pub struct Context<'a> {
+    /// The key points of the grid; a fix within `visit_radius_m` (plus its accuracy) visits one.
+    pub key_points: &'a [KeyPointRef<'a>],
+    pub visit_radius_m: f64,
     /// The grid's outline, WGS-84.
     pub grid: &'a MultiPolygon<f64>,
     pub rules: &'a PatrolRules,
@@ -139,6 +158,9 @@ pub struct Verdict {
     pub counted: bool,
     pub reasons: Vec<Reason>,
     pub flags: Vec<Flag>,
+    /// The grid's key points, visited or not.
+    #[serde(default)]
+    pub key_points: Vec<KeyPointVisit>,
 }
 
 /// A fix in WGS-84 and in the local metre frame.
@@ -374,11 +396,33 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         }
     }
 
+    let key_points = context
+        .key_points
+        .iter()
+        .map(|point| {
+            let shape = project_grid(point.shape, &frame);
+            let visited = fixes.iter().any(|f| {
+                Euclidean.distance(&shape, &Point::new(f.x, f.y))
+                    <= context.visit_radius_m + f.accuracy_m
+            });
+            KeyPointVisit {
+                code: point.code.to_string(),
+                name: point.name.to_string(),
+                visited,
+                message: if visited {
+                    format!("重点点位 {} 已巡查", point.name)
+                } else {
+                    format!("重点点位 {} 未到达", point.name)
+                },
+            }
+        })
+        .collect();
     let counted = reasons.iter().all(|r| r.passed) && !flags.iter().any(|f| f.hard);
     Verdict {
         counted,
         reasons,
         flags,
+        key_points,
     }
 }
 
@@ -488,6 +532,8 @@ mod tests {
         judge(
             patrol,
             &Context {
+                key_points: &[],
+                visit_radius_m: 100.0,
                 grid: &grid,
                 rules: &rules,
                 photos,
@@ -683,12 +729,70 @@ mod tests {
     }
 
     #[test]
+    fn key_points_on_the_way_are_visited_others_not() {
+        let near = MultiPolygon::new(vec![geo::Polygon::new(
+            geo::LineString::from(vec![
+                (108.5200, 25.9302),
+                (108.5202, 25.9302),
+                (108.5202, 25.9304),
+                (108.5200, 25.9304),
+                (108.5200, 25.9302),
+            ]),
+            vec![],
+        )]);
+        let far = MultiPolygon::new(vec![geo::Polygon::new(
+            geo::LineString::from(vec![
+                (108.5200, 25.9340),
+                (108.5202, 25.9340),
+                (108.5202, 25.9342),
+                (108.5200, 25.9342),
+                (108.5200, 25.9340),
+            ]),
+            vec![],
+        )]);
+        let points = [
+            KeyPointRef {
+                code: "522632-K001",
+                name: "水源地",
+                shape: &near,
+            },
+            KeyPointRef {
+                code: "522632-K002",
+                name: "养殖场",
+                shape: &far,
+            },
+        ];
+        let grid = grid();
+        let rules = PatrolRules::default();
+        let verdict = judge(
+            &patrol(walk(), 1),
+            &Context {
+                key_points: &points,
+                visit_radius_m: 100.0,
+                grid: &grid,
+                rules: &rules,
+                photos: &[photo(0)],
+                received_at_ms: None,
+            },
+        );
+        let visits: Vec<(&str, bool)> = verdict
+            .key_points
+            .iter()
+            .map(|k| (k.code.as_str(), k.visited))
+            .collect();
+        assert_eq!(visits, vec![("522632-K001", true), ("522632-K002", false)]);
+        assert_eq!(verdict.key_points[0].message, "重点点位 水源地 已巡查");
+    }
+
+    #[test]
     fn a_clock_ahead_of_the_server_is_shown() {
         let grid = grid();
         let rules = PatrolRules::default();
         let verdict = judge(
             &patrol(walk(), 1),
             &Context {
+                key_points: &[],
+                visit_radius_m: 100.0,
                 grid: &grid,
                 rules: &rules,
                 photos: &[photo(0)],

@@ -104,6 +104,13 @@ impl GridIndex {
         self.slot_of.get(&id).map(|&slot| &self.grids[slot])
     }
 
+    /// The key points (重点监控点位) directly under a grid.
+    pub fn key_points_of(&self, grid_id: i64) -> impl Iterator<Item = &IndexedGrid> {
+        self.grids
+            .iter()
+            .filter(move |g| g.parent_id == Some(grid_id) && g.kind == super::GridKind::KeyPoint)
+    }
+
     pub fn get_by_code(&self, code: &str) -> Option<&IndexedGrid> {
         self.slot_of_code.get(code).map(|&slot| &self.grids[slot])
     }
