@@ -63,7 +63,11 @@ fn patrol(village: usize, rng: &mut StdRng) -> (usize, PatrolView) {
                 at_ms: start + i as i64 * 30_000,
                 lon: x,
                 lat: y,
-                datum: if i % 3 == 0 { Datum::Gcj02 } else { Datum::Wgs84 },
+                datum: if i % 3 == 0 {
+                    Datum::Gcj02
+                } else {
+                    Datum::Wgs84
+                },
                 accuracy_m: Some(rng.random_range(3.0..40.0)),
                 source: FixSource::Gnss,
                 mock: false,
