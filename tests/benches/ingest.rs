@@ -372,72 +372,12 @@ fn print_rate(what: &str, rate: &Rate, baseline: f64) {
     );
 }
 
-/// The `gridpatrol` binary built beside this bench (`cargo build --release -p gridpatrol-server`).
-fn server_binary() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("gridpatrol");
-    bin.exists().then_some(bin)
-}
-
-/// Peak resident memory (VmHWM) of another process, in MiB.
-fn process_peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// `gridpatrol serve --demo` in its own process on a fresh SQLite file, killed when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use gridpatrol_tests::process::{
+    ServerProcess, peak_rss_mib as process_peak_rss_mib, server_binary,
+};
 
 async fn spawn_server(bin: &std::path::Path) -> ServerProcess {
-    let dir = tempfile::tempdir().expect("tmp");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let child = std::process::Command::new(bin)
-        .args(["serve", "--demo"])
-        .env("GRIDPATROL_DATA_DIR", dir.path())
-        .env("GRIDPATROL_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start gridpatrol");
-    let server = ServerProcess {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let client = gridpatrol_tests::http_client();
-    for _ in 0..300 {
-        if client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return server;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("gridpatrol did not start");
+    ServerProcess::spawn(bin).await
 }
 
 /// Phones enrolled over HTTP only (no database access), for a server in another process.

@@ -24,18 +24,7 @@ const INSPECTOR_ID_NAME: &str = "inspector-522632100001-1";
 fn photo(seed: u64, bytes: usize) -> Vec<u8> {
     let mut side = 256u32;
     loop {
-        let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let image = image::RgbImage::from_fn(side * 4 / 3, side, |_, _| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let v = (state >> 33) as u32;
-            image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
-        });
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-            .encode_image(&image)
-            .expect("encode");
+        let out = gridpatrol_tests::noise_jpeg(seed, side * 4 / 3, side);
         if out.len() >= bytes {
             return out;
         }
@@ -43,22 +32,7 @@ fn photo(seed: u64, bytes: usize) -> Vec<u8> {
     }
 }
 
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Fields after the command: state is 0, utime is 11, stime is 12.
-    (ticks(11) + ticks(12)) / 100.0
-}
+use gridpatrol_tests::process::{ServerProcess, cpu_seconds};
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -101,18 +75,6 @@ struct Server {
     _app: Option<TestApp>,
 }
 
-struct ServerProcess {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn login(base: &str) -> String {
     let body: serde_json::Value = gridpatrol_tests::http_client()
         .post(format!("{base}/v1/auth/login"))
@@ -127,47 +89,17 @@ async fn login(base: &str) -> String {
 }
 
 async fn server(separate: bool) -> Server {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("gridpatrol"));
-    if separate && let Some(bin) = bin.filter(|b| b.exists()) {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let child = std::process::Command::new(bin)
-            .args(["serve", "--demo"])
-            .env("GRIDPATROL_DATA_DIR", dir.path())
-            .env("GRIDPATROL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start gridpatrol");
-        let base = format!("http://127.0.0.1:{port}");
-        let pid = child.id();
-        let process = ServerProcess { child, _dir: dir };
-        for _ in 0..300 {
-            if gridpatrol_tests::http_client()
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                let admin_token = login(&base).await;
-                return Server {
-                    base,
-                    pid,
-                    admin_token,
-                    _process: Some(process),
-                    _app: None,
-                };
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("gridpatrol did not start");
+    if separate && let Some(bin) = gridpatrol_tests::process::server_binary() {
+        let process = ServerProcess::spawn(&bin).await;
+        let (base, pid) = (process.base.clone(), process.child.id());
+        let admin_token = login(&base).await;
+        return Server {
+            base,
+            pid,
+            admin_token,
+            _process: Some(process),
+            _app: None,
+        };
     }
     if separate {
         println!(

@@ -425,9 +425,35 @@ impl TestApp {
 
 pub mod link;
 pub mod phone;
+pub mod process;
 pub mod tls;
 
 /// A random Automerge-style actor id (16 bytes, hex).
 pub fn actor_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// A JPEG of noise (incompressible, so sizes are honest), different for each seed.
+pub fn noise_jpeg(seed: u64, width: u32, height: u32) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let image = image::RgbImage::from_fn(width, height, |_, _| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v = (state >> 33) as u32;
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&image)
+        .unwrap_or_else(|e| panic!("encoding a test JPEG: {e}"));
+    out
+}
+
+/// SHA-256 of bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -78,21 +78,12 @@ async fn resolve(
         .db
         .run(move |conn| -> ApiResult<_> {
             match query.grid {
-                Some(code) => super::signoff::grid_by_code(conn, &code),
+                Some(code) => super::signoff::grid_row(conn, Some(&code), None),
                 None => {
                     let path = roots.first().ok_or_else(|| {
                         ApiError::not_found("grid_not_found", "you hold no role in any grid")
                     })?;
-                    Ok(grids::table
-                        .filter(grids::path.eq(path))
-                        .select((
-                            grids::id,
-                            grids::code,
-                            grids::name,
-                            grids::level,
-                            grids::path,
-                        ))
-                        .first(conn)?)
+                    super::signoff::grid_row(conn, None, Some(path))
                 }
             }
         })

@@ -193,13 +193,14 @@ fn audit(
     Ok(())
 }
 
-/// The grid row the API needs for a week's record: (id, code, name, level, path).
-pub fn grid_by_code(
+/// The grid row the API needs for a week's record: (id, code, name, level, path), found by its
+/// code or by its path.
+pub fn grid_row(
     conn: &mut DbConnection,
-    code: &str,
+    code: Option<&str>,
+    path: Option<&str>,
 ) -> ApiResult<(i64, String, String, String, String)> {
-    grids::table
-        .filter(grids::code.eq(code))
+    let mut query = grids::table
         .select((
             grids::id,
             grids::code,
@@ -207,6 +208,14 @@ pub fn grid_by_code(
             grids::level,
             grids::path,
         ))
+        .into_boxed();
+    if let Some(code) = code {
+        query = query.filter(grids::code.eq(code.to_string()));
+    }
+    if let Some(path) = path {
+        query = query.filter(grids::path.eq(path.to_string()));
+    }
+    query
         .first(conn)
         .optional()?
         .ok_or_else(|| ApiError::not_found("grid_not_found", "no such grid"))

@@ -16,28 +16,8 @@ const INSPECTOR: &str = "inspector-522632100001-1";
 const OTHER_INSPECTOR: &str = "inspector-522632100002-1";
 const LEADER: &str = "leader-522632100";
 
-/// A JPEG of noise (incompressible, so sizes are honest), different for each seed.
-pub fn jpeg(seed: u64, width: u32, height: u32) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let image = image::RgbImage::from_fn(width, height, |_, _| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let v = (state >> 33) as u32;
-        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
-    });
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-        .encode_image(&image)
-        .expect("encode jpeg");
-    out
-}
-
-pub fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use gridpatrol_tests::noise_jpeg as jpeg;
+pub use gridpatrol_tests::sha256_hex as sha256;
 
 pub struct Reply {
     pub status: u16,
