@@ -325,7 +325,7 @@ impl Client {
             *sent += rest.len() as u64;
             let full = self.absolute(&url);
             let result = self
-                .authorized(|token| {
+                .authorized_once(|token| {
                     self.http
                         .patch(&full)
                         .bearer_auth(token)

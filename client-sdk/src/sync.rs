@@ -87,6 +87,25 @@ fn network(error: reqwest::Error) -> SdkError {
     }
 }
 
+/// Sends a request; when it could not be sent (a pooled keep-alive connection the server had
+/// already closed, or a link that dropped just then) it gets one immediate second try on a fresh
+/// connection. Only idempotent requests come through here: a resent sync gets the same receipts,
+/// and an upload continues from the server's offset.
+async fn send_twice(request: reqwest::RequestBuilder) -> Result<reqwest::Response, SdkError> {
+    // The bodies here are in memory, so the request can be copied.
+    let Some(copy) = request.try_clone() else {
+        return request.send().await.map_err(network);
+    };
+    match request.send().await {
+        Ok(response) => Ok(response),
+        Err(error) if error.is_request() && !error.is_timeout() => {
+            tracing::debug!(%error, "request not sent; trying once more");
+            copy.send().await.map_err(network)
+        }
+        Err(error) => Err(network(error)),
+    }
+}
+
 async fn error_of(response: reqwest::Response) -> SdkError {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
@@ -295,14 +314,42 @@ impl Client {
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, SdkError> {
-        let mut response = build(&self.access_token()?).send().await.map_err(network)?;
+        self.authorized_sending(build, true).await
+    }
+
+    /// As [`Client::authorized`], without the immediate second try: for a photo's piece, whose
+    /// retry asks the server where the upload stands first rather than resending it all.
+    pub(crate) async fn authorized_once(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SdkError> {
+        self.authorized_sending(build, false).await
+    }
+
+    async fn authorized_sending(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        again: bool,
+    ) -> Result<reqwest::Response, SdkError> {
+        let send = |build: &dyn Fn() -> Result<reqwest::RequestBuilder, SdkError>| {
+            let request = build();
+            async move {
+                let request = request?;
+                if again {
+                    send_twice(request).await
+                } else {
+                    request.send().await.map_err(network)
+                }
+            }
+        };
+        let mut response = send(&|| Ok(build(&self.access_token()?))).await?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
             let error = device_revoked_or(error_of(response).await);
             if error == SdkError::DeviceRevoked {
                 return Err(error);
             }
             self.refresh_tokens().await?;
-            response = build(&self.access_token()?).send().await.map_err(network)?;
+            response = send(&|| Ok(build(&self.access_token()?))).await?;
         }
         if response.status().is_success() {
             Ok(response)

@@ -355,9 +355,13 @@ fn patrol(
 
 /// Syncs one phone; returns the documents it made durable and the photos it uploaded.
 async fn sync(inspector: &Inspector) -> Result<(usize, usize), String> {
+    let backoff = gridpatrol_sdk::Backoff {
+        base: std::time::Duration::from_millis(200),
+        cap: std::time::Duration::from_secs(3),
+    };
     let report = inspector
         .phone
-        .sync()
+        .sync_with_retry(5, backoff)
         .await
         .map_err(|e| format!("{}: {e}", inspector.username))?;
     Ok((report.durable as usize, report.photos_uploaded as usize))

@@ -207,7 +207,9 @@ pub fn launch(
             .wrap(TracingLogger::default())
     })
     .listen(listener)?
-    .shutdown_timeout(10);
+    .shutdown_timeout(10)
+    // Phones on 2G reuse a connection after long pauses; nginx's default keep-alive.
+    .keep_alive(Duration::from_secs(75));
     if let Some(workers) = serve.workers {
         server = server.workers(workers);
     }
