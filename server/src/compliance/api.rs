@@ -16,7 +16,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(get_week)
         .service(sign_week)
         .service(reopen_week)
-        .service(export_week);
+        .service(export_week)
+        .service(flagged_patrols);
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -140,6 +141,35 @@ async fn sign_week(
         })
         .await?;
     Ok(web::Json(record))
+}
+
+/// The patrols of the week with fraud signals (巡查走形式) under a grid, hard ones first: what a
+/// supervisor looks at before signing off.
+#[utoipa::path(
+    tag = "compliance",
+    params(("week" = String, Path), WeekQuery),
+    responses(
+        (status = 200, body = Vec<super::record::FlaggedPatrol>),
+        (status = 400, description = "`invalid_week`", body = ErrorBody),
+        (status = 403, description = "`outside_subtree`", body = ErrorBody),
+        (status = 404, description = "`grid_not_found`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/compliance/weeks/{week}/flags")]
+async fn flagged_patrols(
+    state: web::Data<AppState>,
+    authed: Authed,
+    week: web::Path<String>,
+    query: web::Query<WeekQuery>,
+) -> ApiResult<web::Json<Vec<super::record::FlaggedPatrol>>> {
+    let (root, week) = resolve(&state, &authed, week.into_inner(), query.into_inner()).await?;
+    authed.require_see(&root.4)?;
+    let list = state
+        .db
+        .run(move |conn| super::record::flagged(conn, &root.4, &week))
+        .await?;
+    Ok(web::Json(list))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

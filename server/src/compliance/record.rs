@@ -516,3 +516,72 @@ pub fn week_record(
         history: Vec::new(),
     })
 }
+
+/// A patrol of the week with fraud signals, for the supervisor's list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FlaggedPatrol {
+    pub patrol_id: String,
+    pub grid: GridRef,
+    pub inspector_id: i64,
+    pub counted: bool,
+    pub flags: Vec<super::verdict::Flag>,
+}
+
+/// (patrol, inspector, counted, verdict JSON, grid id, code, name, level).
+type FlaggedRow = (
+    String,
+    i64,
+    bool,
+    Option<String>,
+    i64,
+    String,
+    String,
+    String,
+);
+
+/// Every patrol of `week` under the subtree at `root_path` that shows a fraud signal, hard ones
+/// first.
+pub fn flagged(
+    conn: &mut DbConnection,
+    root_path: &str,
+    week: &str,
+) -> ApiResult<Vec<FlaggedPatrol>> {
+    let rows: Vec<FlaggedRow> = patrol_verdicts::table
+        .inner_join(grids::table.on(grids::id.eq(patrol_verdicts::grid_id)))
+        .filter(grids::path.like(format!("{root_path}%")))
+        .filter(patrol_verdicts::week.eq(week))
+        .order(patrol_verdicts::patrol_id.asc())
+        .select((
+            patrol_verdicts::patrol_id,
+            patrol_verdicts::inspector_id,
+            patrol_verdicts::counted,
+            patrol_verdicts::verdict,
+            grids::id,
+            grids::code,
+            grids::name,
+            grids::level,
+        ))
+        .load(conn)?;
+    let mut list: Vec<FlaggedPatrol> = rows
+        .into_iter()
+        .filter_map(
+            |(patrol_id, inspector_id, counted, text, id, code, name, level)| {
+                let stored: StoredVerdict = serde_json::from_str(text.as_deref()?).ok()?;
+                (!stored.verdict.flags.is_empty()).then_some(FlaggedPatrol {
+                    patrol_id,
+                    grid: GridRef {
+                        id,
+                        code,
+                        name,
+                        level,
+                    },
+                    inspector_id,
+                    counted,
+                    flags: stored.verdict.flags,
+                })
+            },
+        )
+        .collect();
+    list.sort_by_key(|p| !p.flags.iter().any(|f| f.hard));
+    Ok(list)
+}

@@ -144,6 +144,22 @@ async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
     assert_eq!(judged["flags"][0]["signal"], "mock_location");
     assert_eq!(judged["flags"][0]["hard"], true);
 
+    // The week's flagged patrols: the mocked one, hard.
+    let week = judged["week"].as_str().expect("week").to_string();
+    let flags = app
+        .get(
+            &format!("/v1/compliance/weeks/{week}/flags?grid=522632100"),
+            Some(&leader),
+        )
+        .await;
+    assert_eq!(flags.status, 200, "{}", flags.text);
+    let list = flags.body.as_array().expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["patrol_id"], mocked.as_str());
+    assert_eq!(list[0]["counted"], false);
+    assert_eq!(list[0]["flags"][0]["signal"], "mock_location");
+    assert_eq!(list[0]["grid"]["code"], VILLAGE);
+
     // Another township's leader may not see it.
     let stranger = app.token("leader-522632101").await;
     let refused = app
