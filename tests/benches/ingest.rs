@@ -28,17 +28,7 @@ const PARALLEL: usize = 4;
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    gridpatrol_tests::process::peak_rss_mib(std::process::id())
 }
 
 fn typical_patrol(phone: &Phone, village: &str, n: usize) -> (String, Vec<Vec<u8>>) {
@@ -173,17 +163,7 @@ fn requests(phones: &[Phone], work: &Workload) -> Vec<Vec<wire::SyncRequest>> {
 
 /// CPU seconds this process has used so far (user and system).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the 14th field.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    gridpatrol_tests::process::cpu_seconds(std::process::id())
 }
 
 /// The phone's inspector, allowed to record in any grid (the bench measures cost, not rules).
@@ -376,23 +356,10 @@ use gridpatrol_tests::process::{
     ServerProcess, peak_rss_mib as process_peak_rss_mib, server_binary,
 };
 
-async fn spawn_server(bin: &std::path::Path) -> ServerProcess {
-    ServerProcess::spawn(bin).await
-}
-
 /// Phones enrolled over HTTP only (no database access), for a server in another process.
 async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) {
     let client = gridpatrol_tests::http_client();
-    let login: serde_json::Value = client
-        .post(format!("{base}/v1/auth/login"))
-        .json(&serde_json::json!({"username": "admin-522632", "password": "gridpatrol-demo"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let admin = login["access_token"].as_str().expect("token").to_string();
+    let admin = gridpatrol_tests::process::demo_admin_token(base).await;
     let users: Vec<serde_json::Value> = client
         .get(format!("{base}/v1/users?role=inspector"))
         .bearer_auth(&admin)
@@ -488,7 +455,7 @@ async fn main() {
     // The real binary in its own process: its peak RSS is the server's alone.
     match (quick, server_binary()) {
         (false, Some(bin)) => {
-            let server = spawn_server(&bin).await;
+            let server = ServerProcess::spawn(&bin).await;
             let (phones, work) = enroll_over_http(&server.base, patrols).await;
             let idle = process_peak_rss_mib(server.child.id());
             let rate = ingest(std::slice::from_ref(&server.base), &phones, &work).await;

@@ -75,24 +75,11 @@ struct Server {
     _app: Option<TestApp>,
 }
 
-async fn login(base: &str) -> String {
-    let body: serde_json::Value = gridpatrol_tests::http_client()
-        .post(format!("{base}/v1/auth/login"))
-        .json(&serde_json::json!({"username": "admin-522632", "password": "gridpatrol-demo"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    body["access_token"].as_str().expect("token").to_string()
-}
-
 async fn server(separate: bool) -> Server {
     if separate && let Some(bin) = gridpatrol_tests::process::server_binary() {
         let process = ServerProcess::spawn(&bin).await;
         let (base, pid) = (process.base.clone(), process.child.id());
-        let admin_token = login(&base).await;
+        let admin_token = gridpatrol_tests::process::demo_admin_token(&base).await;
         return Server {
             base,
             pid,

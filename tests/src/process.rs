@@ -89,3 +89,17 @@ impl ServerProcess {
         panic!("gridpatrol did not start");
     }
 }
+
+/// An access token of the demo's county admin, signed in over HTTP at `base`.
+pub async fn demo_admin_token(base: &str) -> String {
+    let body: serde_json::Value = crate::http_client()
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin-522632", "password": crate::PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    body["access_token"].as_str().expect("token").to_string()
+}

@@ -233,16 +233,19 @@ fn deadline(
 }
 
 /// Visits per key point code in these stored verdicts.
-fn visits<'a>(verdicts: impl Iterator<Item = Option<&'a str>>) -> BTreeMap<String, u32> {
+fn visits<'a>(verdicts: impl Iterator<Item = &'a StoredVerdict>) -> BTreeMap<String, u32> {
     let mut counts = BTreeMap::new();
-    for text in verdicts.flatten() {
-        if let Ok(stored) = serde_json::from_str::<StoredVerdict>(text) {
-            for point in stored.verdict.key_points.iter().filter(|k| k.visited) {
-                *counts.entry(point.code.clone()).or_insert(0) += 1;
-            }
+    for stored in verdicts {
+        for point in stored.verdict.key_points.iter().filter(|k| k.visited) {
+            *counts.entry(point.code.clone()).or_insert(0) += 1;
         }
     }
     counts
+}
+
+/// A stored verdict's JSON, read (`None` for none or one that does not read).
+fn parsed(text: Option<&str>) -> Option<StoredVerdict> {
+    text.and_then(|t| serde_json::from_str(t).ok())
 }
 
 /// The week's record for the subtree under `root` (a grid row: id, code, name, level, path).
@@ -316,6 +319,13 @@ pub fn week_record(
             patrol_verdicts::verdict,
         ))
         .load(conn)?;
+    // Each verdict read once, for the counts, the reasons and the key-point visits.
+    let verdicts: Vec<(String, i64, i64, bool, Option<StoredVerdict>)> = verdicts
+        .into_iter()
+        .map(|(patrol, grid, inspector, counted, text)| {
+            (patrol, grid, inspector, counted, parsed(text.as_deref()))
+        })
+        .collect();
     let (required, duty_quote) = required(policy, monday);
     let key_rule = policy
         .and_then(|p| p.rules_for_week(monday))
@@ -359,9 +369,10 @@ pub fn week_record(
             .filter(patrols::started_at.lt(to))
             .select(patrol_verdicts::verdict)
             .load(conn)?;
-        visits(rows.iter().map(Option::as_deref))
+        let read: Vec<StoredVerdict> = rows.iter().filter_map(|t| parsed(t.as_deref())).collect();
+        visits(read.iter())
     };
-    let week_visits = visits(verdicts.iter().filter(|v| v.3).map(|v| v.4.as_deref()));
+    let week_visits = visits(verdicts.iter().filter(|v| v.3).filter_map(|v| v.4.as_ref()));
 
     let mut townships: BTreeMap<Option<i64>, TownshipWeek> = BTreeMap::new();
     for (id, code, name, level, parent) in villages {
@@ -384,7 +395,7 @@ pub fn week_record(
             villages: 1,
             ..Rollup::default()
         };
-        for (patrol, _, inspector, counted, text) in verdicts.iter().filter(|v| v.1 == id) {
+        for (patrol, _, inspector, counted, stored) in verdicts.iter().filter(|v| v.1 == id) {
             rollup.patrols += 1;
             rollup.counted += u32::from(*counted);
             if let Some(person) = people.iter_mut().find(|p| p.user_id == *inspector) {
@@ -392,8 +403,6 @@ pub fn week_record(
                 person.counted += u32::from(*counted);
                 person.met = person.counted >= person.required;
             }
-            let stored: Option<StoredVerdict> =
-                text.as_deref().and_then(|t| serde_json::from_str(t).ok());
             let Some(stored) = stored else { continue };
             if !counted {
                 let mut reasons: Vec<String> = stored
