@@ -137,6 +137,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     patrol_verdicts,
     week_signoffs,
     compliance_audit,
+    console_sessions,
+    console_devices,
 );
 
 diesel::table! {
@@ -224,6 +226,7 @@ diesel::table! {
         device_id -> BigInt,
         user_id -> BigInt,
         received_at -> Timestamp,
+        hashed_at -> Nullable<Timestamp>,
     }
 }
 
@@ -298,5 +301,22 @@ diesel::table! {
         user_id -> BigInt,
         reason -> Nullable<Text>,
         content_hash -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    console_sessions (token_hash) {
+        token_hash -> Text,
+        session_id -> BigInt,
+        csrf -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    console_devices (user_id) {
+        user_id -> BigInt,
+        device_id -> BigInt,
     }
 }

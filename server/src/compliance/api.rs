@@ -62,7 +62,7 @@ async fn get_week(
 }
 
 /// The week checked and the subtree's root: the grid asked for, or the caller's highest.
-async fn resolve(
+pub(crate) async fn resolve(
     state: &AppState,
     authed: &Authed,
     week: String,
@@ -92,7 +92,7 @@ async fn resolve(
     Ok((root, week))
 }
 
-fn live_record(
+pub(crate) fn live_record(
     state: &AppState,
     conn: &mut crate::db::DbConnection,
     root: (i64, String, String, String, String),
@@ -131,16 +131,22 @@ async fn sign_week(
         .db
         .write(move |conn| {
             let live = live_record(&state2, conn, root, &week)?;
-            let late = live
-                .deadline
-                .as_deref()
-                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
-                .is_some_and(|deadline| chrono::Utc::now() > deadline);
+            let live = super::signoff::fold_signed(conn, live)?;
+            let late = deadline_passed(&live);
             super::signoff::sign(conn, &live, user, late)?;
             super::signoff::shown(conn, live)
         })
         .await?;
     Ok(web::Json(record))
+}
+
+/// Whether the record's deadline has passed (a sign-off now is late).
+pub(crate) fn deadline_passed(record: &WeekRecord) -> bool {
+    record
+        .deadline
+        .as_deref()
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+        .is_some_and(|deadline| chrono::Utc::now() > deadline)
 }
 
 /// The patrols of the week with fraud signals (巡查走形式) under a grid, hard ones first: what a
@@ -201,9 +207,6 @@ async fn export_week(
     week: web::Path<String>,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<actix_web::HttpResponse> {
-    use actix_web::http::header::{
-        Charset, ContentDisposition, DispositionParam, DispositionType, ExtendedValue,
-    };
     let ExportQuery { grid, format } = query.into_inner();
     let format = format.unwrap_or_else(|| "xlsx".into());
     if !matches!(format.as_str(), "xlsx" | "csv" | "json") {
@@ -222,18 +225,30 @@ async fn export_week(
             super::signoff::shown(conn, live)
         })
         .await?;
-    let (bytes, content_type) = match format.as_str() {
-        "csv" => (super::export::csv(&record), "text/csv; charset=utf-8"),
+    file_response(&record, &format)
+}
+
+/// The record as a downloadable file in `format` (`xlsx`, `csv` or `json`), named after the grid
+/// and week (the Chinese name for browsers that read RFC 6266's `filename*`).
+pub(crate) fn file_response(
+    record: &WeekRecord,
+    format: &str,
+) -> ApiResult<actix_web::HttpResponse> {
+    use actix_web::http::header::{
+        Charset, ContentDisposition, DispositionParam, DispositionType, ExtendedValue,
+    };
+    let (bytes, content_type) = match format {
+        "csv" => (super::export::csv(record), "text/csv; charset=utf-8"),
         "json" => (
-            serde_json::to_vec_pretty(&record).map_err(ApiError::internal)?,
+            serde_json::to_vec_pretty(record).map_err(ApiError::internal)?,
             "application/json",
         ),
         _ => (
-            super::export::xlsx(&record).map_err(ApiError::internal)?,
+            super::export::xlsx(record).map_err(ApiError::internal)?,
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         ),
     };
-    let name = super::export::file_name(&record, &format);
+    let name = super::export::file_name(record, format);
     let disposition = ContentDisposition {
         disposition: DispositionType::Attachment,
         parameters: vec![

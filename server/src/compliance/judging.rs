@@ -72,8 +72,16 @@ pub struct StoredVerdict {
     pub rules: String,
 }
 
-/// Judges every stale patrol, a few at a time, until none is left. Returns how many.
+/// Patrols claimed at a time: enough that a full recompute spends its time judging, not in
+/// transactions; a claim left by a process that died is taken again after ten minutes.
+const CLAIM: i64 = 256;
+
+/// Judges every stale patrol until none is left, and returns how many. Patrols are claimed a
+/// batch at a time; the batch is judged on as many blocking threads as there are cores (each
+/// loading its documents on its own pooled connection), and its verdicts are written in one
+/// transaction.
 pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
+    let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut judged = 0;
     loop {
         let stuck = now() - chrono::Duration::minutes(10);
@@ -92,53 +100,79 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
                         patrol_verdicts::grid_id,
                         patrol_verdicts::version,
                     ))
-                    .limit(32)
+                    .limit(CLAIM)
                     .load(conn)?;
-                let ids: Vec<&String> = rows.iter().map(|(id, _, _)| id).collect();
-                diesel::update(
-                    patrol_verdicts::table.filter(patrol_verdicts::patrol_id.eq_any(ids)),
-                )
-                .set(patrol_verdicts::claimed_at.eq(Some(now())))
-                .execute(conn)?;
+                if !rows.is_empty() {
+                    let ids: Vec<&String> = rows.iter().map(|(id, _, _)| id).collect();
+                    diesel::update(
+                        patrol_verdicts::table.filter(patrol_verdicts::patrol_id.eq_any(ids)),
+                    )
+                    .set(patrol_verdicts::claimed_at.eq(Some(now())))
+                    .execute(conn)?;
+                }
                 Ok(rows)
             })
             .await?;
         if claimed.is_empty() {
             return Ok(judged);
         }
-        for (id, grid_id, version) in claimed {
-            let state2 = state.clone();
-            let outcome = state
-                .db
-                .run(move |conn| judge_one(&state2, conn, &id, grid_id).map(|v| (id, v)))
-                .await;
-            match outcome {
-                Ok((id, stored)) => {
-                    let text = serde_json::to_string(&stored).map_err(ApiError::internal)?;
-                    state
-                        .db
-                        .write(move |conn| -> ApiResult<()> {
-                            diesel::update(patrol_verdicts::table.find(&id))
-                                .set((
-                                    patrol_verdicts::week.eq(Some(stored.week.clone())),
-                                    patrol_verdicts::counted.eq(stored.verdict.counted),
-                                    patrol_verdicts::verdict.eq(Some(text)),
-                                    patrol_verdicts::judged_version.eq(version),
-                                    patrol_verdicts::claimed_at.eq(None::<NaiveDateTime>),
-                                    patrol_verdicts::computed_at.eq(Some(now())),
-                                ))
-                                .execute(conn)?;
-                            Ok(())
-                        })
-                        .await?;
+        judged += claimed.len();
+        let per_lane = claimed.len().div_ceil(lanes);
+        let mut claimed = claimed.into_iter();
+        let lanes = std::iter::from_fn(|| {
+            let lane: Vec<_> = claimed.by_ref().take(per_lane).collect();
+            (!lane.is_empty()).then(|| {
+                let state = state.clone();
+                async move {
+                    let db = state.db.clone();
+                    db.run(move |conn| -> ApiResult<_> {
+                        let mut stored = load_documents(conn, &lane)?;
+                        Ok(lane
+                            .into_iter()
+                            .map(|(id, grid_id, version)| {
+                                let (changes, received) = stored.remove(&id).unwrap_or_default();
+                                let outcome =
+                                    judge_one(&state, conn, &id, grid_id, changes, received);
+                                (id, version, outcome)
+                            })
+                            .collect::<Vec<_>>())
+                    })
+                    .await
                 }
-                Err(error) => {
+            })
+        });
+        let mut verdicts = Vec::new();
+        for lane in futures_util::future::join_all(lanes.collect::<Vec<_>>()).await {
+            for (id, version, outcome) in lane? {
+                match outcome {
+                    Ok(stored) => {
+                        let text = serde_json::to_string(&stored).map_err(ApiError::internal)?;
+                        verdicts.push((id, version, stored, text));
+                    }
                     // Left claimed: tried again once the claim is ten minutes old.
-                    tracing::warn!(%error, "could not judge a patrol");
+                    Err(error) => tracing::warn!(%error, patrol = %id, "could not judge a patrol"),
                 }
             }
-            judged += 1;
         }
+        state
+            .db
+            .write(move |conn| -> ApiResult<()> {
+                let at = now();
+                for (id, version, stored, text) in verdicts {
+                    diesel::update(patrol_verdicts::table.find(&id))
+                        .set((
+                            patrol_verdicts::week.eq(Some(stored.week)),
+                            patrol_verdicts::counted.eq(stored.verdict.counted),
+                            patrol_verdicts::verdict.eq(Some(text)),
+                            patrol_verdicts::judged_version.eq(version),
+                            patrol_verdicts::claimed_at.eq(None::<NaiveDateTime>),
+                            patrol_verdicts::computed_at.eq(Some(at)),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .await?;
     }
 }
 
@@ -163,14 +197,41 @@ pub fn policy_of(
     (policy, tz)
 }
 
-/// Judges one patrol from its stored document.
+type Stored = std::collections::HashMap<String, (Vec<Vec<u8>>, Option<NaiveDateTime>)>;
+
+/// The stored changes of several patrols (in the order they were stored) and when each was last
+/// received, in two queries rather than two a patrol.
+fn load_documents(conn: &mut DbConnection, claimed: &[(String, i64, i64)]) -> ApiResult<Stored> {
+    use crate::schema::sync_changes;
+    let ids: Vec<&str> = claimed.iter().map(|(id, _, _)| id.as_str()).collect();
+    let mut stored = Stored::new();
+    for (id, bytes) in sync_changes::table
+        .filter(sync_changes::doc_id.eq_any(&ids))
+        .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
+        .select((sync_changes::doc_id, sync_changes::bytes))
+        .load::<(String, Vec<u8>)>(conn)?
+    {
+        stored.entry(id).or_default().0.push(bytes);
+    }
+    for (id, at) in sync_documents::table
+        .filter(sync_documents::id.eq_any(&ids))
+        .select((sync_documents::id, sync_documents::updated_at))
+        .load::<(String, NaiveDateTime)>(conn)?
+    {
+        stored.entry(id).or_default().1 = Some(at);
+    }
+    Ok(stored)
+}
+
+/// Judges one patrol from its stored changes.
 fn judge_one(
     state: &AppState,
     conn: &mut DbConnection,
     id: &str,
     grid_id: i64,
+    changes: Vec<Vec<u8>>,
+    received: Option<NaiveDateTime>,
 ) -> ApiResult<StoredVerdict> {
-    let (changes, _) = crate::sync::load_changes(conn, id)?;
     let doc = sync_protocol::server::load_stored(changes)
         .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
     let view = sync_protocol::schema::read_patrol(&doc)
@@ -198,12 +259,7 @@ fn judge_one(
             shape: &point.shape,
         })
         .collect();
-    let evidence = photo_evidence(conn, id, tz)?;
-    let received: Option<NaiveDateTime> = sync_documents::table
-        .find(id)
-        .select(sync_documents::updated_at)
-        .first(conn)
-        .optional()?;
+    let evidence = photo_evidence(conn, &state.photos.hashes, id, tz)?;
     let verdict = verdict::judge(
         &view,
         &Context {
@@ -225,6 +281,7 @@ fn judge_one(
 /// What the server knows of a patrol's photos: arrived or not, EXIF time and place, reuse.
 fn photo_evidence(
     conn: &mut DbConnection,
+    hashes: &crate::photos::HashIndex,
     patrol: &str,
     tz: chrono_tz::Tz,
 ) -> ApiResult<Vec<PhotoEvidence>> {
@@ -272,7 +329,7 @@ fn photo_evidence(
             }
             _ => None,
         };
-        let reused_from = crate::photos::near_duplicates(conn, &sha256)?
+        let reused_from = crate::photos::near_duplicates(conn, hashes, &sha256)?
             .into_iter()
             .find_map(|near| {
                 near.patrols

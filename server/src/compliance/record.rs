@@ -43,6 +43,16 @@ pub struct Rollup {
 }
 
 impl Rollup {
+    /// The sum of rollups, with its completion rate.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Rollup>) -> Rollup {
+        let mut sum = Rollup::default();
+        sum.rate();
+        for part in parts {
+            sum.add(part);
+        }
+        sum
+    }
+
     fn add(&mut self, other: &Rollup) {
         self.villages += other.villages;
         self.villages_met += other.villages_met;
@@ -122,6 +132,11 @@ pub struct TownshipWeek {
     pub grid: GridRef,
     pub rollup: Rollup,
     pub villages: Vec<VillageWeek>,
+    /// In a record of a wider grid (a county): the township's own sign-off of the week. Its
+    /// figures are then the frozen ones it signed, and its late patrols are listed among the
+    /// record's late amendments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signoff: Option<Signoff>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -478,6 +493,7 @@ pub fn week_record(
                 }),
             rollup: Rollup::default(),
             villages: Vec::new(),
+            signoff: None,
         });
         township.rollup.add(&rollup);
         township.villages.push(VillageWeek {
@@ -495,13 +511,9 @@ pub fn week_record(
             soft_flags,
         });
     }
-    let mut summary = Rollup::default();
-    summary.rate();
     let mut townships: Vec<TownshipWeek> = townships.into_values().collect();
     townships.sort_by(|a, b| a.grid.code.cmp(&b.grid.code));
-    for township in &townships {
-        summary.add(&township.rollup);
-    }
+    let summary = Rollup::sum(townships.iter().map(|t| &t.rollup));
     let (deadline, deadline_quote) = deadline(policy, monday, tz);
     Ok(WeekRecord {
         week: week.to_string(),

@@ -52,13 +52,53 @@ fn history(conn: &mut DbConnection, grid_id: i64, week: &str) -> ApiResult<Vec<A
 }
 
 /// What the API shows for a week: the frozen record with its sign-off and late amendments when
-/// it is signed, else the live one; with the audit history either way.
+/// it is signed, else the live one, in which townships that signed the week show the figures they
+/// signed ([`fold_signed`]); with the audit history either way.
 pub fn shown(conn: &mut DbConnection, live: WeekRecord) -> ApiResult<WeekRecord> {
     let (grid_id, week) = (live.grid.id, live.week.clone());
     let history = history(conn, grid_id, &week)?;
-    let Some((signed_by, signed_at, late, text, content_hash)) = signoff_row(conn, grid_id, &week)?
+    if let Some(frozen) = signed(conn, grid_id, &week)? {
+        return Ok(WeekRecord { history, ..frozen });
+    }
+    let live = fold_signed(conn, live)?;
+    Ok(WeekRecord { history, ..live })
+}
+
+/// A live record of a wider grid (a county) with each township that signed the week replaced by
+/// the township as it signed it: a patrol that syncs after a township's sign-off appears among
+/// the late amendments and changes neither the township's figures nor the sums above it.
+pub fn fold_signed(conn: &mut DbConnection, mut live: WeekRecord) -> ApiResult<WeekRecord> {
+    let (root, week) = (live.grid.id, live.week.clone());
+    let mut folded = false;
+    for township in &mut live.townships {
+        // A township's own record lists itself; its sign-off is the record's.
+        if township.grid.id == root {
+            continue;
+        }
+        let Some(frozen) = signed(conn, township.grid.id, &week)? else {
+            continue;
+        };
+        let id = township.grid.id;
+        if let Some(mut as_signed) = frozen.townships.into_iter().find(|t| t.grid.id == id) {
+            as_signed.signoff = frozen.signoff;
+            *township = as_signed;
+            live.late_amendments.extend(frozen.late_amendments);
+            folded = true;
+        }
+    }
+    if folded {
+        live.summary = super::record::Rollup::sum(live.townships.iter().map(|t| &t.rollup));
+        live.late_amendments
+            .sort_by(|a, b| a.received_at.cmp(&b.received_at));
+    }
+    Ok(live)
+}
+
+/// The signed record of a grid's week, with its sign-off and late amendments (no history).
+fn signed(conn: &mut DbConnection, grid_id: i64, week: &str) -> ApiResult<Option<WeekRecord>> {
+    let Some((signed_by, signed_at, late, text, content_hash)) = signoff_row(conn, grid_id, week)?
     else {
-        return Ok(WeekRecord { history, ..live });
+        return Ok(None);
     };
     let mut frozen: WeekRecord = serde_json::from_str(&text)
         .map_err(|e| ApiError::internal(format!("signed record {grid_id}/{week}: {e}")))?;
@@ -109,8 +149,7 @@ pub fn shown(conn: &mut DbConnection, live: WeekRecord) -> ApiResult<WeekRecord>
         late,
         content_hash,
     });
-    frozen.history = history;
-    Ok(frozen)
+    Ok(Some(frozen))
 }
 
 /// Signs the week off: freezes `live` as it stands. `deadline_passed`: signed late.

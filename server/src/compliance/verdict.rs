@@ -426,6 +426,25 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
     }
 }
 
+/// Each fix of a track in WGS-84 with whether it counts as inside the grid, by the same test as
+/// [`judge`] (its accuracy circle touching the grid): (lon, lat, time, inside). For drawing.
+pub fn fixes_inside(track: &[Fix], grid: &MultiPolygon<f64>) -> Vec<(f64, f64, i64, bool)> {
+    let fixes = wgs84_track(track);
+    let Some(first) = fixes.first() else {
+        return Vec::new();
+    };
+    let frame = LocalFrame::around(first.lon, first.lat);
+    let grid_m = project_grid(grid, &frame);
+    fixes
+        .iter()
+        .map(|f| {
+            let (x, y) = frame.project(f.lon, f.lat);
+            let inside = Euclidean.distance(&grid_m, &Point::new(x, y)) <= f.accuracy_m;
+            (f.lon, f.lat, f.at_ms, inside)
+        })
+        .collect()
+}
+
 fn wgs84_track(track: &[Fix]) -> Vec<Point2> {
     track
         .iter()

@@ -612,9 +612,10 @@ async fn info(
 ) -> ApiResult<web::Json<PhotoInfo>> {
     let sha = checked_sha(&sha256)?;
     let (row, patrols) = authorize(&state, authed.clone(), sha.clone()).await?;
+    let index = state.clone();
     let near = state
         .db
-        .run(move |conn| super::near_duplicates(conn, &sha))
+        .run(move |conn| super::near_duplicates(conn, &index.photos.hashes, &sha))
         .await?;
     let near_duplicates = near
         .into_iter()
@@ -715,7 +716,7 @@ async fn original(
     serve_object(&state, &req, &sha, original_path(&sha), mime).await
 }
 
-async fn derived(
+pub(crate) async fn derived(
     state: web::Data<AppState>,
     authed: Authed,
     req: HttpRequest,

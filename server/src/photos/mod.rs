@@ -9,6 +9,9 @@
 //!   once its row in `photo_upload_chunks` is committed; the sweeper removes the rest.
 
 pub mod api;
+mod reuse;
+
+pub use reuse::{HashIndex, NEAR_DUPLICATE_BITS, NearDuplicate, near_duplicates};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,8 @@ pub struct Photos {
     /// asks where the upload stands while the server may still be storing the piece the drop
     /// cut short; its HEAD waits for that piece instead of reporting an older offset.
     turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every hashed photo's perceptual hash, for finding reuse without reading them all.
+    pub hashes: HashIndex,
 }
 
 impl Photos {
@@ -114,6 +119,7 @@ impl Photos {
             completing: tokio::sync::Semaphore::new(2),
             wake_worker: tokio::sync::Notify::new(),
             turns: Default::default(),
+            hashes: HashIndex::default(),
         }
     }
 
@@ -231,6 +237,7 @@ pub struct PhotoRow {
     pub device_id: i64,
     pub user_id: i64,
     pub received_at: NaiveDateTime,
+    pub hashed_at: Option<NaiveDateTime>,
 }
 
 /// What a phone asks for when it creates an upload.
@@ -679,6 +686,7 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
         device_id: upload.device_id,
         user_id: upload.user_id,
         received_at: now(),
+        hashed_at: None,
     };
     let (id, length, upload_sha) = (upload.id.clone(), upload.length, upload.sha256.clone());
     let (objects, done) = state
@@ -711,89 +719,6 @@ async fn discard(state: &Arc<AppState>, id: &str) {
         Ok(objects) => delete_objects(state.photos.store.as_ref(), objects).await,
         Err(error) => tracing::warn!(%error, "could not discard an upload"),
     }
-}
-
-/// Perceptual hashes this many bits apart or fewer are the same picture (re-encoded, resized,
-/// turned with a tag); different pictures are 16 or more apart (`photo/README.md`).
-pub const NEAR_DUPLICATE_BITS: u32 = 8;
-
-/// An earlier photo that looks the same as another.
-pub struct NearDuplicate {
-    pub sha256: String,
-    pub distance: u32,
-    pub received_at: NaiveDateTime,
-    /// The patrols that reference it, with their grids' paths.
-    pub patrols: Vec<(String, String)>,
-}
-
-/// Earlier photos of the same jurisdiction (the top-level grids of the patrols that reference
-/// `sha256`) whose perceptual hash is within [`NEAR_DUPLICATE_BITS`] of this one's: a photo
-/// reused from an earlier patrol. Empty until the photo's hash is made and a patrol references
-/// it.
-pub fn near_duplicates(conn: &mut DbConnection, sha256: &str) -> ApiResult<Vec<NearDuplicate>> {
-    use crate::schema::grids;
-    let Some((Some(phash), received_at)) = photos::table
-        .find(sha256)
-        .select((photos::phash, photos::received_at))
-        .first::<(Option<i64>, NaiveDateTime)>(conn)
-        .optional()?
-    else {
-        return Ok(Vec::new());
-    };
-    let paths: Vec<String> = patrol_photos::table
-        .inner_join(grids::table.on(grids::id.eq(patrol_photos::grid_id)))
-        .filter(patrol_photos::sha256.eq(sha256))
-        .select(grids::path)
-        .load(conn)?;
-    let roots: std::collections::BTreeSet<String> = paths
-        .iter()
-        .filter_map(|path| {
-            crate::grids::path_ids(path)
-                .first()
-                .map(|root| format!("/{root}/%"))
-        })
-        .collect();
-    let mut found: std::collections::BTreeMap<String, NearDuplicate> = Default::default();
-    for root in roots {
-        let candidates: Vec<(String, i64, NaiveDateTime, String, String)> = photos::table
-            .inner_join(patrol_photos::table.on(patrol_photos::sha256.eq(photos::sha256)))
-            .inner_join(grids::table.on(grids::id.eq(patrol_photos::grid_id)))
-            .filter(grids::path.like(&root))
-            .filter(photos::received_at.lt(received_at))
-            .filter(photos::sha256.ne(sha256))
-            .filter(photos::phash.is_not_null())
-            .select((
-                photos::sha256,
-                photos::phash.assume_not_null(),
-                photos::received_at,
-                patrol_photos::patrol_id,
-                grids::path,
-            ))
-            .load(conn)?;
-        for (other, other_hash, at, patrol, path) in candidates {
-            let distance = gridpatrol_photo::hamming(phash as u64, other_hash as u64);
-            if distance > NEAR_DUPLICATE_BITS {
-                continue;
-            }
-            found
-                .entry(other.clone())
-                .or_insert_with(|| NearDuplicate {
-                    sha256: other,
-                    distance,
-                    received_at: at,
-                    patrols: Vec::new(),
-                })
-                .patrols
-                .push((patrol, path));
-        }
-    }
-    let mut found: Vec<NearDuplicate> = found.into_values().collect();
-    found.sort_by(|a, b| {
-        a.distance
-            .cmp(&b.distance)
-            .then(a.received_at.cmp(&b.received_at))
-    });
-    Ok(found)
 }
 
 /// Writes a patrol document's photo references (replacing the previous ones).
@@ -921,7 +846,11 @@ pub async fn derive_pending(state: &Arc<AppState>) -> ApiResult<usize> {
             .db
             .write(move |conn| -> ApiResult<()> {
                 diesel::update(photos::table.find(&sha))
-                    .set((photos::derived.eq(state_text), photos::phash.eq(phash)))
+                    .set((
+                        photos::derived.eq(state_text),
+                        photos::phash.eq(phash),
+                        photos::hashed_at.eq(phash.map(|_| now())),
+                    ))
                     .execute(conn)?;
                 // Its hash may show it reused: the patrols using it are judged again.
                 crate::compliance::judging::mark_photo_stale(conn, &sha)?;

@@ -485,6 +485,34 @@ async fn a_signed_week_is_frozen_and_late_patrols_are_amendments(backend: Backen
     assert_eq!(shown["late_amendments"][0]["patrol_id"], late.as_str());
     assert_eq!(shown["late_amendments"][0]["counted"], true);
 
+    // The county's view of the week shows the township as it signed it, not as it is now: the
+    // late patrol is an amendment there too, and the county's sums are the signed ones.
+    let admin = app.token("admin-522632").await;
+    let county = app
+        .get(
+            &format!("/v1/compliance/weeks/{week}?grid=522632"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(county.status, 200, "{}", county.text);
+    let township = county.body["townships"]
+        .as_array()
+        .expect("townships")
+        .iter()
+        .find(|t| t["grid"]["code"] == "522632100")
+        .expect("the township");
+    assert_eq!(township["signoff"]["content_hash"], hash.as_str());
+    assert_eq!(township["rollup"], signed.body["summary"]);
+    assert_eq!(county.body["summary"]["counted"], 1, "{}", county.text);
+    assert_eq!(
+        county.body["late_amendments"][0]["patrol_id"],
+        late.as_str()
+    );
+    assert!(
+        county.body.get("signoff").is_none(),
+        "the county itself is not signed"
+    );
+
     // Reopening: not the leader; the county admin, with a reason.
     let no = app
         .post(
@@ -494,7 +522,6 @@ async fn a_signed_week_is_frozen_and_late_patrols_are_amendments(backend: Backen
         )
         .await;
     assert_eq!(no.status, 403);
-    let admin = app.token("admin-522632").await;
     let empty = app
         .post(
             &format!("/v1/compliance/weeks/{week}/reopen?grid=522632100"),
