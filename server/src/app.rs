@@ -201,7 +201,9 @@ pub fn launch(
             .configure(routes)
             .default_service(web::to(not_found))
             .split_for_parts();
-        app.wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
+        // The console's pages are not part of the API (nor of its OpenAPI document).
+        app.configure(crate::console::configure)
+            .wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
             .wrap(from_fn(crate::metrics::record))
             .wrap(from_fn(request_id_header))
             .wrap(TracingLogger::default())
@@ -300,7 +302,13 @@ fn json_for_bare_errors<B: actix_web::body::MessageBody + 'static>(
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || !(res.status().is_client_error() || res.status().is_server_error()) {
+    // The console's pages carry their own HTML error pages.
+    let is_html = res
+        .response()
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_json || is_html || !(res.status().is_client_error() || res.status().is_server_error()) {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod compliance;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod demo;
 pub mod error;

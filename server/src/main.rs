@@ -380,11 +380,12 @@ fn print_demo(serve: &ServeConfig, loaded: Option<demo::DemoSummary>) {
         ),
         None => println!("GridPatrol demo: the database already has grids; nothing was loaded."),
     }
-    println!("  Open            {base}/healthz   and   {base}/openapi.json");
+    println!("  Console         {base}/   (监管台: sign in with a name and password below)");
+    println!("  API             {base}/healthz   and   {base}/openapi.json");
     println!("  Locate a point  curl '{base}/v1/grids/locate?lon=108.52&lat=25.93'");
     println!("  County admin    {}  /  {}", demo::ADMIN, demo::PASSWORD);
     println!(
-        "  Township leader leader-{}  /  {}   (古州镇)",
+        "  Township leader leader-{}  /  {}   (古州镇; leader-522632001 for 车民街道, where patrol-sim walks)",
         demo::DEMO_TOWNSHIP,
         demo::PASSWORD
     );

@@ -349,7 +349,7 @@ fn store(
             .respond(
                 server::FeedPage {
                     items: vec![],
-                    cursor: request.cursor.clone(),
+                    cursor: request.cursor,
                     reset: false,
                 },
                 0,

@@ -198,7 +198,7 @@ impl FromRequest for Authed {
 }
 
 /// Checks that the session and device are live and loads the user's roles.
-fn load(
+pub(crate) fn load(
     conn: &mut crate::db::DbConnection,
     user_id: i64,
     session_id: i64,

@@ -88,8 +88,7 @@ pub fn fold_signed(conn: &mut DbConnection, mut live: WeekRecord) -> ApiResult<W
     }
     if folded {
         live.summary = super::record::Rollup::sum(live.townships.iter().map(|t| &t.rollup));
-        live.late_amendments
-            .sort_by(|a, b| a.received_at.cmp(&b.received_at));
+        live.late_amendments.sort_by_key(|a| a.received_at);
     }
     Ok(live)
 }
