@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use automerge::{ActorId, AutoCommit, Automerge, Change};
+use automerge::{ActorId, AutoCommit, Automerge};
 use diesel::prelude::*;
 use gridpatrol_server::auth::Role;
 use gridpatrol_server::compliance::judging;
@@ -28,13 +28,12 @@ use gridpatrol_server::error::{ApiError, ApiResult};
 use gridpatrol_server::grids::import::{self, Importer};
 use gridpatrol_server::people::{self, Employment, NewUser};
 use gridpatrol_server::schema::{devices, grids, patrol_verdicts, photos};
-use gridpatrol_server::sync::{DbStore, DeviceAuthority};
+use gridpatrol_server::sync::DeviceAuthority;
 use gridpatrol_server::{AppState, Config, build_state};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use sync_protocol::client::ClientState;
 use sync_protocol::schema::{self, DocKind, Fix, FixSource, Method, NewPatrol, PhotoRef};
-use sync_protocol::server;
 
 /// The allocator of the `gridpatrol` binary, so that this process behaves like it.
 #[global_allocator]
@@ -339,25 +338,11 @@ fn store(
     };
     let limits = state.sync_settings.limits;
     state.db.write_blocking(|conn| {
-        let premerged = server::premerge(&request, &authority, &limits, 0, |id| {
-            gridpatrol_server::sync::load_changes(conn, id)
-        })?;
-        let mut store = DbStore::new(conn, &authority);
-        let handled = server::handle(&request, &authority, &mut store, &limits, premerged)?;
-        store.append()?;
-        let refused: Vec<_> = handled
-            .respond(
-                server::FeedPage {
-                    items: vec![],
-                    cursor: request.cursor,
-                    reset: false,
-                },
-                0,
-            )
-            .results
-            .into_iter()
-            .filter_map(|r| r.error.map(|e| (r.id, e.code)))
-            .collect();
+        let refused: Vec<_> =
+            gridpatrol_server::sync::store_request(conn, &request, &authority, &limits)?
+                .into_iter()
+                .filter_map(|r| r.error.map(|e| (r.id, e.code)))
+                .collect();
         assert!(refused.is_empty(), "refused: {refused:?}");
         Ok::<_, ApiError>(())
     })
@@ -378,13 +363,8 @@ fn automerge_floor(state: &AppState) -> f64 {
         })
         .expect("changes");
     let started = Instant::now();
-    for changes in &docs {
-        let decoded: Vec<Change> = changes
-            .iter()
-            .map(|b| Change::try_from(&b[..]).expect("change"))
-            .collect();
-        let mut doc = Automerge::new();
-        doc.apply_changes(decoded).expect("apply");
+    for changes in docs {
+        let doc = sync_protocol::server::load_stored(changes).expect("load");
         std::hint::black_box(doc.get_heads());
     }
     started.elapsed().as_secs_f64()

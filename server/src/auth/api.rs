@@ -47,45 +47,16 @@ async fn login(
     body: Json<LoginRequest>,
 ) -> ApiResult<web::Json<TokenPair>> {
     let LoginRequest { username, password } = body.into_inner();
-    let username = username.trim().to_string();
-    let limited = username.clone();
-    state
-        .db
-        .run(move |conn| credentials::check_rate_limit(conn, &limited))
-        .await?;
-    let lookup = username.clone();
-    let user: Option<(i64, Option<String>, bool)> = state
-        .db
-        .run(move |conn| {
-            users::table
-                .filter(users::username.eq(&lookup))
-                .select((users::id, users::password_hash, users::disabled))
-                .first(conn)
-                .optional()
-                .map_err(ApiError::from)
-        })
-        .await?;
-    // argon2 is deliberately slow: keep it off the async workers.
-    let hash = user.as_ref().and_then(|u| u.1.clone());
-    let ok = web::block(move || credentials::verify_password(&password, hash.as_deref()))
-        .await
-        .map_err(ApiError::internal)?;
     let st = state.clone();
-    // A failure must be committed (it counts toward the lockout), so the transaction succeeds
-    // either way and the outcome is decided after it.
-    let signed_in = state
-        .db
-        .write(move |conn| match user {
-            Some((user_id, _, false)) if ok => {
-                credentials::clear_failures(conn, &username)?;
-                tokens::start_session(conn, &st.keys, &st.token_settings, user_id, None).map(Some)
-            }
-            _ => {
-                credentials::record_failure(conn, &username)?;
-                Ok::<_, ApiError>(None)
-            }
-        })
-        .await?;
+    let signed_in = credentials::sign_in(
+        &state.db,
+        username.trim().to_string(),
+        password,
+        move |conn, user_id| {
+            tokens::start_session(conn, &st.keys, &st.token_settings, user_id, None)
+        },
+    )
+    .await?;
     signed_in.map(web::Json).ok_or_else(|| {
         ApiError::unauthorized("invalid_credentials", "the user name or password is wrong")
     })

@@ -8,9 +8,9 @@ use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use rand::Rng;
 
-use crate::db::{DbConnection, now};
+use crate::db::{Db, DbConnection, now};
 use crate::error::{ApiError, Kind};
-use crate::schema::{enrollment_codes, login_failures};
+use crate::schema::{enrollment_codes, login_failures, users};
 
 use super::tokens::sha256_hex;
 
@@ -47,6 +47,48 @@ pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
         .verify_password(password.as_bytes(), &parsed)
         .is_ok();
     ok && stored.is_some()
+}
+
+/// A password sign-in, as the API and the console both do it: refused while the user name is
+/// locked out (`too_many_attempts`); the password checked with argon2 off the async workers; then,
+/// in one transaction, a failure recorded (it counts toward the lockout, so it is committed
+/// either way) or, for a user who is not disabled, the failures cleared and `signed_in` run with
+/// the user's id (to start a session). `Ok(None)`: wrong user name or password, or disabled.
+pub async fn sign_in<T: Send + 'static>(
+    db: &Db,
+    username: String,
+    password: String,
+    signed_in: impl FnOnce(&mut DbConnection, i64) -> Result<T, ApiError> + Send + 'static,
+) -> Result<Option<T>, ApiError> {
+    let limited = username.clone();
+    db.run(move |conn| check_rate_limit(conn, &limited)).await?;
+    let lookup = username.clone();
+    let user: Option<(i64, Option<String>, bool)> = db
+        .run(move |conn| {
+            users::table
+                .filter(users::username.eq(&lookup))
+                .select((users::id, users::password_hash, users::disabled))
+                .first(conn)
+                .optional()
+                .map_err(ApiError::from)
+        })
+        .await?;
+    // argon2 is deliberately slow: keep it off the async workers.
+    let hash = user.as_ref().and_then(|u| u.1.clone());
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, hash.as_deref()))
+        .await
+        .map_err(ApiError::internal)?;
+    db.write(move |conn| match user {
+        Some((user_id, _, false)) if ok => {
+            clear_failures(conn, &username)?;
+            signed_in(conn, user_id).map(Some)
+        }
+        _ => {
+            record_failure(conn, &username)?;
+            Ok(None)
+        }
+    })
+    .await
 }
 
 /// Refuses a sign-in attempt while the user name has too many recent failures.

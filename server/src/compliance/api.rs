@@ -62,18 +62,13 @@ async fn get_week(
 }
 
 /// The week checked and the subtree's root: the grid asked for, or the caller's highest.
-pub(crate) async fn resolve(
+async fn resolve(
     state: &AppState,
     authed: &Authed,
     week: String,
     query: WeekQuery,
 ) -> ApiResult<((i64, String, String, String, String), String)> {
-    crate::policy::parse_week(&week).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_week",
-            format!("{week:?} is not an ISO week like 2026-W48"),
-        )
-    })?;
+    super::record::monday_of(&week)?;
     let roots = authed.visible_roots();
     let root = state
         .db
@@ -131,22 +126,10 @@ async fn sign_week(
         .db
         .write(move |conn| {
             let live = live_record(&state2, conn, root, &week)?;
-            let live = super::signoff::fold_signed(conn, live)?;
-            let late = deadline_passed(&live);
-            super::signoff::sign(conn, &live, user, late)?;
-            super::signoff::shown(conn, live)
+            super::signoff::sign(conn, live, user)
         })
         .await?;
     Ok(web::Json(record))
-}
-
-/// Whether the record's deadline has passed (a sign-off now is late).
-pub(crate) fn deadline_passed(record: &WeekRecord) -> bool {
-    record
-        .deadline
-        .as_deref()
-        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
-        .is_some_and(|deadline| chrono::Utc::now() > deadline)
 }
 
 /// The patrols of the week with fraud signals (巡查走形式) under a grid, hard ones first: what a

@@ -263,6 +263,16 @@ fn parsed(text: Option<&str>) -> Option<StoredVerdict> {
     text.and_then(|t| serde_json::from_str(t).ok())
 }
 
+/// The Monday of an ISO week written `2026-W48`; anything else is `invalid_week`.
+pub fn monday_of(week: &str) -> ApiResult<NaiveDate> {
+    crate::policy::parse_week(week).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_week",
+            format!("{week:?} is not an ISO week like 2026-W48"),
+        )
+    })
+}
+
 /// The week's record for the subtree under `root` (a grid row: id, code, name, level, path).
 pub fn week_record(
     conn: &mut DbConnection,
@@ -271,12 +281,7 @@ pub fn week_record(
     policy: Option<&Policy>,
     tz: chrono_tz::Tz,
 ) -> ApiResult<WeekRecord> {
-    let monday = crate::policy::parse_week(week).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_week",
-            format!("{week:?} is not an ISO week like 2026-W48"),
-        )
-    })?;
+    let monday = monday_of(week)?;
     let (root_id, root_code, root_name, root_level, root_path) = root;
     let villages: Vec<(i64, String, String, String, Option<i64>)> = grids::table
         .filter(grids::path.like(format!("{root_path}%")))

@@ -67,7 +67,7 @@ pub fn shown(conn: &mut DbConnection, live: WeekRecord) -> ApiResult<WeekRecord>
 /// A live record of a wider grid (a county) with each township that signed the week replaced by
 /// the township as it signed it: a patrol that syncs after a township's sign-off appears among
 /// the late amendments and changes neither the township's figures nor the sums above it.
-pub fn fold_signed(conn: &mut DbConnection, mut live: WeekRecord) -> ApiResult<WeekRecord> {
+fn fold_signed(conn: &mut DbConnection, mut live: WeekRecord) -> ApiResult<WeekRecord> {
     let (root, week) = (live.grid.id, live.week.clone());
     let mut folded = false;
     for township in &mut live.townships {
@@ -151,13 +151,11 @@ fn signed(conn: &mut DbConnection, grid_id: i64, week: &str) -> ApiResult<Option
     Ok(Some(frozen))
 }
 
-/// Signs the week off: freezes `live` as it stands. `deadline_passed`: signed late.
-pub fn sign(
-    conn: &mut DbConnection,
-    live: &WeekRecord,
-    user_id: i64,
-    deadline_passed: bool,
-) -> ApiResult<()> {
+/// Signs the week off: freezes `live` as it stands, with the townships that signed it themselves
+/// as they signed ([`fold_signed`]); late if its deadline has passed. Returns the record as it is
+/// shown from now on.
+pub fn sign(conn: &mut DbConnection, live: WeekRecord, user_id: i64) -> ApiResult<WeekRecord> {
+    let live = fold_signed(conn, live)?;
     let (grid_id, week) = (live.grid.id, live.week.as_str());
     if signoff_row(conn, grid_id, week)?.is_some() {
         return Err(ApiError::conflict(
@@ -165,7 +163,12 @@ pub fn sign(
             "this week is already signed off; a county admin may reopen it",
         ));
     }
-    let text = serde_json::to_string(live).map_err(ApiError::internal)?;
+    let text = serde_json::to_string(&live).map_err(ApiError::internal)?;
+    let late = live
+        .deadline
+        .as_deref()
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+        .is_some_and(|deadline| chrono::Utc::now() > deadline);
     let hash = hex::encode(Sha256::digest(text.as_bytes()));
     let at = now();
     diesel::insert_into(week_signoffs::table)
@@ -174,12 +177,13 @@ pub fn sign(
             week_signoffs::week.eq(week),
             week_signoffs::signed_by.eq(user_id),
             week_signoffs::signed_at.eq(at),
-            week_signoffs::late.eq(deadline_passed),
+            week_signoffs::late.eq(late),
             week_signoffs::record.eq(&text),
             week_signoffs::content_hash.eq(&hash),
         ))
         .execute(conn)?;
-    audit(conn, grid_id, week, "signed", user_id, None, Some(hash))
+    audit(conn, grid_id, week, "signed", user_id, None, Some(hash))?;
+    shown(conn, live)
 }
 
 /// Reopens a signed week (a county admin, with a reason).

@@ -10,7 +10,7 @@ use super::map::{Map, TrackFix};
 use super::session::CsrfForm;
 use super::{ConsoleError, ConsoleUser, page, redirect};
 use crate::app::AppState;
-use crate::compliance::api::{WeekQuery, file_response, live_record, resolve};
+use crate::compliance::api::{file_response, live_record};
 use crate::compliance::judging::{StoredVerdict, iso_week, policy_of};
 use crate::compliance::record::WeekRecord;
 use crate::compliance::signoff;
@@ -78,18 +78,6 @@ fn time_left(deadline: Option<&str>) -> Option<(String, bool)> {
     })
 }
 
-fn grid_by_code(state: &AppState, code: &str) -> Option<(i64, String, String, String, String)> {
-    let index = state.index.current();
-    let grid = index.get_by_code(code)?;
-    Some((
-        grid.id,
-        grid.code.clone(),
-        grid.name.clone(),
-        grid.level.clone(),
-        index.path_of(grid),
-    ))
-}
-
 /// The map of a record's villages, coloured by their status this week, each linking to its page.
 fn record_map(state: &AppState, record: &WeekRecord) -> Option<String> {
     let index = state.index.current();
@@ -125,14 +113,16 @@ pub struct OverviewQuery {
     grid: Option<String>,
 }
 
-/// GET /console/: this week's overview of the user's highest grid.
-pub async fn overview(
-    state: web::Data<AppState>,
-    user: ConsoleUser,
-    query: web::Query<OverviewQuery>,
-) -> Result<HttpResponse, ConsoleError> {
-    let root = match &query.grid {
-        Some(code) => grid_by_code(&state, code).ok_or(ConsoleError::NotFound)?,
+/// The grid `code` names (as the grid index knows it), or without a code the highest grid the
+/// user may see.
+fn root_of(
+    state: &AppState,
+    user: &ConsoleUser,
+    code: Option<&str>,
+) -> Result<GridTuple, ConsoleError> {
+    let index = state.index.current();
+    let grid = match code {
+        Some(code) => index.get_by_code(code),
         None => {
             let path = user
                 .authed
@@ -140,23 +130,30 @@ pub async fn overview(
                 .into_iter()
                 .next()
                 .ok_or(ConsoleError::Forbidden)?;
-            let index = state.index.current();
-            let id = crate::grids::path_ids(&path)
+            crate::grids::path_ids(&path)
                 .last()
-                .copied()
-                .ok_or(ConsoleError::Forbidden)?;
-            let grid = index.get(id).ok_or(ConsoleError::NotFound)?;
-            (
-                id,
-                grid.code.clone(),
-                grid.name.clone(),
-                grid.level.clone(),
-                path,
-            )
+                .and_then(|id| index.get(*id))
         }
-    };
+    }
+    .ok_or(ConsoleError::NotFound)?;
+    Ok((
+        grid.id,
+        grid.code.clone(),
+        grid.name.clone(),
+        grid.level.clone(),
+        index.path_of(grid),
+    ))
+}
+
+/// GET /console/: this week's overview of the user's highest grid.
+pub async fn overview(
+    state: web::Data<AppState>,
+    user: ConsoleUser,
+    query: web::Query<OverviewQuery>,
+) -> Result<HttpResponse, ConsoleError> {
+    let root = root_of(&state, &user, query.grid.as_deref())?;
     let week = this_week(&state, root.0);
-    render_overview(&state, &user, root.1, week).await
+    render_overview(&state, &user, root, week).await
 }
 
 /// GET /console/weeks/{week}?grid=: the overview of a week.
@@ -166,51 +163,40 @@ pub async fn overview_of_week(
     week: web::Path<String>,
     query: web::Query<OverviewQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let code = match &query.grid {
-        Some(code) => code.clone(),
-        None => {
-            let (root, _) = resolve(&state, &user.authed, week.clone(), WeekQuery { grid: None })
-                .await
-                .map_err(api)?;
-            root.1
-        }
-    };
-    render_overview(&state, &user, code, week.into_inner()).await
+    let root = root_of(&state, &user, query.grid.as_deref())?;
+    render_overview(&state, &user, root, week.into_inner()).await
 }
 
-/// The record as the API shows it (frozen when signed), after checking the user may see it.
+/// The week's record of `root` as the API shows it (frozen when signed), after checking the week
+/// and that the user may see the grid.
 async fn shown_record(
     state: &web::Data<AppState>,
     user: &ConsoleUser,
-    code: String,
+    root: GridTuple,
     week: String,
-) -> Result<(GridTuple, WeekRecord), ConsoleError> {
-    let (root, week) = resolve(state, &user.authed, week, WeekQuery { grid: Some(code) })
-        .await
-        .map_err(api)?;
+) -> Result<WeekRecord, ConsoleError> {
+    crate::compliance::record::monday_of(&week).map_err(api)?;
     if !user.authed.can_see(&root.4) {
         return Err(ConsoleError::Forbidden);
     }
     let state2 = state.clone().into_inner();
-    let root2 = root.clone();
-    let record = state
+    state
         .db
         .run(move |conn| {
-            let live = live_record(&state2, conn, root2, &week)?;
+            let live = live_record(&state2, conn, root, &week)?;
             signoff::shown(conn, live)
         })
         .await
-        .map_err(api)?;
-    Ok((root, record))
+        .map_err(api)
 }
 
 async fn render_overview(
     state: &web::Data<AppState>,
     user: &ConsoleUser,
-    code: String,
+    root: GridTuple,
     week: String,
 ) -> Result<HttpResponse, ConsoleError> {
-    let (root, record) = shown_record(state, user, code, week).await?;
+    let record = shown_record(state, user, root.clone(), week).await?;
     let grid_id = root.0;
     let staffing = state
         .db
@@ -382,6 +368,41 @@ fn track_of(
         .collect()
 }
 
+/// A grid's map: its outline, its key points, and tracks (each with its CSS class and an
+/// optional link), fitted to all of them; times in the tracks' titles are local to `tz`.
+fn grid_map(
+    index: &crate::grids::index::GridIndex,
+    grid_id: i64,
+    tracks: &[(Vec<TrackFix>, String, Option<String>)],
+    tz: chrono_tz::Tz,
+    label: &str,
+) -> Option<String> {
+    let grid = index.get(grid_id)?;
+    let points: Vec<(f64, f64)> = tracks
+        .iter()
+        .flat_map(|(fixes, _, _)| fixes.iter().map(|f| (f.lon, f.lat)))
+        .collect();
+    let bounds = Map::bounds_of([&grid.shape], &points, 0.05)?;
+    let mut map = Map::new(bounds, MAP_WIDTH, MAP_HEIGHT);
+    map.polygon(&grid.shape, "grid focus", &grid.name, None);
+    for point in index.key_points_of(grid_id) {
+        if let Some(c) = geo::Centroid::centroid(&point.shape) {
+            map.point(
+                c.x(),
+                c.y(),
+                6.0,
+                "key-point",
+                &format!("重点点位：{}", point.name),
+            );
+        }
+    }
+    for (fixes, class, href) in tracks {
+        let offset = fixes.first().map_or(480, |f| offset_minutes(tz, f.at_ms));
+        map.track(fixes, GAP_MS, offset, class, href.as_deref());
+    }
+    Some(map.finish(label))
+}
+
 /// A stored patrol document, read.
 fn load_patrol(
     conn: &mut crate::db::DbConnection,
@@ -403,7 +424,7 @@ pub async fn grid(
     code: web::Path<String>,
     query: web::Query<GridQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let root = grid_by_code(&state, &code).ok_or(ConsoleError::NotFound)?;
+    let root = root_of(&state, &user, Some(&code))?;
     if !user.authed.can_see(&root.4) {
         return Err(ConsoleError::Forbidden);
     }
@@ -414,7 +435,7 @@ pub async fn grid(
     if root.3 != "village" {
         return Ok(redirect(&format!("/console/weeks/{week}?grid={}", root.1)));
     }
-    let (_, record) = shown_record(&state, &user, root.1.clone(), week.clone()).await?;
+    let record = shown_record(&state, &user, root.clone(), week.clone()).await?;
     let village = record
         .townships
         .iter()
@@ -441,42 +462,27 @@ pub async fn grid(
         .await
         .map_err(api)?;
     let index = state.index.current();
-    let shape = index.get(root.0).map(|g| g.shape.clone());
-    let map = shape.as_ref().and_then(|shape| {
-        let mut points: Vec<(f64, f64)> = Vec::new();
-        let drawn: Vec<(String, Vec<TrackFix>)> = tracks
+    let drawn: Vec<(Vec<TrackFix>, String, Option<String>)> = match index.get(root.0) {
+        Some(grid) => tracks
             .iter()
-            .map(|(id, view)| (id.clone(), track_of(view, shape)))
-            .collect();
-        for (_, fixes) in &drawn {
-            points.extend(fixes.iter().map(|f| (f.lon, f.lat)));
-        }
-        let bounds = Map::bounds_of([shape], &points, 0.05)?;
-        let mut map = Map::new(bounds, MAP_WIDTH, MAP_HEIGHT);
-        map.polygon(shape, "grid focus", &root.2, None);
-        for point in index.key_points_of(root.0) {
-            if let Some(c) = geo::Centroid::centroid(&point.shape) {
-                map.point(
-                    c.x(),
-                    c.y(),
-                    6.0,
-                    "key-point",
-                    &format!("重点点位：{}", point.name),
-                );
-            }
-        }
-        for (k, (id, fixes)) in drawn.iter().enumerate() {
-            let offset = fixes.first().map_or(480, |f| offset_minutes(tz, f.at_ms));
-            map.track(
-                fixes,
-                GAP_MS,
-                offset,
-                &format!("series-{}", k % 6),
-                Some(&format!("/console/patrols/{id}")),
-            );
-        }
-        Some(map.finish(&format!("{}网格与本周巡查轨迹", root.2)))
-    });
+            .enumerate()
+            .map(|(k, (id, view))| {
+                (
+                    track_of(view, &grid.shape),
+                    format!("series-{}", k % 6),
+                    Some(format!("/console/patrols/{id}")),
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let map = grid_map(
+        &index,
+        root.0,
+        &drawn,
+        tz,
+        &format!("{}网格与本周巡查轨迹", root.2),
+    );
     Ok(page(
         200,
         "grid.html",
@@ -607,38 +613,25 @@ pub async fn patrol(
         .map_err(api)?;
     let view = view.ok_or(ConsoleError::NotFound)?;
     let index = state.index.current();
-    let track = index
+    let fixes = index
         .get(grid_id)
-        .map(|g| (g.shape.clone(), track_of(&view, &g.shape)));
-    let map = track.as_ref().and_then(|(shape, fixes)| {
-        let points: Vec<(f64, f64)> = fixes.iter().map(|f| (f.lon, f.lat)).collect();
-        let bounds = Map::bounds_of([shape], &points, 0.05)?;
-        let mut map = Map::new(bounds, MAP_WIDTH, MAP_HEIGHT);
-        map.polygon(shape, "grid focus", &grid_name, None);
-        for point in index.key_points_of(grid_id) {
-            if let Some(c) = geo::Centroid::centroid(&point.shape) {
-                map.point(
-                    c.x(),
-                    c.y(),
-                    6.0,
-                    "key-point",
-                    &format!("重点点位：{}", point.name),
-                );
-            }
-        }
-        let offset = fixes.first().map_or(480, |f| offset_minutes(tz, f.at_ms));
-        map.track(fixes, GAP_MS, offset, "series-0", None);
-        Some(map.finish(&format!("巡查轨迹：{grid_name}")))
-    });
-    let (inside, outside) = track.as_ref().map_or((0, 0), |(_, fixes)| {
-        let inside = fixes.iter().filter(|f| f.inside).count();
-        (inside, fixes.len() - inside)
-    });
-    let gaps = view
-        .track
+        .map(|g| track_of(&view, &g.shape))
+        .unwrap_or_default();
+    let inside = fixes.iter().filter(|f| f.inside).count();
+    let outside = fixes.len() - inside;
+    // Counted on the fixes drawn, as the map shows them.
+    let gaps = fixes
         .windows(2)
         .filter(|w| w[1].at_ms - w[0].at_ms > GAP_MS)
         .count();
+    let drawn = [(fixes, "series-0".to_string(), None)];
+    let map = grid_map(
+        &index,
+        grid_id,
+        &drawn,
+        tz,
+        &format!("巡查轨迹：{grid_name}"),
+    );
     let may_review = user.authed.can_manage(&path);
     let notes: Vec<(String, String)> = view
         .notes
@@ -712,7 +705,8 @@ pub async fn signoff_form(
         .grid
         .clone()
         .ok_or(ConsoleError::BadRequest("缺少网格参数".into()))?;
-    let (root, record) = shown_record(&state, &user, code, week.into_inner()).await?;
+    let root = root_of(&state, &user, Some(&code))?;
+    let record = shown_record(&state, &user, root.clone(), week.into_inner()).await?;
     if !user.authed.can_manage(&root.4) {
         return Err(ConsoleError::Forbidden);
     }
@@ -742,16 +736,9 @@ pub async fn signoff(
         .grid
         .clone()
         .ok_or(ConsoleError::BadRequest("缺少网格参数".into()))?;
-    let (root, week) = resolve(
-        &state,
-        &user.authed,
-        week.into_inner(),
-        WeekQuery {
-            grid: Some(code.clone()),
-        },
-    )
-    .await
-    .map_err(api)?;
+    let week = week.into_inner();
+    crate::compliance::record::monday_of(&week).map_err(api)?;
+    let root = root_of(&state, &user, Some(&code))?;
     if !user.authed.can_manage(&root.4) {
         return Err(ConsoleError::Forbidden);
     }
@@ -762,9 +749,7 @@ pub async fn signoff(
         .db
         .write(move |conn| {
             let live = live_record(&state2, conn, root, &week2)?;
-            let live = signoff::fold_signed(conn, live)?;
-            let late = crate::compliance::api::deadline_passed(&live);
-            signoff::sign(conn, &live, user_id, late)
+            signoff::sign(conn, live, user_id)
         })
         .await
         .map_err(api)?;
@@ -790,6 +775,7 @@ pub async fn export(
         return Err(ConsoleError::BadRequest(format!("不支持的格式：{format}")));
     }
     let code = grid.ok_or(ConsoleError::BadRequest("缺少网格参数".into()))?;
-    let (_, record) = shown_record(&state, &user, code, week.into_inner()).await?;
+    let root = root_of(&state, &user, Some(&code))?;
+    let record = shown_record(&state, &user, root, week.into_inner()).await?;
     file_response(&record, &format).map_err(api)
 }

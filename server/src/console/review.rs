@@ -10,16 +10,14 @@ use automerge::{ActorId, AutoCommit};
 use diesel::prelude::*;
 use serde::Deserialize;
 use sync_protocol::schema::{self, DocKind, Review, ReviewState};
-use sync_protocol::server;
 use sync_protocol::wire::{self, DocPush, SyncRequest};
 
 use super::{ConsoleError, ConsoleUser, redirect};
 use crate::app::AppState;
-use crate::auth::Role;
 use crate::db::{DbConnection, now};
 use crate::error::{ApiError, ApiResult};
 use crate::schema::{console_devices, devices, patrols};
-use crate::sync::{DbStore, DeviceAuthority};
+use crate::sync::DeviceAuthority;
 
 /// A comment is a few sentences.
 const MAX_COMMENT_CHARS: usize = 500;
@@ -114,11 +112,11 @@ pub async fn review(
             }
             let (device_id, actor) = console_device(conn, authed.user_id)?;
             let (changes, _) = crate::sync::load_changes(conn, &patrol_id)?;
-            let stored = server::load_stored(changes).map_err(ApiError::internal)?;
-            let have = stored.get_heads();
-            let mut doc = AutoCommit::load(&stored.save())
+            // The stored change chunks, one after another, load as a document.
+            let mut doc = AutoCommit::load(&changes.concat())
                 .map_err(ApiError::internal)?
                 .with_actor(actor.clone());
+            let have = doc.get_heads();
             schema::set_review(
                 &mut doc,
                 &Review {
@@ -146,42 +144,21 @@ pub async fn review(
                     sync_message: None,
                 }],
             };
-            let paths = |accept: fn(Role) -> bool| -> Vec<String> {
-                authed
-                    .roles
-                    .iter()
-                    .filter(|g| accept(g.role))
-                    .map(|g| g.grid_path.clone())
-                    .collect()
-            };
-            let mut review_paths = paths(Role::manages);
-            if authed.is_superuser {
-                review_paths.push("/".into());
-            }
-            let authority = DeviceAuthority {
-                user_id: authed.user_id,
+            let mut authority = DeviceAuthority::new(
+                authed.user_id,
+                &authed.roles,
                 device_id,
                 actor,
-                author_paths: vec![],
-                review_paths,
-                index: index.clone(),
-            };
-            let premerged = server::premerge(&request, &authority, &limits, 0, |id| {
-                crate::sync::load_changes(conn, id)
-            })?;
-            let mut store = DbStore::new(conn, &authority);
-            let handled = server::handle(&request, &authority, &mut store, &limits, premerged)?;
-            store.append()?;
-            let response = handled.respond(
-                server::FeedPage {
-                    items: vec![],
-                    cursor: request.cursor,
-                    reset: false,
-                },
-                0,
+                index.clone(),
             );
-            Ok(response
-                .results
+            // Console reviews by a superuser may be anywhere.
+            if authed.is_superuser {
+                authority.review_paths.push("/".into());
+            }
+            // Authoring nothing: a review only.
+            authority.author_paths.clear();
+            let results = crate::sync::store_request(conn, &request, &authority, &limits)?;
+            Ok(results
                 .into_iter()
                 .find_map(|r| r.error.map(|e| format!("{}：{}", e.code, e.message))))
         })

@@ -184,69 +184,42 @@ pub async fn login(
         return Err(ConsoleError::Csrf);
     }
     let username = username.trim().to_string();
-    let limited = username.clone();
-    if let Err(error) = state
-        .db
-        .run(move |conn| credentials::check_rate_limit(conn, &limited))
-        .await
-    {
-        let message = format!("登录失败次数过多，请稍后再试（{}）", error.message);
-        return Ok(login_page(&req, &next, Some(&message), &username));
-    }
-    let lookup = username.clone();
-    let user: Option<(i64, Option<String>, bool)> = state
-        .db
-        .run(move |conn| {
-            users::table
-                .filter(users::username.eq(&lookup))
-                .select((users::id, users::password_hash, users::disabled))
-                .first(conn)
-                .optional()
-                .map_err(ApiError::from)
-        })
-        .await
-        .map_err(|_| ConsoleError::Internal)?;
-    let hash = user.as_ref().and_then(|u| u.1.clone());
-    let ok = web::block(move || credentials::verify_password(&password, hash.as_deref()))
-        .await
-        .map_err(|_| ConsoleError::Internal)?;
-    let who = username.clone();
     let token = new_token();
     let token_hash = sha256_hex(&token);
-    let signed_in = state
-        .db
-        .write(move |conn| -> Result<bool, ApiError> {
-            match user {
-                Some((user_id, _, false)) if ok => {
-                    credentials::clear_failures(conn, &who)?;
-                    let session_id: i64 = diesel::insert_into(sessions::table)
-                        .values((
-                            sessions::user_id.eq(user_id),
-                            sessions::device_id.eq(None::<i64>),
-                            sessions::created_at.eq(now()),
-                        ))
-                        .returning(sessions::id)
-                        .get_result(conn)?;
-                    diesel::insert_into(console_sessions::table)
-                        .values((
-                            console_sessions::token_hash.eq(&token_hash),
-                            console_sessions::session_id.eq(session_id),
-                            console_sessions::csrf.eq(new_token()),
-                            console_sessions::created_at.eq(now()),
-                            console_sessions::expires_at
-                                .eq(now() + chrono::Duration::hours(SESSION_HOURS)),
-                        ))
-                        .execute(conn)?;
-                    Ok(true)
-                }
-                _ => {
-                    credentials::record_failure(conn, &who)?;
-                    Ok(false)
-                }
-            }
-        })
-        .await
-        .map_err(|_| ConsoleError::Internal)?;
+    let signed_in = credentials::sign_in(
+        &state.db,
+        username.clone(),
+        password,
+        move |conn, user_id| -> Result<(), ApiError> {
+            let session_id: i64 = diesel::insert_into(sessions::table)
+                .values((
+                    sessions::user_id.eq(user_id),
+                    sessions::device_id.eq(None::<i64>),
+                    sessions::created_at.eq(now()),
+                ))
+                .returning(sessions::id)
+                .get_result(conn)?;
+            diesel::insert_into(console_sessions::table)
+                .values((
+                    console_sessions::token_hash.eq(&token_hash),
+                    console_sessions::session_id.eq(session_id),
+                    console_sessions::csrf.eq(new_token()),
+                    console_sessions::created_at.eq(now()),
+                    console_sessions::expires_at.eq(now() + chrono::Duration::hours(SESSION_HOURS)),
+                ))
+                .execute(conn)?;
+            Ok(())
+        },
+    )
+    .await;
+    let signed_in = match signed_in {
+        Ok(signed_in) => signed_in.is_some(),
+        Err(error) if error.code == "too_many_attempts" => {
+            let message = format!("登录失败次数过多，请稍后再试（{}）", error.message);
+            return Ok(login_page(&req, &next, Some(&message), &username));
+        }
+        Err(_) => return Err(ConsoleError::Internal),
+    };
     if !signed_in {
         return Ok(login_page(&req, &next, Some("用户名或密码错误"), &username));
     }

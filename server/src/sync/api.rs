@@ -18,7 +18,7 @@ use super::{DbStore, DeviceAuthority, load_changes};
 /// the rest are merged inside it (bounding a request's memory).
 const PREMERGE_BYTES: usize = 16 * 1024 * 1024;
 use crate::app::AppState;
-use crate::auth::{Authed, Role};
+use crate::auth::Authed;
 use crate::error::{ApiError, ApiResult, ErrorBody, Kind};
 use crate::schema::{devices, grids, sync_changes, sync_documents};
 
@@ -141,21 +141,7 @@ async fn sync(
                 .select(devices::actor_id)
                 .first(conn)?;
             let actor = ActorId::try_from(actor_hex.as_str()).map_err(ApiError::internal)?;
-            let paths = |accept: fn(Role) -> bool| -> Vec<String> {
-                roles
-                    .iter()
-                    .filter(|g| accept(g.role))
-                    .map(|g| g.grid_path.clone())
-                    .collect()
-            };
-            let authority = DeviceAuthority {
-                user_id,
-                device_id,
-                actor,
-                author_paths: paths(|r| r == Role::Inspector),
-                review_paths: paths(Role::manages),
-                index,
-            };
+            let authority = DeviceAuthority::new(user_id, &roles, device_id, actor, index);
             let premerged =
                 server::premerge(&request, &authority, &limits, PREMERGE_BYTES, |id| {
                     load_changes(conn, id)

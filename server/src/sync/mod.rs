@@ -36,6 +36,32 @@ pub struct DeviceAuthority {
 }
 
 impl DeviceAuthority {
+    /// A device of a user with these roles: an inspector authors in their grids, a leader,
+    /// deputy, supervisor or admin reviews in theirs.
+    pub fn new(
+        user_id: i64,
+        roles: &[crate::auth::RoleGrant],
+        device_id: i64,
+        actor: ActorId,
+        index: Arc<GridIndex>,
+    ) -> DeviceAuthority {
+        let paths = |accept: fn(crate::auth::Role) -> bool| -> Vec<String> {
+            roles
+                .iter()
+                .filter(|g| accept(g.role))
+                .map(|g| g.grid_path.clone())
+                .collect()
+        };
+        DeviceAuthority {
+            user_id,
+            device_id,
+            actor,
+            author_paths: paths(|r| r == crate::auth::Role::Inspector),
+            review_paths: paths(crate::auth::Role::manages),
+            index,
+        }
+    }
+
     fn path_of(&self, code: &str) -> Option<String> {
         self.index.get_by_code(code).map(|g| self.index.path_of(g))
     }
@@ -157,6 +183,30 @@ impl<'a> DbStore<'a> {
         }
         Ok(())
     }
+}
+
+/// Merges and stores a whole request inside the caller's write transaction, and returns each
+/// document's result (a refusal carries its code). `POST /v1/sync` does the same in two steps, so
+/// that the costly merge runs outside the write lock; this is for the server's own writes (a
+/// supervisor's review from the console) and for benchmarks.
+pub fn store_request(
+    conn: &mut DbConnection,
+    request: &sync_protocol::wire::SyncRequest,
+    authority: &DeviceAuthority,
+    limits: &sync_protocol::Limits,
+) -> ApiResult<Vec<sync_protocol::wire::DocResult>> {
+    let premerged = sync_protocol::server::premerge(request, authority, limits, 0, |id| {
+        load_changes(conn, id)
+    })?;
+    let mut store = DbStore::new(conn, authority);
+    let handled = sync_protocol::server::handle(request, authority, &mut store, limits, premerged)?;
+    store.append()?;
+    let nothing_else = FeedPage {
+        items: Vec::new(),
+        cursor: request.cursor,
+        reset: false,
+    };
+    Ok(handled.respond(nothing_else, 0).results)
 }
 
 #[derive(Insertable)]

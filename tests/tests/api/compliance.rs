@@ -201,24 +201,7 @@ async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
 async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
     // A key point (重点监控点位) where the patrols walk.
-    let admin = app.token("admin-522632").await;
-    let village = app.grid_id(VILLAGE).await;
-    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
-    let (lon, lat) = crate::sdk::inside(&detail.body["geometry"]);
-    let quarry = serde_json::json!({"type": "FeatureCollection", "features": [{"type": "Feature",
-        "geometry": {"type": "Point", "coordinates": [lon, lat]},
-        "properties": {"code": "522632100001-P01", "name": "村口砂石场", "level": "key_point",
-                       "parent_code": VILLAGE, "kind": "key_point", "radius_m": 30}}]});
-    let imported = app
-        .post_raw(
-            "/v1/grids/import",
-            Some(&admin),
-            "application/geo+json",
-            serde_json::to_vec(&quarry).expect("json"),
-        )
-        .await;
-    assert_eq!(imported.assert_ok()["created"], 1, "{}", imported.text);
-    app.refresh_index().await;
+    crate::sdk::import_quarry(&app).await;
     let dir = tempfile::tempdir().expect("tmp");
     let phone = inspector(&app, &dir).await;
     let leader = app.token(LEADER).await;

@@ -436,8 +436,9 @@ pub(crate) fn inside(geometry: &serde_json::Value) -> (f64, f64) {
     (point.x(), point.y())
 }
 
-async fn key_points_in_my_village_are_kept_for_offline_use(backend: Backend) {
-    let app = TestApp::with_demo(backend).await;
+/// Imports a key point (村口砂石场, radius 30 m) inside the demo village, as the county admin;
+/// returns where it is.
+pub(crate) async fn import_quarry(app: &TestApp) -> (f64, f64) {
     let admin = app.token("admin-522632").await;
     let village = app.grid_id(VILLAGE).await;
     let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
@@ -455,6 +456,13 @@ async fn key_points_in_my_village_are_kept_for_offline_use(backend: Backend) {
         )
         .await;
     assert_eq!(imported.assert_ok()["created"], 1, "{}", imported.text);
+    app.refresh_index().await;
+    (lon, lat)
+}
+
+async fn key_points_in_my_village_are_kept_for_offline_use(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let (lon, lat) = import_quarry(&app).await;
 
     let dir = tempfile::tempdir().expect("tmp");
     let phone = enrolled(&app, &dir, INSPECTOR).await;
