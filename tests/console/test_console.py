@@ -252,6 +252,11 @@ class ConsoleInABrowser(unittest.TestCase):
         page.get_by_role("button", name="确认签收").click()
         expect(page.locator("#content-hash")).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
         content_hash = page.locator("#content-hash").inner_text()
+        # Signed at a local time, to the minute (China time), not the stored UTC timestamp.
+        expect(page.locator("#signed")).to_contain_text(
+            re.compile(r"已签收：.+，\d{4}-\d{2}-\d{2} \d{2}:\d{2}（?")
+        )
+        self.assertNotRegex(page.locator("#signed").inner_text(), r"\dT\d")
         self.shot("signed.png")
 
         # The XLSX: the frozen record, cell by cell.

@@ -27,6 +27,7 @@ pub use session::ConsoleUser;
 /// The templates, compiled into the binary; `.html` names are HTML-escaped by default.
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
+    env.add_filter("local_time", local_time);
     for (name, source) in [
         (
             "base.html",
@@ -63,6 +64,22 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     }
     env
 });
+
+/// `{{ at | local_time(record.timezone) }}`: a UTC time as the server stores it
+/// (`2026-11-23T04:25:21.088`), shown in the jurisdiction's zone to the minute. A value that does
+/// not read as such is shown as it is.
+fn local_time(at: String, zone: String) -> String {
+    use chrono::TimeZone;
+    let (Ok(utc), Ok(tz)) = (
+        chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%dT%H:%M:%S%.f"),
+        zone.parse::<chrono_tz::Tz>(),
+    ) else {
+        return at;
+    };
+    tz.from_utc_datetime(&utc)
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
 
 const STYLESHEET: &str = include_str!("../../console/static/console.css");
 const SCRIPT: &str = include_str!("../../console/static/console.js");
@@ -219,5 +236,25 @@ impl ResponseError for ConsoleError {
             "error.html",
             minijinja::context! { title, message, status => self.status_code().as_u16() },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Stored times are UTC; the pages show them in the jurisdiction's zone.
+    #[test]
+    fn times_are_shown_in_the_jurisdictions_zone() {
+        assert_eq!(
+            super::local_time("2026-11-23T21:25:21.088448".into(), "Asia/Shanghai".into()),
+            "2026-11-24 05:25"
+        );
+        assert_eq!(
+            super::local_time("2026-11-23T21:25:21".into(), "Asia/Shanghai".into()),
+            "2026-11-24 05:25"
+        );
+        assert_eq!(
+            super::local_time("soon".into(), "Asia/Shanghai".into()),
+            "soon"
+        );
     }
 }
