@@ -159,8 +159,12 @@ class ConsoleInABrowser(unittest.TestCase):
         page = self.page
         page.goto(self.server.url + "/console/")
         # The user name field has the focus; Tab to the password, Enter submits.
+        # Chromium applies `autofocus` on a rendering update that may come after
+        # the load event on a busy machine, so wait for the focus before typing.
+        expect(page.locator("#username")).to_be_focused()
         page.keyboard.type(self.leader)
         page.keyboard.press("Tab")
+        expect(page.locator("#password")).to_be_focused()
         page.keyboard.type(PASSWORD)
         page.keyboard.press("Enter")
         expect(page.locator("h1")).to_contain_text("巡查周报")
