@@ -139,6 +139,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     compliance_audit,
     console_sessions,
     console_devices,
+    sync_snapshots,
 );
 
 diesel::table! {
@@ -209,6 +210,7 @@ diesel::table! {
 }
 
 diesel::joinable!(sync_changes -> sync_documents (doc_id));
+diesel::joinable!(sync_changes -> sync_snapshots (doc_id));
 diesel::joinable!(sync_documents -> grids (grid_id));
 diesel::joinable!(patrols -> grids (grid_id));
 
@@ -318,5 +320,15 @@ diesel::table! {
     console_devices (user_id) {
         user_id -> BigInt,
         device_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    sync_snapshots (doc_id) {
+        doc_id -> Text,
+        through_seq -> BigInt,
+        change_count -> Integer,
+        bytes -> Binary,
+        created_at -> Timestamp,
     }
 }

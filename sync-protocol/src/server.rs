@@ -134,6 +134,25 @@ pub fn load_stored(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Automer
     Ok(doc)
 }
 
+/// Builds a document from a snapshot (an Automerge save of the stored document, made by the
+/// server itself) and the stored change chunks logged after it. The save holds the whole change
+/// graph, so the result is the document [`load_stored`] builds from every change: same heads,
+/// same history for [`handle`] to send from.
+pub fn load_from_snapshot(
+    snapshot: &[u8],
+    changes: impl IntoIterator<Item = Vec<u8>>,
+) -> Result<Automerge, String> {
+    let mut doc = Automerge::load(snapshot).map_err(|e| format!("snapshot: {e}"))?;
+    let mut decoded = Vec::new();
+    for bytes in changes {
+        decoded.push(Change::from_bytes(bytes).map_err(|e| e.to_string())?);
+    }
+    if !decoded.is_empty() {
+        doc.apply_changes(decoded).map_err(|e| e.to_string())?;
+    }
+    Ok(doc)
+}
+
 /// Root keys a change writes: ops on the root map name the key; ops inside nested objects count
 /// for the root key their object hangs from. `doc` must already contain the change.
 fn root_keys(

@@ -8,7 +8,9 @@
 //! - **incremental update**: one more patrol synced, then the compliance worker's pass that
 //!   judges it, timed per patrol (median);
 //! - **the weekly record** of the whole prefecture and of one township, as the API reads it;
-//! - in the same run, the floor: loading the same documents from their change chunks alone.
+//! - in the same run, the floors: loading the same documents with Automerge alone, from their
+//!   change chunks and from the snapshots the worker saved as it first judged them (that first
+//!   judging is timed too).
 //!
 //!     cargo bench -p gridpatrol-tests --bench recompute -- --bench
 //!
@@ -27,8 +29,9 @@ use gridpatrol_server::db::DbConnection;
 use gridpatrol_server::error::{ApiError, ApiResult};
 use gridpatrol_server::grids::import::{self, Importer};
 use gridpatrol_server::people::{self, Employment, NewUser};
-use gridpatrol_server::schema::{devices, grids, patrol_verdicts, photos};
+use gridpatrol_server::schema::{devices, grids, patrol_verdicts, photos, sync_snapshots};
 use gridpatrol_server::sync::DeviceAuthority;
+use gridpatrol_server::sync::stored::{self, StoredDoc};
 use gridpatrol_server::{AppState, Config, build_state};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -370,6 +373,31 @@ fn automerge_floor(state: &AppState) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// The same, from the documents' stored form: each patrol's snapshot, written by the worker as
+/// it first judged the patrol, and the changes logged after it (none here).
+fn snapshot_floor(state: &AppState) -> f64 {
+    let docs: Vec<(String, StoredDoc)> = state
+        .db
+        .run_blocking(|conn| {
+            let ids: Vec<String> = patrol_verdicts::table
+                .select(patrol_verdicts::patrol_id)
+                .load(conn)?;
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let mut docs = Vec::new();
+            for batch in ids.chunks(500) {
+                docs.extend(stored::load_many(conn, batch)?);
+            }
+            Ok::<_, ApiError>(docs)
+        })
+        .expect("stored");
+    let started = Instant::now();
+    for (_, doc) in docs {
+        let doc = doc.load().expect("load");
+        std::hint::black_box(doc.get_heads());
+    }
+    started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let patrols_per_inspector = if quick { 0 } else { 7 };
@@ -446,9 +474,11 @@ fn main() {
 
     // Full recompute, as `gridpatrol recompute-compliance` runs it; the first pass judges them
     // all for the first time, then RUNS timed passes.
+    let started = Instant::now();
     runtime
         .block_on(judging::judge_stale(&state))
         .expect("first judging");
+    let first_judging = started.elapsed().as_secs_f64();
     let mut recompute = Vec::new();
     let mut peak = 0f64;
     for _ in 0..RUNS {
@@ -462,6 +492,21 @@ fn main() {
         assert_eq!(judged, patrols);
     }
     let floor = median((0..RUNS).map(|_| automerge_floor(&state)).collect());
+    let from_snapshots = median((0..RUNS).map(|_| snapshot_floor(&state)).collect());
+    let (snapshot_bytes, snapshots): (Option<i64>, i64) = state
+        .db
+        .run_blocking(|conn| {
+            sync_snapshots::table
+                .select((
+                    diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
+                        "sum(length(bytes))",
+                    ),
+                    diesel::dsl::count_star(),
+                ))
+                .first(conn)
+                .map_err(ApiError::from)
+        })
+        .expect("snapshot sizes");
     let recompute = median(recompute);
     let counted: i64 = state
         .db
@@ -569,11 +614,27 @@ fn main() {
         floor * 1e6 / patrols as f64
     );
     println!(
+        "| floor: load every patrol from its snapshot (Automerge only, one core) | {from_snapshots:.2} | {:.0} µs | {:.2}× |",
+        from_snapshots * 1e6 / patrols as f64,
+        from_snapshots / floor
+    );
+    println!(
+        "| first judging (once: every patrol replayed from its changes, judged, saved as a snapshot) | {first_judging:.2} | {:.0} µs | {:.2}× |",
+        first_judging * 1e6 / patrols as f64,
+        first_judging / floor
+    );
+    println!(
         "| full recompute (`recompute_all`: load, judge, write every verdict) | {recompute:.2} | {:.0} µs | {:.2}× |",
         recompute * 1e6 / patrols as f64,
         recompute / floor
     );
     println!();
+    println!(
+        "{snapshots} snapshots, {:.0} MiB ({:.1} KB a patrol; its changes: {:.1} KB)",
+        snapshot_bytes.unwrap_or(0) as f64 / 1_048_576.0,
+        snapshot_bytes.unwrap_or(0) as f64 / 1e3 / snapshots.max(1) as f64,
+        bytes as f64 / 1e3 / patrols as f64,
+    );
     println!(
         "peak RSS during the recompute: {peak:.0} MiB; {counted} of {patrols} patrols counted; \
          {failing:?}"

@@ -17,6 +17,7 @@ use crate::db::{DbConnection, now};
 use crate::error::{ApiError, ApiResult};
 use crate::on_each_backend;
 use crate::schema::{patrol_photos, patrol_verdicts, photos, sync_documents};
+use crate::sync::stored::{Snapshot, StoredDoc};
 
 /// Marks a patrol's verdict stale (creating its row).
 pub fn mark_stale(
@@ -126,13 +127,13 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
                 async move {
                     let db = state.db.clone();
                     db.run(move |conn| -> ApiResult<_> {
-                        let mut stored = load_documents(conn, &lane)?;
+                        let (mut stored, mut received) = load_documents(conn, &lane)?;
                         Ok(lane
                             .into_iter()
                             .map(|(id, grid_id, version)| {
-                                let (changes, received) = stored.remove(&id).unwrap_or_default();
-                                let outcome =
-                                    judge_one(&state, conn, &id, grid_id, changes, received);
+                                let doc = stored.remove(&id).unwrap_or_default();
+                                let received = received.remove(&id);
+                                let outcome = judge_one(&state, conn, &id, grid_id, doc, received);
                                 (id, version, outcome)
                             })
                             .collect::<Vec<_>>())
@@ -142,12 +143,14 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
             })
         });
         let mut verdicts = Vec::new();
+        let mut snapshots = Vec::new();
         for lane in futures_util::future::join_all(lanes.collect::<Vec<_>>()).await {
             for (id, version, outcome) in lane? {
                 match outcome {
-                    Ok(stored) => {
+                    Ok((stored, snapshot)) => {
                         let text = serde_json::to_string(&stored).map_err(ApiError::internal)?;
                         verdicts.push((id, version, stored, text));
+                        snapshots.extend(snapshot);
                     }
                     // Left claimed: tried again once the claim is ten minutes old.
                     Err(error) => tracing::warn!(%error, patrol = %id, "could not judge a patrol"),
@@ -170,7 +173,9 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
                         ))
                         .execute(conn)?;
                 }
-                Ok(())
+                // Compaction: the documents just loaded from a long tail of changes are saved
+                // whole, so the next load (a recompute, the console) starts from the save.
+                crate::sync::stored::write(conn, &snapshots)
             })
             .await?;
     }
@@ -197,42 +202,37 @@ pub fn policy_of(
     (policy, tz)
 }
 
-type Stored = std::collections::HashMap<String, (Vec<Vec<u8>>, Option<NaiveDateTime>)>;
+type Received = std::collections::HashMap<String, NaiveDateTime>;
 
-/// The stored changes of several patrols (in the order they were stored) and when each was last
-/// received, in two queries rather than two a patrol.
-fn load_documents(conn: &mut DbConnection, claimed: &[(String, i64, i64)]) -> ApiResult<Stored> {
-    use crate::schema::sync_changes;
+/// The stored form of several patrols and when each was last received, in three queries rather
+/// than three a patrol.
+fn load_documents(
+    conn: &mut DbConnection,
+    claimed: &[(String, i64, i64)],
+) -> ApiResult<(std::collections::HashMap<String, StoredDoc>, Received)> {
     let ids: Vec<&str> = claimed.iter().map(|(id, _, _)| id.as_str()).collect();
-    let mut stored = Stored::new();
-    for (id, bytes) in sync_changes::table
-        .filter(sync_changes::doc_id.eq_any(&ids))
-        .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
-        .select((sync_changes::doc_id, sync_changes::bytes))
-        .load::<(String, Vec<u8>)>(conn)?
-    {
-        stored.entry(id).or_default().0.push(bytes);
-    }
-    for (id, at) in sync_documents::table
+    let stored = crate::sync::stored::load_many(conn, &ids)?;
+    let received = sync_documents::table
         .filter(sync_documents::id.eq_any(&ids))
         .select((sync_documents::id, sync_documents::updated_at))
         .load::<(String, NaiveDateTime)>(conn)?
-    {
-        stored.entry(id).or_default().1 = Some(at);
-    }
-    Ok(stored)
+        .into_iter()
+        .collect();
+    Ok((stored, received))
 }
 
-/// Judges one patrol from its stored changes.
+/// Judges one patrol from its stored form; also returns the snapshot to write when the patrol
+/// was loaded from a long tail of changes.
 fn judge_one(
     state: &AppState,
     conn: &mut DbConnection,
     id: &str,
     grid_id: i64,
-    changes: Vec<Vec<u8>>,
+    stored: StoredDoc,
     received: Option<NaiveDateTime>,
-) -> ApiResult<StoredVerdict> {
-    let doc = sync_protocol::server::load_stored(changes)
+) -> ApiResult<(StoredVerdict, Option<Snapshot>)> {
+    let (doc, snapshot) = stored
+        .open(id)
         .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
     let view = sync_protocol::schema::read_patrol(&doc)
         .map_err(|e| ApiError::internal(format!("stored document {id}: {e}")))?;
@@ -271,11 +271,12 @@ fn judge_one(
             received_at_ms: received.map(|at| at.and_utc().timestamp_millis()),
         },
     );
-    Ok(StoredVerdict {
+    let verdict = StoredVerdict {
         week,
         verdict,
         rules: origin.into(),
-    })
+    };
+    Ok((verdict, snapshot))
 }
 
 /// What the server knows of a patrol's photos: arrived or not, EXIF time and place, reuse.

@@ -408,11 +408,11 @@ fn load_patrol(
     conn: &mut crate::db::DbConnection,
     id: &str,
 ) -> Result<Option<sync_protocol::schema::PatrolView>, ApiError> {
-    let (changes, _) = crate::sync::load_changes(conn, id)?;
-    if changes.is_empty() {
+    let stored = crate::sync::stored::load_one(conn, id)?;
+    if stored.is_empty() {
         return Ok(None);
     }
-    let doc = sync_protocol::server::load_stored(changes).map_err(ApiError::internal)?;
+    let doc = stored.load().map_err(ApiError::internal)?;
     Ok(sync_protocol::schema::read_patrol(&doc).ok())
 }
 

@@ -111,9 +111,8 @@ pub async fn review(
                 ));
             }
             let (device_id, actor) = console_device(conn, authed.user_id)?;
-            let (changes, _) = crate::sync::load_changes(conn, &patrol_id)?;
-            // The stored change chunks, one after another, load as a document.
-            let mut doc = AutoCommit::load(&changes.concat())
+            let stored = crate::sync::stored::load_one(conn, &patrol_id)?;
+            let mut doc = AutoCommit::load(&stored.to_bytes())
                 .map_err(ApiError::internal)?
                 .with_actor(actor.clone());
             let have = doc.get_heads();

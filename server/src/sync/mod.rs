@@ -4,6 +4,7 @@
 //! hash, and the relational rows projected from each document in the same transaction.
 
 pub mod api;
+pub mod stored;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -322,8 +323,8 @@ pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
         ))
         .load(conn)?;
     for (id, grid_id, created) in &docs {
-        let (changes, _) = load_changes(conn, id)?;
-        let doc = sync_protocol::server::load_stored(changes)
+        let doc = stored::load_one(conn, id)?
+            .load()
             .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
         let (_, last) = received_span(conn, id)?;
         let view = View::read(&doc)

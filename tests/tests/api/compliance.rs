@@ -575,6 +575,132 @@ async fn a_malformed_policy_file_stops_the_start_naming_its_line() {
     );
 }
 
+/// A patrol synced while it is still being walked is judged, and the worker saves the document
+/// whole (a snapshot) as it does. The changes that sync later are loaded on top of the snapshot,
+/// and the verdict counts them: the stored form always loads as the whole change log does.
+async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Backend) {
+    use gridpatrol_server::schema::{sync_changes, sync_snapshots};
+    use gridpatrol_server::sync::stored::{self, SNAPSHOT_AFTER};
+
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (phone, clock) = inspector(&app, &dir).await;
+    let leader = app.token(LEADER).await;
+    let admin = app.token("admin-522632").await;
+    let village = app.grid_id(VILLAGE).await;
+    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
+    let (lon, lat) = crate::sdk::inside(&detail.body["geometry"]);
+    let start = SystemClock::default().now_ms() - 45 * 60_000;
+    clock.0.store(start, Ordering::Relaxed);
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    let walk = |minutes: std::ops::RangeInclusive<i64>| {
+        for minute in minutes {
+            clock.0.store(start + minute * 60_000, Ordering::Relaxed);
+            let fix = FixInput {
+                at_ms: start + minute * 60_000,
+                lon: lon + 0.0002 * ((minute % 10) as f64 - 5.0),
+                lat,
+                datum: Datum::Wgs84,
+                accuracy_m: Some(10.0),
+                mock: false,
+            };
+            phone.add_fix(&id, fix).expect("fix");
+        }
+    };
+    // Where the log and the snapshot stand for the patrol: (newest entry, snapshot's entry).
+    let positions = || {
+        let id = id.clone();
+        app.with_conn(move |conn| {
+            let newest: Option<i64> = sync_changes::table
+                .filter(sync_changes::doc_id.eq(&id))
+                .select(diesel::dsl::max(sync_changes::seq))
+                .first(conn)?;
+            let snapshot: Option<i64> = sync_snapshots::table
+                .find(&id)
+                .select(sync_snapshots::through_seq)
+                .first(conn)
+                .optional()?;
+            Ok((newest, snapshot))
+        })
+    };
+
+    // The first quarter of an hour syncs; the patrol is still being recorded.
+    walk(0..=15);
+    phone.sync().await.expect("sync");
+    let first = verdict(&app, &leader, &id).await;
+    assert_eq!(first["counted"], false, "{first}");
+    let (newest, snapshot) = positions().await;
+    assert_eq!(
+        snapshot, newest,
+        "judged from 16 changes or more: saved whole"
+    );
+
+    // The rest of the walk, a photo, and the submission sync later.
+    walk(16..=40);
+    let camera = dir.path().join("IMG_parts.jpg");
+    std::fs::write(&camera, crate::photos::jpeg(41, 320, 240)).expect("camera");
+    phone.attach_photo(&id, &camera, "河道").expect("photo");
+    phone.submit(&id).expect("submit");
+    phone.sync().await.expect("sync");
+    let (newest_after, _) = positions().await;
+    let tail = {
+        let id = id.clone();
+        app.state
+            .db
+            .run(move |conn| stored::load_one(conn, &id))
+            .await
+            .expect("stored")
+            .tail_len()
+    };
+    // Unless the worker was quicker than this read, the snapshot still stands where it was and
+    // the tail is every change since (one phone, one document: consecutive log entries).
+    let since = newest_after.expect("logged") - newest.expect("logged");
+    assert!(since >= SNAPSHOT_AFTER as i64, "{since} changes synced");
+    assert!(tail == 0 || tail as i64 == since, "tail {tail} of {since}");
+    let whole = verdict(&app, &leader, &id).await;
+    assert_eq!(whole["counted"], true, "{whole}");
+    assert_eq!(
+        reason(&whole, "duration")["message"],
+        "巡查时长 40 分钟（要求 ≥ 20 分钟）",
+        "the fixes after the snapshot count"
+    );
+    assert_eq!(reason(&whole, "photos")["value"], 1.0);
+
+    // The stored form (snapshot and tail) is the document the whole log replays to.
+    let (from_snapshot, from_log, tail) = {
+        let id = id.clone();
+        app.state
+            .db
+            .run(move |conn| {
+                let stored = stored::load_one(conn, &id)?;
+                let tail = stored.tail_len();
+                let doc = stored.load().expect("stored form");
+                let (changes, _) = gridpatrol_server::sync::load_changes(conn, &id)?;
+                let log = sync_protocol::server::load_stored(changes).expect("log");
+                Ok::<_, gridpatrol_server::error::ApiError>((doc, log, tail))
+            })
+            .await
+            .expect("load")
+    };
+    assert!(
+        tail < SNAPSHOT_AFTER,
+        "compacted again after the second judging"
+    );
+    assert_eq!(from_snapshot.get_heads(), from_log.get_heads());
+    let read = |doc| sync_protocol::schema::read_patrol(doc).expect("patrol");
+    let (a, b) = (read(&from_snapshot), read(&from_log));
+    assert_eq!(a.track.len(), 41);
+    assert_eq!(
+        (a.track.len(), a.photos.len(), a.status.as_str()),
+        (b.track.len(), b.photos.len(), b.status.as_str())
+    );
+    assert_eq!(
+        from_snapshot.get_changes(&[]).len(),
+        from_log.get_changes(&[]).len(),
+        "the snapshot keeps the history the sync feed sends from"
+    );
+}
+
 /// Every stored verdict, in patrol order.
 async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
     app.with_conn(|conn| {
@@ -594,4 +720,5 @@ both_backends!(
     patrols_are_judged_as_they_sync_and_again_the_same,
     the_weekly_record_counts_patrols_against_the_duty,
     a_signed_week_is_frozen_and_late_patrols_are_amendments,
+    a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot,
 );
