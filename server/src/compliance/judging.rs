@@ -120,31 +120,20 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
         judged += claimed.len();
         let per_lane = claimed.len().div_ceil(lanes);
         let mut claimed = claimed.into_iter();
-        let lanes = std::iter::from_fn(|| {
+        let lanes: Vec<Vec<(String, i64, i64)>> = std::iter::from_fn(|| {
             let lane: Vec<_> = claimed.by_ref().take(per_lane).collect();
-            (!lane.is_empty()).then(|| {
-                let state = state.clone();
-                async move {
-                    let db = state.db.clone();
-                    db.run(move |conn| -> ApiResult<_> {
-                        let (mut stored, mut received) = load_documents(conn, &lane)?;
-                        Ok(lane
-                            .into_iter()
-                            .map(|(id, grid_id, version)| {
-                                let doc = stored.remove(&id).unwrap_or_default();
-                                let received = received.remove(&id);
-                                let outcome = judge_one(&state, conn, &id, grid_id, doc, received);
-                                (id, version, outcome)
-                            })
-                            .collect::<Vec<_>>())
-                    })
-                    .await
-                }
-            })
-        });
+            (!lane.is_empty()).then_some(lane)
+        })
+        .collect();
+        let judged_lanes = {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || judge_lanes(&state, lanes))
+                .await
+                .map_err(|_| ApiError::internal("the judging threads were cancelled"))?
+        };
         let mut verdicts = Vec::new();
         let mut snapshots = Vec::new();
-        for lane in futures_util::future::join_all(lanes.collect::<Vec<_>>()).await {
+        for lane in judged_lanes {
             for (id, version, outcome) in lane? {
                 match outcome {
                     Ok((stored, snapshot)) => {
@@ -178,6 +167,69 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
                 crate::sync::stored::write(conn, &snapshots)
             })
             .await?;
+    }
+}
+
+/// What one lane of a batch comes to: each patrol's verdict and snapshot, or why it was not judged.
+type LaneOutcome = Vec<(String, i64, ApiResult<(StoredVerdict, Option<Snapshot>)>)>;
+
+/// Judges a batch's lanes, each on a thread of its own with its own pooled connection. The threads
+/// run at the lowest CPU priority: on a busy server the syncs (the phones waiting for their
+/// receipts) go first and judging takes what CPU is left; an idle server, or `recompute-compliance`,
+/// gives it all the cores anyway.
+fn judge_lanes(
+    state: &AppState,
+    lanes: Vec<Vec<(String, i64, i64)>>,
+) -> Vec<ApiResult<LaneOutcome>> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| {
+                std::thread::Builder::new()
+                    .name("judging".into())
+                    .spawn_scoped(scope, move || {
+                        background_priority();
+                        state.db.run_blocking(|conn| judge_lane(state, conn, lane))
+                    })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| match thread {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err(ApiError::internal("a judging thread panicked"))),
+                Err(e) => Err(ApiError::internal(format!("no judging thread: {e}"))),
+            })
+            .collect()
+    })
+}
+
+/// One lane: its patrols' stored forms loaded together, then each judged.
+fn judge_lane(
+    state: &AppState,
+    conn: &mut DbConnection,
+    lane: Vec<(String, i64, i64)>,
+) -> ApiResult<LaneOutcome> {
+    let (mut stored, mut received) = load_documents(conn, &lane)?;
+    Ok(lane
+        .into_iter()
+        .map(|(id, grid_id, version)| {
+            let doc = stored.remove(&id).unwrap_or_default();
+            let received = received.remove(&id);
+            let outcome = judge_one(state, conn, &id, grid_id, doc, received);
+            (id, version, outcome)
+        })
+        .collect())
+}
+
+/// Lowers the calling thread's CPU priority to the least (nice 19). Linux keeps a nice value per
+/// thread, and an unprivileged thread cannot raise it again: only threads made for the purpose
+/// call this. Elsewhere it does nothing.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(%error, "judging keeps its CPU priority");
     }
 }
 
@@ -371,12 +423,21 @@ pub fn spawn_worker(state: Arc<AppState>) {
                 tracing::warn!(%error, "compliance worker");
             }
             tokio::select! {
-                _ = state.wake_judging.notified() => {}
+                _ = state.wake_judging.notified() => {
+                    // Let the patrols of a busy moment gather: phones syncing one after another
+                    // are then judged in one claim and one verdict transaction, instead of two
+                    // write transactions per sync competing with the syncs for SQLite's writer.
+                    tokio::time::sleep(GATHER).await;
+                }
                 _ = tokio::time::sleep(Duration::from_secs(15)) => {}
             }
         }
     });
 }
+
+/// How long the worker waits after a wake before judging: well under what a supervisor notices,
+/// long enough for a busy server's syncs to gather into one batch.
+const GATHER: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,6 @@ use diesel::upsert::excluded;
 
 use crate::db::{DbConnection, now};
 use crate::error::ApiResult;
-use crate::on_each_backend;
 use crate::schema::{sync_changes, sync_snapshots};
 
 /// A snapshot is (re)written once this many changes were logged after the last one. A phone on
@@ -151,26 +150,44 @@ pub fn load_one(conn: &mut DbConnection, id: &str) -> ApiResult<StoredDoc> {
 /// whole documents as of their entry, so either is correct.
 pub fn write(conn: &mut DbConnection, snapshots: &[Snapshot]) -> ApiResult<()> {
     let at = now();
-    for snapshot in snapshots {
-        let row = (
-            sync_snapshots::doc_id.eq(&snapshot.doc_id),
-            sync_snapshots::through_seq.eq(snapshot.through_seq),
-            sync_snapshots::change_count
-                .eq(i32::try_from(snapshot.change_count).unwrap_or(i32::MAX)),
-            sync_snapshots::bytes.eq(&snapshot.bytes),
-            sync_snapshots::created_at.eq(at),
-        );
-        on_each_backend!(conn, |c| diesel::insert_into(sync_snapshots::table)
-            .values(row)
-            .on_conflict(sync_snapshots::doc_id)
-            .do_update()
-            .set((
-                sync_snapshots::through_seq.eq(excluded(sync_snapshots::through_seq)),
-                sync_snapshots::change_count.eq(excluded(sync_snapshots::change_count)),
-                sync_snapshots::bytes.eq(excluded(sync_snapshots::bytes)),
-                sync_snapshots::created_at.eq(excluded(sync_snapshots::created_at)),
-            ))
-            .execute(c))?;
+    // A few statements for a whole batch (the worker writes up to 256 at once, inside the write
+    // transaction a busy server's syncs queue behind).
+    for chunk in snapshots.chunks(100) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|snapshot| {
+                (
+                    sync_snapshots::doc_id.eq(&snapshot.doc_id),
+                    sync_snapshots::through_seq.eq(snapshot.through_seq),
+                    sync_snapshots::change_count
+                        .eq(i32::try_from(snapshot.change_count).unwrap_or(i32::MAX)),
+                    sync_snapshots::bytes.eq(&snapshot.bytes),
+                    sync_snapshots::created_at.eq(at),
+                )
+            })
+            .collect();
+        match conn {
+            // SQLite: diesel batches `INSERT OR REPLACE`, not `ON CONFLICT`; replacing the whole
+            // row is what is meant here.
+            DbConnection::Sqlite(c) => {
+                diesel::replace_into(sync_snapshots::table)
+                    .values(&rows)
+                    .execute(c)?;
+            }
+            DbConnection::Postgres(c) => {
+                diesel::insert_into(sync_snapshots::table)
+                    .values(&rows)
+                    .on_conflict(sync_snapshots::doc_id)
+                    .do_update()
+                    .set((
+                        sync_snapshots::through_seq.eq(excluded(sync_snapshots::through_seq)),
+                        sync_snapshots::change_count.eq(excluded(sync_snapshots::change_count)),
+                        sync_snapshots::bytes.eq(excluded(sync_snapshots::bytes)),
+                        sync_snapshots::created_at.eq(excluded(sync_snapshots::created_at)),
+                    ))
+                    .execute(c)?;
+            }
+        }
     }
     Ok(())
 }
