@@ -53,6 +53,19 @@ async fn inspector(app: &TestApp, dir: &tempfile::TempDir) -> (Client, Arc<TestC
     (phone, clock)
 }
 
+/// A patrol started 45 minutes ago on the phone's clock, in the village: its id, a point inside
+/// the village to walk around, and the start.
+async fn begin(app: &TestApp, phone: &Client, clock: &TestClock) -> (String, (f64, f64), i64) {
+    let admin = app.token("admin-522632").await;
+    let village = app.grid_id(VILLAGE).await;
+    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
+    let inside = crate::sdk::inside(&detail.body["geometry"]);
+    let start = SystemClock::default().now_ms() - 45 * 60_000;
+    clock.0.store(start, Ordering::Relaxed);
+    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    (id, inside, start)
+}
+
 /// A 40-minute patrol walking to and fro around a point inside the village, a fix a minute, with
 /// one photo; `mock` marks the fixes as coming from a fake-GPS app.
 async fn record(
@@ -61,13 +74,7 @@ async fn record(
     dir: &tempfile::TempDir,
     mock: bool,
 ) -> String {
-    let admin = app.token("admin-522632").await;
-    let village = app.grid_id(VILLAGE).await;
-    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
-    let (lon, lat) = crate::sdk::inside(&detail.body["geometry"]);
-    let start = SystemClock::default().now_ms() - 45 * 60_000;
-    clock.0.store(start, Ordering::Relaxed);
-    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    let (id, (lon, lat), start) = begin(app, phone, clock).await;
     for minute in 0..=40 {
         clock.0.store(start + minute * 60_000, Ordering::Relaxed);
         let step = (minute % 10) as f64 - 5.0;
@@ -586,13 +593,7 @@ async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Bac
     let dir = tempfile::tempdir().expect("tmp");
     let (phone, clock) = inspector(&app, &dir).await;
     let leader = app.token(LEADER).await;
-    let admin = app.token("admin-522632").await;
-    let village = app.grid_id(VILLAGE).await;
-    let detail = app.get(&format!("/v1/grids/{village}"), Some(&admin)).await;
-    let (lon, lat) = crate::sdk::inside(&detail.body["geometry"]);
-    let start = SystemClock::default().now_ms() - 45 * 60_000;
-    clock.0.store(start, Ordering::Relaxed);
-    let id = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    let (id, (lon, lat), start) = begin(&app, &phone, &clock).await;
     let walk = |minutes: std::ops::RangeInclusive<i64>| {
         for minute in minutes {
             clock.0.store(start + minute * 60_000, Ordering::Relaxed);
