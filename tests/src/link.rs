@@ -111,6 +111,12 @@ async fn relay(phone: TcpStream, server: TcpStream, counters: Counters) {
                     if read == 0 {
                         break;
                     }
+                    // The cut is announced before the server's end is shut, so before the
+                    // server can answer what the cut left it; both may be ready at once here,
+                    // and `select!` picks either: look at the cut first.
+                    if *cut_rx.borrow() {
+                        phone_write = None;
+                    }
                     if let Some(phone) = phone_write.as_mut()
                         && phone.write_all(&buffer[..read]).await.is_err()
                     {
