@@ -35,6 +35,21 @@ fn simulator(app: &TestApp, dir: &std::path::Path, days: u32, seed: u64) -> Comm
     command
 }
 
+/// The simulator's phones, reopened from the SQLite stores it left in `dir` (killed or not).
+fn phones(dir: &std::path::Path, base: &str) -> Vec<(std::path::PathBuf, Client)> {
+    let mut phones = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("stores") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "sqlite3") {
+            continue;
+        }
+        let store = SqliteStore::open(&path).expect("a killed store reopens");
+        let phone = Client::open(Arc::new(store), base).expect("open");
+        phones.push((path, phone));
+    }
+    phones
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phones_killed_mid_run_lose_and_duplicate_nothing() {
     let app = TestApp::with_demo(Backend::Sqlite).await;
@@ -60,14 +75,8 @@ async fn phones_killed_mid_run_lose_and_duplicate_nothing() {
     let mut on_phones = BTreeSet::new();
     let mut photos_on_phones = BTreeSet::new();
     let mut stores = 0;
-    for entry in std::fs::read_dir(dir.path()).expect("stores") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_none_or(|e| e != "sqlite3") {
-            continue;
-        }
+    for (path, phone) in phones(dir.path(), &app.base) {
         stores += 1;
-        let store = SqliteStore::open(&path).expect("a killed store reopens");
-        let phone = Client::open(Arc::new(store), &app.base).expect("open");
         for patrol in phone.patrols() {
             assert_eq!(patrol.sync, SyncState::Durable, "{path:?} {patrol:?}");
             assert!(on_phones.insert(patrol.id.clone()), "{} twice", patrol.id);
@@ -255,13 +264,7 @@ async fn a_phone_killed_mid_upload_sends_only_the_rest() {
         .await;
     assert_eq!(on_server, 1);
     let mut seen = false;
-    for entry in std::fs::read_dir(dir.path()).expect("stores") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_none_or(|e| e != "sqlite3") {
-            continue;
-        }
-        let store = SqliteStore::open(&path).expect("the killed store reopens");
-        let phone = Client::open(Arc::new(store), &app.base).expect("open");
+    for (_, phone) in phones(dir.path(), &app.base) {
         for photo in phone.photos().expect("photos") {
             assert_eq!(photo.state, "uploaded", "{photo:?}");
             seen |= &photo.sha256 == sha256;

@@ -125,13 +125,7 @@ impl View {
 
 /// Builds a document from stored plain change chunks (which were checked when they arrived).
 pub fn load_stored(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Automerge, String> {
-    let mut decoded = Vec::new();
-    for bytes in changes {
-        decoded.push(Change::from_bytes(bytes).map_err(|e| e.to_string())?);
-    }
-    let mut doc = Automerge::new();
-    doc.apply_changes(decoded).map_err(|e| e.to_string())?;
-    Ok(doc)
+    apply_stored(Automerge::new(), changes)
 }
 
 /// Builds a document from a snapshot (an Automerge save of the stored document, made by the
@@ -142,14 +136,20 @@ pub fn load_from_snapshot(
     snapshot: &[u8],
     changes: impl IntoIterator<Item = Vec<u8>>,
 ) -> Result<Automerge, String> {
-    let mut doc = Automerge::load(snapshot).map_err(|e| format!("snapshot: {e}"))?;
+    let doc = Automerge::load(snapshot).map_err(|e| format!("snapshot: {e}"))?;
+    apply_stored(doc, changes)
+}
+
+/// Decodes stored change chunks and applies them to `doc`.
+fn apply_stored(
+    mut doc: Automerge,
+    changes: impl IntoIterator<Item = Vec<u8>>,
+) -> Result<Automerge, String> {
     let mut decoded = Vec::new();
     for bytes in changes {
         decoded.push(Change::from_bytes(bytes).map_err(|e| e.to_string())?);
     }
-    if !decoded.is_empty() {
-        doc.apply_changes(decoded).map_err(|e| e.to_string())?;
-    }
+    doc.apply_changes(decoded).map_err(|e| e.to_string())?;
     Ok(doc)
 }
 

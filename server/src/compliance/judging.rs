@@ -78,11 +78,11 @@ pub struct StoredVerdict {
 const CLAIM: i64 = 256;
 
 /// Judges every stale patrol until none is left, and returns how many. Patrols are claimed a
-/// batch at a time; the batch is judged on as many blocking threads as there are cores (each
-/// loading its documents on its own pooled connection), and its verdicts are written in one
-/// transaction.
+/// batch at a time; the batch is judged on as many low-priority threads as there are cores (each
+/// loading its documents on its own pooled connection, see [`judge_lanes`]), and its verdicts are
+/// written in one transaction.
 pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
-    let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut judged = 0;
     loop {
         let stuck = now() - chrono::Duration::minutes(10);
@@ -118,7 +118,7 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
             return Ok(judged);
         }
         judged += claimed.len();
-        let per_lane = claimed.len().div_ceil(lanes);
+        let per_lane = claimed.len().div_ceil(cores);
         let mut claimed = claimed.into_iter();
         let lanes: Vec<Vec<(String, i64, i64)>> = std::iter::from_fn(|| {
             let lane: Vec<_> = claimed.by_ref().take(per_lane).collect();

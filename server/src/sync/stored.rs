@@ -2,7 +2,7 @@
 //! logged after it.
 //!
 //! The change log (`sync_changes`) is the record and only ever grows. Replaying a patrol's ~50
-//! change chunks costs ~230 µs (each chunk is decoded and applied on its own); Automerge's save of
+//! change chunks costs ~220 µs (each chunk is decoded and applied on its own); Automerge's save of
 //! the same document is one columnar, compressed block that loads in well under half of that. So
 //! whoever loads a document anyway (the compliance worker, as it judges each patrol) also writes a
 //! snapshot when enough changes were logged since the last one, and later readers load the
@@ -25,7 +25,7 @@ use crate::schema::{sync_changes, sync_snapshots};
 
 /// A snapshot is (re)written once this many changes were logged after the last one. A phone on
 /// a poor link syncs a patrol a few changes at a time; a short tail loads quickly on top of the
-/// snapshot, and the save (~60 µs for a patrol) is not repeated for every small sync.
+/// snapshot, and the save is not repeated for every small sync.
 pub const SNAPSHOT_AFTER: usize = 8;
 
 /// One document's stored form.
