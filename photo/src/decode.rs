@@ -1,8 +1,9 @@
 //! Headers first, then decoding under limits.
 //!
-//! JPEG goes through `jpeg-decoder`, which can run its inverse DCT at 1/2, 1/4 or 1/8 scale and
-//! reports data that ends early as an error (libjpeg and zune-jpeg, as `image` configures it, fill
-//! in grey and carry on). PNG and WebP go through `image`, with its allocation limit.
+//! A JPEG's header is read by `jpeg-decoder` (safe Rust) and checked against the limits; its
+//! pixels are decoded by libjpeg-turbo at 1/2, 1/4 or 1/8 scale where that suffices, strict about
+//! damage and truncation (see [`crate::libjpeg`]). PNG and WebP go through `image`, with its
+//! allocation limit.
 
 use std::io::{self, Cursor};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -41,7 +42,7 @@ pub(crate) struct Opened<'a> {
 
 enum Inner<'a> {
     Jpeg {
-        decoder: Box<jpeg_decoder::Decoder<&'a [u8]>>,
+        bytes: &'a [u8],
         progressive: bool,
         components: u64,
     },
@@ -60,7 +61,7 @@ impl<'a> Opened<'a> {
     }
 
     fn open_jpeg(bytes: &'a [u8], limits: &Limits) -> Result<Self, PhotoError> {
-        let mut decoder = Box::new(jpeg_decoder::Decoder::new(bytes));
+        let mut decoder = jpeg_decoder::Decoder::new(bytes);
         guarded(|| decoder.read_info().map_err(jpeg_error))?;
         let info = decoder.info().ok_or_else(|| PhotoError::Corrupt {
             reason: "no JPEG frame header".to_owned(),
@@ -83,7 +84,7 @@ impl<'a> Opened<'a> {
             exif_raw: decoder.exif_data().map(<[u8]>::to_vec),
             icc: decoder.icc_profile(),
             inner: Inner::Jpeg {
-                decoder,
+                bytes,
                 progressive,
                 components,
             },
@@ -133,21 +134,15 @@ impl<'a> Opened<'a> {
         let (width, height) = (self.width, self.height);
         match self.inner {
             Inner::Jpeg {
-                mut decoder,
+                bytes,
                 progressive,
                 components,
             } => {
-                let (out_w, out_h) = match min_size {
-                    Some((min_w, min_h)) => {
-                        let (w, h) = jpeg_scaled_size(width, height, min_w, min_h);
-                        let (w, h) = decoder.scale(w, h).map_err(jpeg_error)?;
-                        (u32::from(w), u32::from(h))
-                    }
-                    None => (width, height),
-                };
+                let eighths = jpeg_decode_eighths(width, height, min_size);
+                let (out_w, out_h) = (jpeg_scaled(width, eighths), jpeg_scaled(height, eighths));
                 // Progressive JPEGs keep every coefficient of the full-size image (2 bytes each;
-                // counted here as if no component were subsampled); then a plane per component
-                // and the interleaved output, at the output size.
+                // counted here as if no component were subsampled); then the output, and as much
+                // again for libjpeg's working rows (a generous bound: it keeps a few rows).
                 let coefficients = if progressive {
                     u64::from(width.next_multiple_of(16))
                         * u64::from(height.next_multiple_of(16))
@@ -158,10 +153,14 @@ impl<'a> Opened<'a> {
                 };
                 let output = u64::from(out_w) * u64::from(out_h) * components;
                 check_alloc(coefficients + 2 * output, limits)?;
-                decoder.set_max_decoding_buffer_size(
-                    usize::try_from(limits.max_alloc).unwrap_or(usize::MAX),
-                );
-                let pixels = guarded(|| decoder.decode().map_err(jpeg_error))?;
+                let (pixels, w, h) = crate::libjpeg::decode(bytes, eighths, components == 1)?;
+                if (w, h) != (out_w, out_h) {
+                    return Err(PhotoError::Corrupt {
+                        reason: format!(
+                            "the JPEG decoder made {w}×{h} pixels where {out_w}×{out_h} were expected"
+                        ),
+                    });
+                }
                 let image = if components == 1 {
                     image::GrayImage::from_raw(out_w, out_h, pixels).map(DynamicImage::ImageLuma8)
                 } else {
@@ -185,37 +184,21 @@ impl<'a> Opened<'a> {
     }
 }
 
-/// A side decoded at `eighths`/8 of its length, rounded up as `jpeg-decoder` does.
+/// A side decoded at `eighths`/8 of its length, rounded up as libjpeg does.
 pub(crate) fn jpeg_scaled(len: u32, eighths: u32) -> u32 {
     (len * eighths).div_ceil(8)
 }
 
-/// The output size of the smallest JPEG IDCT scale (1/8, 1/4, 1/2, 1) whose output is at least
-/// `min_w` × `min_h`, as `jpeg-decoder` computes it (rounding up).
-fn jpeg_scaled_size(width: u32, height: u32, min_w: u32, min_h: u32) -> (u16, u16) {
-    let eighths = [1, 2, 4]
-        .into_iter()
-        .find(|&e| jpeg_scaled(width, e) >= min_w && jpeg_scaled(height, e) >= min_h)
-        .unwrap_or(8);
-    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-    (
-        clamp(jpeg_scaled(width, eighths)),
-        clamp(jpeg_scaled(height, eighths)),
-    )
-}
-
 /// The IDCT scale, in eighths (1, 2, 4 or 8), at which [`Opened::decode`] decodes a JPEG of
-/// `width` × `height` given `min_size` (`None`: full size). `jpeg-decoder` is asked for
-/// [`jpeg_scaled_size`] and takes the first scale that reaches the width *or* the height asked
-/// for; on sides of a few pixels that can be a smaller scale than the one asked for.
+/// `width` × `height`: the smallest whose output is at least `min_size` on both sides, or 8
+/// (full size) when none is or `min_size` is `None`.
 pub(crate) fn jpeg_decode_eighths(width: u32, height: u32, min_size: Option<(u32, u32)>) -> u32 {
     let Some((min_w, min_h)) = min_size else {
         return 8;
     };
-    let (w, h) = jpeg_scaled_size(width, height, min_w, min_h);
     [1, 2, 4]
         .into_iter()
-        .find(|&e| jpeg_scaled(width, e) >= u32::from(w) || jpeg_scaled(height, e) >= u32::from(h))
+        .find(|&e| jpeg_scaled(width, e) >= min_w && jpeg_scaled(height, e) >= min_h)
         .unwrap_or(8)
 }
 
@@ -344,18 +327,23 @@ mod tests {
 
     #[test]
     fn the_smallest_jpeg_scale_that_covers_the_output() {
+        let scaled = |w, h, min| {
+            let e = jpeg_decode_eighths(w, h, min);
+            (jpeg_scaled(w, e), jpeg_scaled(h, e))
+        };
         // A 12 MP phone photo: 1/8 for a thumbnail, 1/2 for a preview, full size beyond.
-        assert_eq!(jpeg_scaled_size(4000, 3000, 320, 240), (500, 375));
-        assert_eq!(jpeg_scaled_size(4000, 3000, 501, 376), (1000, 750));
-        assert_eq!(jpeg_scaled_size(4000, 3000, 1280, 960), (2000, 1500));
-        assert_eq!(jpeg_scaled_size(4000, 3000, 2001, 1501), (4000, 3000));
-        // Both sides must be covered, and scaled sizes round up as jpeg-decoder's do.
-        assert_eq!(jpeg_scaled_size(4000, 3000, 100, 376), (1000, 750));
-        assert_eq!(jpeg_scaled_size(1001, 17, 126, 3), (126, 3));
+        assert_eq!(scaled(4000, 3000, Some((320, 240))), (500, 375));
+        assert_eq!(scaled(4000, 3000, Some((501, 376))), (1000, 750));
+        assert_eq!(scaled(4000, 3000, Some((1280, 960))), (2000, 1500));
+        assert_eq!(scaled(4000, 3000, Some((2001, 1501))), (4000, 3000));
+        assert_eq!(scaled(4000, 3000, None), (4000, 3000));
+        // Both sides must be covered, and scaled sizes round up as libjpeg's do.
+        assert_eq!(scaled(4000, 3000, Some((100, 376))), (1000, 750));
+        assert_eq!(scaled(1001, 17, Some((126, 3))), (126, 3));
     }
 
     #[test]
-    fn the_decode_scale_is_the_one_jpeg_decoder_takes() {
+    fn the_decode_scale_is_the_one_libjpeg_takes() {
         // Decode real JPEGs and compare the output size with the scale predicted.
         for (width, height) in [(400, 300), (1, 200), (200, 1), (37, 3), (1283, 17)] {
             let pixels = vec![128u8; width as usize * height as usize * 3];

@@ -16,6 +16,7 @@
 
 mod decode;
 mod exif_read;
+mod libjpeg;
 mod output;
 mod sniff;
 

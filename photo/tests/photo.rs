@@ -194,6 +194,13 @@ fn truncated() {
         );
     }
     let whole = jpeg(&image, 90, None);
+    // Cut after the last scan, before the end-of-image marker: the pixels are all there, the
+    // file is still cut.
+    assert!(whole.ends_with(&[0xFF, 0xD9]));
+    assert_eq!(
+        code(inspect(&whole[..whole.len() - 2], None, &limits)),
+        "photo_truncated"
+    );
     assert_eq!(
         code(derive(&whole[..whole.len() / 2], 100, &limits)),
         "photo_truncated"
@@ -233,6 +240,21 @@ fn corrupt() {
     let idat = png.windows(4).position(|w| w == b"IDAT").expect("IDAT");
     png[idat + 20] ^= 0x55;
     assert_eq!(code(inspect(&png, None, &limits)), "photo_corrupt");
+}
+
+#[test]
+fn bytes_after_the_end_of_the_jpeg_are_not_damage() {
+    // Phones append data after the end-of-image marker (a motion photo's video, a maker's
+    // trailer); the picture itself is whole and must be accepted.
+    let limits = Limits::default();
+    let image = scene(300, 200, 6);
+    let mut with_trailer = jpeg(&image, 90, None);
+    with_trailer.extend_from_slice(b"ftypmp42 and a few hundred bytes of something else");
+    with_trailer.extend(std::iter::repeat_n(0xA5u8, 500));
+    let inspected = inspect(&with_trailer, Some("image/jpeg"), &limits).expect("accepted");
+    assert_eq!((inspected.width, inspected.height), (300, 200));
+    let thumbnail = decode(&derive(&with_trailer, 100, &limits).expect("thumbnail"));
+    assert_eq!(thumbnail.dimensions(), (100, 67));
 }
 
 #[test]
