@@ -243,6 +243,45 @@ fn corrupt() {
 }
 
 #[test]
+fn damaged_jpegs_are_refused_never_crash() {
+    // Bytes changed at random places, header and scan data alike, in baseline and progressive
+    // files: libjpeg (C) must answer every one with a result or a photo code, and what it
+    // accepts must have the header's size.
+    let limits = Limits::default();
+    let image = scene(160, 120, 7);
+    let mut noise = Noise::new(2026);
+    let mut refused = 0;
+    for whole in [jpeg(&image, 85, None), progressive_jpeg(&image, 85)] {
+        for round in 0..150 {
+            let mut damaged = whole.clone();
+            for _ in 0..1 + round % 4 {
+                let at = noise.next() as usize % damaged.len();
+                damaged[at] = noise.next() as u8;
+            }
+            match derive(&damaged, 64, &limits) {
+                Ok(thumbnail) => assert!(decode(&thumbnail).width() <= 64),
+                Err(e) => {
+                    refused += 1;
+                    assert!(
+                        matches!(
+                            e.code(),
+                            "photo_corrupt"
+                                | "photo_truncated"
+                                | "photo_unsupported_format"
+                                | "photo_too_many_pixels"
+                                | "photo_too_much_memory"
+                        ),
+                        "round {round}: {e}"
+                    );
+                }
+            }
+        }
+    }
+    // Most single-byte changes in scan data are caught as damage (the Huffman codes go wrong).
+    assert!(refused > 100, "only {refused} of 300 damaged files refused");
+}
+
+#[test]
 fn bytes_after_the_end_of_the_jpeg_are_not_damage() {
     // Phones append data after the end-of-image marker (a motion photo's video, a maker's
     // trailer); the picture itself is whole and must be accepted.
