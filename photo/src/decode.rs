@@ -78,6 +78,17 @@ impl<'a> Opened<'a> {
         if info.coding_process == CodingProcess::Lossless {
             return Err(unsupported("a lossless JPEG"));
         }
+        // Each scan of a progressive JPEG is a pass over the whole image: a small file of a few
+        // thousand scans (each a few bytes) would cost seconds. A sequential JPEG has a scan per
+        // component at most, which libjpeg enforces.
+        if progressive {
+            let scans = count_scans(bytes);
+            if scans > MAX_PROGRESSIVE_SCANS {
+                return Err(unsupported(&format!(
+                    "a progressive JPEG of {scans} scans (at most {MAX_PROGRESSIVE_SCANS} are decoded)"
+                )));
+            }
+        }
         Ok(Opened {
             width,
             height,
@@ -182,6 +193,51 @@ impl<'a> Opened<'a> {
             }
         }
     }
+}
+
+/// Most scans decoded in a progressive JPEG. Encoders write about 10 (libjpeg's default script
+/// has 10); a file of thousands of tiny scans is the denial of service Cure53's audit of
+/// libjpeg-turbo described, and NVIDIA's nvImageCodec refuses more than 256 scans for it: the
+/// same figure here.
+pub(crate) const MAX_PROGRESSIVE_SCANS: usize = 256;
+
+/// The number of scans (start-of-scan markers) of a JPEG, found by walking its marker segments
+/// and skipping entropy-coded data, up to the end-of-image marker: an EXIF thumbnail inside an
+/// APP1 segment, or data after the image (a motion photo's video), is not counted. Damage makes
+/// the count approximate; the decoder refuses such files anyway.
+fn count_scans(bytes: &[u8]) -> usize {
+    let mut at = 2; // after the start-of-image marker
+    let mut scans = 0;
+    while at + 1 < bytes.len() {
+        if bytes[at] != 0xFF {
+            at += 1;
+            continue;
+        }
+        match bytes[at + 1] {
+            0xFF => at += 1,               // fill byte
+            0xD9 => break,                 // end of image
+            0x01 | 0xD0..=0xD7 => at += 2, // markers without a length
+            marker => {
+                let Some(len) = bytes.get(at + 2..at + 4) else {
+                    break;
+                };
+                at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if marker == 0xDA {
+                    scans += 1;
+                    // Entropy-coded data runs to the next marker: 0xFF followed by anything
+                    // but a stuffed zero or a restart marker.
+                    while at + 1 < bytes.len()
+                        && !(bytes[at] == 0xFF
+                            && bytes[at + 1] != 0
+                            && !(0xD0..=0xD7).contains(&bytes[at + 1]))
+                    {
+                        at += 1;
+                    }
+                }
+            }
+        }
+    }
+    scans
 }
 
 /// A side decoded at `eighths`/8 of its length, rounded up as libjpeg does.
@@ -375,6 +431,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn scans_are_counted_up_to_the_end_of_the_image() {
+        let pixels = vec![100u8; 64 * 48 * 3];
+        let mut progressive = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut progressive, 90);
+        encoder.set_progressive(true);
+        encoder
+            .encode(&pixels, 64, 48, jpeg_encoder::ColorType::Rgb)
+            .expect("encodes");
+        let sos_markers = progressive
+            .windows(2)
+            .filter(|w| w == &[0xFF, 0xDA])
+            .count();
+        assert!(sos_markers > 3, "{sos_markers}");
+        assert_eq!(count_scans(&progressive), sos_markers);
+        // Start-of-scan bytes after the end of the image are not scans.
+        let mut trailer = progressive.clone();
+        trailer.extend_from_slice(&[0xFF, 0xDA, 0, 4, 1, 2, 0xFF, 0xDA]);
+        assert_eq!(count_scans(&trailer), sos_markers);
     }
 
     #[test]

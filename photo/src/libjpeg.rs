@@ -10,8 +10,9 @@
 //!
 //! libjpeg carries on after most damage: it *warns* ("premature end of data segment", "bad
 //! Huffman code", a file that ends early) and fills in grey. Evidence should not be silently
-//! patched, so this module's error manager turns every warning into an error, like its fatal
-//! errors. Both leave libjpeg by unwinding (`mozjpeg` builds libjpeg with `-fexceptions` and
+//! patched, and libjpeg-turbo's own advice against resource exhaustion by crafted files is to
+//! treat warnings as fatal (its answer to CVE-2019-13960), so this module's error manager turns
+//! every warning into an error, like its fatal errors. Both leave libjpeg by unwinding (`mozjpeg` builds libjpeg with `-fexceptions` and
 //! destroys the decompressor when the unwind passes) and are caught in [`decode`]. The manager
 //! is built from safe code: its handlers never look inside libjpeg's structures, so the reason
 //! they give is the kind of failure, not libjpeg's message. Whether the data ran out is seen by

@@ -282,6 +282,29 @@ fn damaged_jpegs_are_refused_never_crash() {
 }
 
 #[test]
+fn a_progressive_jpeg_of_thousands_of_scans_is_refused_before_decoding() {
+    // Every scan of a progressive JPEG is a pass over the whole image; a file of repeated scans
+    // costs little to send and much to decode. Its last scan, repeated 600 times:
+    let limits = Limits::default();
+    let whole = progressive_jpeg(&scene(320, 240, 8), 85);
+    let last_scan = whole
+        .windows(2)
+        .rposition(|w| w == [0xFF, 0xDA])
+        .expect("a scan");
+    let end = whole.len() - 2;
+    let mut many = whole[..end].to_vec();
+    for _ in 0..600 {
+        many.extend_from_slice(&whole[last_scan..end]);
+    }
+    many.extend_from_slice(&[0xFF, 0xD9]);
+    let err = inspect(&many, None, &limits).expect_err("too many scans");
+    assert_eq!(err.code(), "photo_unsupported_format", "{err}");
+    assert!(err.to_string().contains("scans"), "{err}");
+    // The same file as it was is fine.
+    assert!(inspect(&whole, None, &limits).is_ok());
+}
+
+#[test]
 fn bytes_after_the_end_of_the_jpeg_are_not_damage() {
     // Phones append data after the end-of-image marker (a motion photo's video, a maker's
     // trailer); the picture itself is whole and must be accepted.
