@@ -101,13 +101,28 @@ pub struct SoftFlag {
     pub message: String,
 }
 
+/// The calendar month a week's key-point coverage is counted in, as its first day and the first
+/// day of the next month: the month that holds most of the week, i.e. its Thursday's (as ISO 8601
+/// gives a week to the year of its Thursday). The week of Monday 2026-11-30 is December's: a
+/// supervisor signing it off on 9 December sees December's visits so far, including the week's
+/// own, not November's finished count.
+pub(crate) fn week_month(monday: NaiveDate) -> (NaiveDate, NaiveDate) {
+    use chrono::Datelike;
+    let thursday = monday + chrono::Days::new(3);
+    let first = thursday.with_day(1).unwrap_or(thursday);
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap_or(first);
+    (first, next)
+}
+
 /// A key point (重点监控点位) of a village: counted patrols that came to it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct KeyPointCoverage {
     pub code: String,
     pub name: String,
     pub visits_this_week: u32,
-    /// In the calendar month of the week's Monday, up to now.
+    /// In the calendar month that holds most of the week (its Thursday's), up to now.
     pub visits_this_month: u32,
     /// Visits the rules require per month (榕江: 2), 0 when none.
     pub required_per_month: u32,
@@ -363,16 +378,10 @@ pub fn week_record(
         .order(grids::code.asc())
         .select((grids::parent_id.assume_not_null(), grids::code, grids::name))
         .load(conn)?;
-    // Visits this month: counted patrols of these villages started in the month of `monday`.
+    // Visits this month: counted patrols of these villages started in the week's month.
     let month_visits = {
-        use chrono::{Datelike, TimeZone};
-        let first = monday.with_day(1).unwrap_or(monday);
-        let next = if first.month() == 12 {
-            NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
-        } else {
-            NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
-        }
-        .unwrap_or(first);
+        use chrono::TimeZone;
+        let (first, next) = week_month(monday);
         let utc = |date: NaiveDate| {
             tz.from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
                 .earliest()
@@ -610,4 +619,39 @@ pub fn flagged(
         .collect();
     list.sort_by_key(|p| !p.flags.iter().any(|f| f.hard));
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_week_counts_key_points_in_the_month_of_its_thursday() {
+        let date = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("date");
+        // Inside one month.
+        assert_eq!(
+            week_month(date(2026, 11, 23)),
+            (date(2026, 11, 1), date(2026, 12, 1))
+        );
+        // Monday 30 November to Sunday 6 December: December's.
+        assert_eq!(
+            week_month(date(2026, 11, 30)),
+            (date(2026, 12, 1), date(2027, 1, 1))
+        );
+        // Monday 28 September to Sunday 4 October, Thursday 1 October: October's.
+        assert_eq!(
+            week_month(date(2026, 9, 28)),
+            (date(2026, 10, 1), date(2026, 11, 1))
+        );
+        // Monday 29 December 2025, Thursday 1 January 2026: January's, of the next year.
+        assert_eq!(
+            week_month(date(2025, 12, 29)),
+            (date(2026, 1, 1), date(2026, 2, 1))
+        );
+        // Monday 26 January, Thursday 29 January: January's, though it ends in February.
+        assert_eq!(
+            week_month(date(2026, 1, 26)),
+            (date(2026, 1, 1), date(2026, 2, 1))
+        );
+    }
 }

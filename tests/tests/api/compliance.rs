@@ -343,7 +343,22 @@ async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
     assert_eq!(cell(&sheet, mine, 8), "是");
     assert!(cell(&sheet, mine, 9).contains(&mocked) && cell(&sheet, mine, 9).contains("模拟定位"));
     assert_eq!(cell(&sheet, 0, 11), "重点点位（本月巡查/要求）");
-    assert_eq!(cell(&sheet, mine, 11), "村口砂石场 1/2");
+    // The honest patrol came to the key point; it counts this month unless it started in the
+    // month before the one that holds most of the week (a week like 30 November to 6 December
+    // is December's, and a patrol on Monday 30 November is November's).
+    let week_starts: chrono::NaiveDate = record["starts"]
+        .as_str()
+        .expect("starts")
+        .parse()
+        .expect("a date");
+    let thursday = week_starts + chrono::Days::new(3);
+    let started = (chrono::Utc::now() - chrono::Duration::minutes(45))
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00"))
+        .date_naive();
+    use chrono::Datelike;
+    let this_month =
+        u32::from((started.year(), started.month()) == (thursday.year(), thursday.month()));
+    assert_eq!(cell(&sheet, mine, 11), format!("村口砂石场 {this_month}/2"));
     let csv = app
         .client
         .get(format!(
