@@ -627,31 +627,26 @@ mod tests {
 
     #[test]
     fn a_week_counts_key_points_in_the_month_of_its_thursday() {
-        let date = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("date");
-        // Inside one month.
-        assert_eq!(
-            week_month(date(2026, 11, 23)),
-            (date(2026, 11, 1), date(2026, 12, 1))
-        );
-        // Monday 30 November to Sunday 6 December: December's.
-        assert_eq!(
-            week_month(date(2026, 11, 30)),
-            (date(2026, 12, 1), date(2027, 1, 1))
-        );
-        // Monday 28 September to Sunday 4 October, Thursday 1 October: October's.
-        assert_eq!(
-            week_month(date(2026, 9, 28)),
-            (date(2026, 10, 1), date(2026, 11, 1))
-        );
-        // Monday 29 December 2025, Thursday 1 January 2026: January's, of the next year.
-        assert_eq!(
-            week_month(date(2025, 12, 29)),
-            (date(2026, 1, 1), date(2026, 2, 1))
-        );
-        // Monday 26 January, Thursday 29 January: January's, though it ends in February.
-        assert_eq!(
-            week_month(date(2026, 1, 26)),
-            (date(2026, 1, 1), date(2026, 2, 1))
-        );
+        let date = |(y, m, d): (i32, u32, u32)| NaiveDate::from_ymd_opt(y, m, d).expect("date");
+        // (Monday, the month counted, why)
+        for (monday, month, why) in [
+            ((2026, 11, 23), (2026, 11), "inside one month"),
+            ((2026, 11, 30), (2026, 12), "30 November to 6 December"),
+            ((2026, 9, 28), (2026, 10), "Thursday 1 October"),
+            (
+                (2025, 12, 29),
+                (2026, 1),
+                "Thursday 1 January, the next year",
+            ),
+            (
+                (2026, 1, 26),
+                (2026, 1),
+                "Thursday 29 January, ends in February",
+            ),
+        ] {
+            let first = date((month.0, month.1, 1));
+            let next = first + chrono::Months::new(1);
+            assert_eq!(week_month(date(monday)), (first, next), "{why}");
+        }
     }
 }
