@@ -12,11 +12,12 @@
 //! Huffman code", a file that ends early) and fills in grey. Evidence should not be silently
 //! patched, and libjpeg-turbo's own advice against resource exhaustion by crafted files is to
 //! treat warnings as fatal (its answer to CVE-2019-13960), so this module's error manager turns
-//! every warning into an error, like its fatal errors. Both leave libjpeg by unwinding (`mozjpeg` builds libjpeg with `-fexceptions` and
-//! destroys the decompressor when the unwind passes) and are caught in [`decode`]. The manager
-//! is built from safe code: its handlers never look inside libjpeg's structures, so the reason
-//! they give is the kind of failure, not libjpeg's message. Whether the data ran out is seen by
-//! the reader libjpeg pulls bytes from, which tells truncation apart from damage.
+//! every warning into an error, like its fatal errors. Both leave libjpeg by unwinding
+//! (`mozjpeg` builds libjpeg with `-fexceptions` and destroys the decompressor when the unwind
+//! passes) and are caught in [`decode`]. The manager is built from safe code: its handlers never
+//! look inside libjpeg's structures, so the reason they give is the kind of failure, not
+//! libjpeg's message. Whether the data ran out is seen by the reader libjpeg pulls bytes from,
+//! which tells truncation apart from damage.
 //!
 //! The header (dimensions, components, coding process, EXIF, ICC) is read before this by
 //! `jpeg-decoder`, in safe Rust, and checked against the limits; by the time libjpeg runs, the

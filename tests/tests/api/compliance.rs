@@ -352,7 +352,18 @@ async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
         .parse()
         .expect("a date");
     let thursday = week_starts + chrono::Days::new(3);
-    let started = (chrono::Utc::now() - chrono::Duration::minutes(45))
+    let honest_id = honest.clone();
+    let started_utc: chrono::NaiveDateTime = app
+        .with_conn(move |conn| {
+            use gridpatrol_server::schema::patrols;
+            patrols::table
+                .find(honest_id)
+                .select(patrols::started_at)
+                .first(conn)
+        })
+        .await;
+    let started = started_utc
+        .and_utc()
         .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00"))
         .date_naive();
     use chrono::Datelike;
