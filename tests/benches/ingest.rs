@@ -4,6 +4,10 @@
 //!
 //!     cargo bench -p gridpatrol-tests --bench ingest                 # 10,000 patrols, SQLite
 //!     GRIDPATROL_TEST_PG_URL=postgres://… cargo bench -p gridpatrol-tests --bench ingest
+//!     cargo bench -p gridpatrol-tests --bench ingest -- binary      # only the rows named
+//!
+//! Before each ingest it prints "ingest starts" to stderr (and, for the binary, the server's pid
+//! before that), so that a profiler can be started from outside for the ingest alone.
 //!
 //! `scripts/test` runs it once in quick mode (200 patrols) as a smoke test.
 
@@ -252,6 +256,7 @@ struct Rate {
 async fn ingest(servers: &[String], phones: &[Phone], work: &Workload) -> Rate {
     let client = gridpatrol_tests::http_client();
     let requests = requests(phones, work);
+    eprintln!("ingest starts");
     let started = Instant::now();
     let cpu = cpu_seconds();
     let machine = machine_cpu_seconds();
@@ -425,6 +430,13 @@ async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
+    // `cargo bench … --bench ingest -- binary` runs only the rows named (sqlite, binary,
+    // postgres); the two baselines always run.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runs = |row: &str| named.is_empty() || named.iter().any(|n| n == row);
     let patrols = if quick { 200 } else { 10_000 };
     println!(
         "{patrols} patrols, {PHONES} phones, {BATCH} patrols per request, {PARALLEL} phones at a time"
@@ -440,8 +452,6 @@ async fn main() {
     let baseline = automerge_baseline(&work);
     let merge = merge_only(&phones, &work);
     let rss_before = peak_rss_mib();
-    let rate = ingest(std::slice::from_ref(&app.base), &phones, &work).await;
-    assert_eq!(patrol_count(&app).await, work.total() as i64);
     println!(
         "| pure Automerge: decode + apply, one core | {baseline:.0} | 1.00× | 1 | {rss_before:.0} |"
     );
@@ -449,15 +459,21 @@ async fn main() {
         "| protocol merge and checks only, one core (no HTTP, no database) | {merge:.0} | {:.2}× slower | 1 | |",
         baseline / merge
     );
-    print_rate("SQLite, one server (in the bench process)", &rate, baseline);
+    if runs("sqlite") {
+        let rate = ingest(std::slice::from_ref(&app.base), &phones, &work).await;
+        assert_eq!(patrol_count(&app).await, work.total() as i64);
+        print_rate("SQLite, one server (in the bench process)", &rate, baseline);
+    }
     drop((phones, work, app));
 
     // The real binary in its own process: its peak RSS is the server's alone.
-    match (quick, server_binary()) {
+    match (quick || !runs("binary"), server_binary()) {
         (false, Some(bin)) => {
             let server = ServerProcess::spawn(&bin).await;
             let (phones, work) = enroll_over_http(&server.base, patrols).await;
             let idle = process_peak_rss_mib(server.child.id());
+            // For a profiler attached from outside (docs/BENCHMARKS.md says how).
+            eprintln!("the server's pid: {}", server.child.id());
             let rate = ingest(std::slice::from_ref(&server.base), &phones, &work).await;
             println!(
                 "| SQLite, the `gridpatrol` binary in its own process | {:.0} | {:.2}× slower | {:.2} (bench) / {:.2} | server only: {:.0} after start, {:.0} peak |",
@@ -475,7 +491,8 @@ async fn main() {
         (true, _) => {}
     }
 
-    if std::env::var("GRIDPATROL_TEST_PG_URL").is_ok() {
+    let postgres = std::env::var("GRIDPATROL_TEST_PG_URL").is_ok();
+    if runs("postgres") && postgres {
         let single = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
         let (phones, work) = setup(&single, patrols).await;
         let rate = ingest(std::slice::from_ref(&single.base), &phones, &work).await;
@@ -498,7 +515,7 @@ async fn main() {
         let rate = ingest(&[first.base.clone(), second.base.clone()], &phones, &work).await;
         print_rate("PostgreSQL, two servers", &rate, baseline);
         assert_eq!(patrol_count(&first).await, work.total() as i64);
-    } else {
+    } else if runs("postgres") {
         println!("(PostgreSQL skipped: GRIDPATROL_TEST_PG_URL is not set)");
     }
 }

@@ -125,10 +125,11 @@ impl<'a> DbStore<'a> {
         }
         let rows = std::mem::take(&mut self.pending);
         // On SQLite the write transaction is the only writer and `merge` left out what is stored,
-        // so nothing can conflict (and diesel cannot batch `ON CONFLICT` there); on PostgreSQL
-        // another process may have stored a change meanwhile, which is skipped.
+        // so nothing can conflict; on PostgreSQL another process may have stored a change
+        // meanwhile, which is skipped.
         match &mut *self.conn {
             DbConnection::Sqlite(c) => {
+                // 500 rows of 7 values: well under SQLite's 32,766 bound parameters.
                 for chunk in rows.chunks(500) {
                     diesel::insert_into(sync_changes::table)
                         .values(chunk)
@@ -210,8 +211,12 @@ pub fn store_request(
     Ok(handled.respond(nothing_else, 0).results)
 }
 
+/// A change row to append. No field falls back to a column default, so diesel writes a batch of
+/// these as one multi-row `INSERT` on SQLite too (with its default, every field may stand for
+/// `DEFAULT`, which SQLite's `VALUES` lacks, and diesel then inserts row by row: a statement
+/// built, bound and run for each of a request's ~500 changes, a sixth of the server's time).
 #[derive(Insertable)]
-#[diesel(table_name = sync_changes)]
+#[diesel(table_name = sync_changes, treat_none_as_default_value = false)]
 pub struct NewChange {
     doc_id: String,
     hash: String,
