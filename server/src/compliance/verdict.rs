@@ -5,12 +5,13 @@
 //! Each reason and signal has a stable code, the figures it was judged on, and a Chinese message
 //! a supervisor can read out: "轨迹点在网格内占 62%（要求 ≥ 60%）".
 
-use geo::{Distance, Euclidean, MultiPolygon, Point};
+use geo::{BoundingRect, Distance, Euclidean, MultiPolygon, Point, Rect};
 use serde::{Deserialize, Serialize};
 use sync_protocol::schema::{Fix, PatrolStatus, PatrolView};
 use utoipa::ToSchema;
 
 use super::coords::{LocalFrame, metres, to_wgs84};
+use crate::grids::prepared::PreparedShape;
 
 /// What makes a patrol count, and which signals are how serious. A jurisdiction's policy file
 /// sets these; the defaults are this module's own, conservative choices.
@@ -198,7 +199,7 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         .first()
         .map(|f| LocalFrame::around(f.lon, f.lat))
         .unwrap_or_else(|| LocalFrame::around(0.0, 0.0));
-    let grid_m = project_grid(context.grid, &frame);
+    let grid_m = Reach::new(project_grid(context.grid, &frame));
     let fixes: Vec<Point2> = fixes
         .into_iter()
         .map(|mut f| {
@@ -208,7 +209,7 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         .collect();
     let inside = fixes
         .iter()
-        .filter(|f| Euclidean.distance(&grid_m, &Point::new(f.x, f.y)) <= f.accuracy_m)
+        .filter(|f| grid_m.within(f.x, f.y, f.accuracy_m))
         .count();
     let share = if fixes.is_empty() {
         0.0
@@ -400,11 +401,10 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         .key_points
         .iter()
         .map(|point| {
-            let shape = project_grid(point.shape, &frame);
-            let visited = fixes.iter().any(|f| {
-                Euclidean.distance(&shape, &Point::new(f.x, f.y))
-                    <= context.visit_radius_m + f.accuracy_m
-            });
+            let shape = Reach::new(project_grid(point.shape, &frame));
+            let visited = fixes
+                .iter()
+                .any(|f| shape.within(f.x, f.y, context.visit_radius_m + f.accuracy_m));
             KeyPointVisit {
                 code: point.code.to_string(),
                 name: point.name.to_string(),
@@ -434,12 +434,12 @@ pub fn fixes_inside(track: &[Fix], grid: &MultiPolygon<f64>) -> Vec<(f64, f64, i
         return Vec::new();
     };
     let frame = LocalFrame::around(first.lon, first.lat);
-    let grid_m = project_grid(grid, &frame);
+    let grid_m = Reach::new(project_grid(grid, &frame));
     fixes
         .iter()
         .map(|f| {
             let (x, y) = frame.project(f.lon, f.lat);
-            let inside = Euclidean.distance(&grid_m, &Point::new(x, y)) <= f.accuracy_m;
+            let inside = grid_m.within(x, y, f.accuracy_m);
             (f.lon, f.lat, f.at_ms, inside)
         })
         .collect()
@@ -464,6 +464,45 @@ fn wgs84_track(track: &[Fix]) -> Vec<Point2> {
         .collect()
 }
 
+/// A shape in metres, asked for many points whether they lie within some distance of it. The
+/// answer is `geo`'s distance (zero inside) compared with the distance, found the cheap way for
+/// most points: a point in the shape is answered by the prepared crossing test (a few edges), a
+/// point beyond the shape's box by more than the distance by the box; only the rest pay for the
+/// distance to every edge. Judging a patrol asks this for each of its hundreds of fixes.
+struct Reach {
+    shape: MultiPolygon<f64>,
+    prepared: PreparedShape,
+    bounds: Option<Rect<f64>>,
+}
+
+impl Reach {
+    fn new(shape: MultiPolygon<f64>) -> Reach {
+        Reach {
+            prepared: PreparedShape::new(&shape),
+            bounds: shape.bounding_rect(),
+            shape,
+        }
+    }
+
+    /// The point (x, y) lies within `distance` metres of the shape, or in it.
+    fn within(&self, x: f64, y: f64, distance: f64) -> bool {
+        // No point is within a negative or NaN distance (as `geo`'s distance, never negative,
+        // compared with it says); and nothing is near an empty shape.
+        let Some(bounds) = self.bounds.filter(|_| distance >= 0.0) else {
+            return false;
+        };
+        if x < bounds.min().x - distance
+            || x > bounds.max().x + distance
+            || y < bounds.min().y - distance
+            || y > bounds.max().y + distance
+        {
+            return false;
+        }
+        self.prepared.contains(x, y)
+            || Euclidean.distance(&self.shape, &Point::new(x, y)) <= distance
+    }
+}
+
 fn project_grid(grid: &MultiPolygon<f64>, frame: &LocalFrame) -> MultiPolygon<f64> {
     use geo::MapCoords;
     grid.map_coords(|c| {
@@ -478,6 +517,58 @@ mod tests {
     use sync_protocol::schema::{Datum, DocKind, FixSource, Identity, Method, PhotoRef};
 
     const START: i64 = 1_795_395_600_000; // 2026-11-23 09:00 China time
+
+    /// `Reach::within` answers as `geo`'s distance to the shape does (zero inside), for points
+    /// inside, outside, in a hole, beyond the box, and for odd distances.
+    #[test]
+    fn reach_answers_as_the_distance_does() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let star: Vec<(f64, f64)> = (0..41)
+            .map(|i| {
+                let a = std::f64::consts::TAU * f64::from(i % 40) / 40.0;
+                let r = if i % 2 == 0 { 500.0 } else { 220.0 };
+                (r * a.cos(), r * a.sin())
+            })
+            .collect();
+        let hole = vec![
+            (-50.0, -50.0),
+            (50.0, -50.0),
+            (50.0, 50.0),
+            (-50.0, 50.0),
+            (-50.0, -50.0),
+        ];
+        let shape = MultiPolygon::new(vec![
+            geo::Polygon::new(star.into(), vec![hole.into()]),
+            geo::Polygon::new(
+                vec![(900.0, 0.0), (950.0, 0.0), (950.0, 40.0), (900.0, 0.0)].into(),
+                vec![],
+            ),
+        ]);
+        let reach = Reach::new(shape.clone());
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut near, mut far) = (0, 0);
+        for _ in 0..20_000 {
+            let (x, y) = (
+                rng.random_range(-700.0..1100.0),
+                rng.random_range(-700.0..700.0),
+            );
+            let distance = match rng.random_range(0..10) {
+                0 => f64::NAN,
+                1 => -3.0,
+                2 => 0.0,
+                _ => rng.random_range(0.0..120.0),
+            };
+            let expected = Euclidean.distance(&shape, &Point::new(x, y)) <= distance;
+            assert_eq!(
+                reach.within(x, y, distance),
+                expected,
+                "({x}, {y}) within {distance}"
+            );
+            if expected { near += 1 } else { far += 1 }
+        }
+        assert!(near > 2_000 && far > 2_000, "{near} near, {far} far");
+        assert!(!Reach::new(MultiPolygon::new(vec![])).within(0.0, 0.0, 10.0));
+    }
 
     /// A square village of about 1 km a side around (108.52, 25.93).
     fn grid() -> MultiPolygon<f64> {
