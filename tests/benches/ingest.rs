@@ -491,31 +491,33 @@ async fn main() {
         (true, _) => {}
     }
 
-    let postgres = std::env::var("GRIDPATROL_TEST_PG_URL").is_ok();
-    if runs("postgres") && postgres {
-        let single = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
-        let (phones, work) = setup(&single, patrols).await;
-        let rate = ingest(std::slice::from_ref(&single.base), &phones, &work).await;
-        print_rate("PostgreSQL, one server process", &rate, baseline);
-        assert_eq!(patrol_count(&single).await, work.total() as i64);
-        drop((phones, work, single));
-
-        let first = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
-        let second = Arc::new(
-            TestApp::start(
-                TestDb {
-                    url: first.db.url.clone(),
-                    dir: tempfile::tempdir().expect("tmp"),
-                },
-                served(),
-            )
-            .await,
-        );
-        let (phones, work) = setup(&first, patrols).await;
-        let rate = ingest(&[first.base.clone(), second.base.clone()], &phones, &work).await;
-        print_rate("PostgreSQL, two servers", &rate, baseline);
-        assert_eq!(patrol_count(&first).await, work.total() as i64);
-    } else if runs("postgres") {
-        println!("(PostgreSQL skipped: GRIDPATROL_TEST_PG_URL is not set)");
+    if !runs("postgres") {
+        return;
     }
+    if std::env::var("GRIDPATROL_TEST_PG_URL").is_err() {
+        println!("(PostgreSQL skipped: GRIDPATROL_TEST_PG_URL is not set)");
+        return;
+    }
+    let single = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
+    let (phones, work) = setup(&single, patrols).await;
+    let rate = ingest(std::slice::from_ref(&single.base), &phones, &work).await;
+    print_rate("PostgreSQL, one server process", &rate, baseline);
+    assert_eq!(patrol_count(&single).await, work.total() as i64);
+    drop((phones, work, single));
+
+    let first = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
+    let second = Arc::new(
+        TestApp::start(
+            TestDb {
+                url: first.db.url.clone(),
+                dir: tempfile::tempdir().expect("tmp"),
+            },
+            served(),
+        )
+        .await,
+    );
+    let (phones, work) = setup(&first, patrols).await;
+    let rate = ingest(&[first.base.clone(), second.base.clone()], &phones, &work).await;
+    print_rate("PostgreSQL, two servers", &rate, baseline);
+    assert_eq!(patrol_count(&first).await, work.total() as i64);
 }
