@@ -572,9 +572,92 @@ async fn two_servers_merging_the_same_documents_lose_nothing(backend: Backend) {
     assert_eq!(patrol_rows(&app).await, rows);
 }
 
+/// A phone whose request timed out sends it again, this time to the other server process,
+/// while the first is still storing it. The new patrols are created once: each change is stored
+/// once, the document's change count is the log's, and both servers give the same receipts.
+async fn a_resend_to_the_other_server_stores_new_documents_once(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let other = TestApp::start(
+        gridpatrol_tests::TestDb {
+            url: app.db.url.clone(),
+            dir: tempfile::tempdir().expect("tmp"),
+        },
+        gridpatrol_tests::serve_config(),
+    )
+    .await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let mut ids = Vec::new();
+    for round in 0..6 {
+        for n in 0..3 {
+            let id = phone.start_patrol(VILLAGE, T0 + round * 10 + n);
+            phone.walk(&id, 30, T0);
+            ids.push(id);
+        }
+        let request = phone.request();
+        let bytes = wire::encode(&request);
+        let ((first_status, first, _), (second_status, second, _)) =
+            tokio::join!(phone.post(&app, bytes.clone()), phone.post(&other, bytes));
+        assert_eq!((first_status, second_status), (200, 200));
+        let first: SyncResponse = wire::decode(&first).expect("first");
+        let second: SyncResponse = wire::decode(&second).expect("second");
+        assert!(
+            first.results.iter().all(|r| r.outcome == Outcome::Accepted),
+            "{:?}",
+            first.results
+        );
+        assert_eq!(first.results, second.results, "the same receipts");
+        phone
+            .state
+            .apply(&request, &second, &mut phone.docs)
+            .expect("apply");
+    }
+    let counts: Vec<(String, i32, i64, i64)> = app
+        .with_conn(|conn| {
+            diesel::sql_query(
+                "SELECT d.id, d.change_count, COUNT(c.seq) AS logged, \
+                        COUNT(DISTINCT c.hash) AS distinct_hashes \
+                 FROM sync_documents d JOIN sync_changes c ON c.doc_id = d.id \
+                 GROUP BY d.id, d.change_count ORDER BY d.id",
+            )
+            .load::<DocCounts>(conn)
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|r| (r.id, r.change_count, r.logged, r.distinct_hashes))
+                    .collect()
+            })
+        })
+        .await;
+    assert_eq!(counts.len(), ids.len(), "every patrol stored");
+    for (id, change_count, logged, distinct) in &counts {
+        assert_eq!(logged, distinct, "no change of {id} stored twice");
+        assert_eq!(
+            i64::from(*change_count),
+            *logged,
+            "the change count of {id} is the log's"
+        );
+    }
+    let rows = patrol_rows(&app).await;
+    assert_eq!(rows.len(), ids.len(), "each patrol once");
+    assert!(rows.iter().all(|r| r.fix_count == 30));
+}
+
+#[derive(QueryableByName)]
+struct DocCounts {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    change_count: i32,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    logged: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    distinct_hashes: i64,
+}
+
 both_backends!(
     rebuilt_projections_equal_the_synced_ones,
     two_servers_merging_the_same_documents_lose_nothing,
+    a_resend_to_the_other_server_stores_new_documents_once,
 );
 
 /// On 2G every byte counts: a DEFLATE body is accepted (within the same cap) and answered in kind.
