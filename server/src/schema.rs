@@ -154,6 +154,7 @@ diesel::table! {
         version -> BigInt,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        last_seq -> BigInt,
     }
 }
 

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sync_protocol::CONTENT_TYPE;
-use sync_protocol::server::{self, Store};
+use sync_protocol::server;
 use sync_protocol::wire::{self, SyncRequest};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -149,22 +149,26 @@ async fn sync(
             Ok::<_, ApiError>((request, authority, premerged))
         })
         .await?;
-    let (request, authority, handled) = state
+    let (request, authority, handled, newest) = state
         .db
         .write(move |conn| {
             let mut store = DbStore::new(conn, &authority);
             let handled = server::handle(&request, &authority, &mut store, &limits, premerged)?;
             store.append()?;
-            Ok::<_, ApiError>((request, authority, handled))
+            let newest = store.newest()?;
+            Ok::<_, ApiError>((request, authority, handled, newest))
         })
         .await?;
     // Committed: the compliance worker judges the patrols that changed.
     state.wake_judging.notify_one();
-    // Now what the phone lacks from others, outside the write lock.
+    // Now what the phone lacks of other documents, outside the write lock (of the pushed ones,
+    // the merge found it).
     let response = state
         .db
         .run(move |conn| {
-            let page = DbStore::new(conn, &authority).feed(&request.cursor)?;
+            let pushed: Vec<String> = request.docs.iter().map(|d| d.id.clone()).collect();
+            let page =
+                DbStore::new(conn, &authority).feed_after(&request.cursor, newest, &pushed)?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             Ok::<_, ApiError>(handled.respond(page, now_ms))
         })

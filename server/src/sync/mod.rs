@@ -119,11 +119,15 @@ impl<'a> DbStore<'a> {
 
     /// Appends the request's new changes to the log, once every document is saved: as late as
     /// possible, because on PostgreSQL this takes the log's append lock, held until the commit.
+    /// Sets each document's `last_seq` to its newest entry.
     pub fn append(&mut self) -> ApiResult<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.pending);
+        // The documents, each once (`save` queues a document's changes together).
+        let mut docs: Vec<String> = rows.iter().map(|r| r.doc_id.clone()).collect();
+        docs.dedup();
         // Nothing here is stored yet: each document is locked (`lock`, new ones included) and its
         // merge left out what was stored under that lock. So a plain insert, without conflict
         // handling (on PostgreSQL a third of the statement's cost); the key (doc_id, hash) still
@@ -136,6 +140,14 @@ impl<'a> DbStore<'a> {
                         .values(chunk)
                         .execute(c)?;
                 }
+                let newest = sync_changes::table
+                    .filter(sync_changes::doc_id.eq(sync_documents::id))
+                    .select(diesel::dsl::max(sync_changes::seq))
+                    .single_value()
+                    .assume_not_null();
+                diesel::update(sync_documents::table.filter(sync_documents::id.eq_any(&docs)))
+                    .set(sync_documents::last_seq.eq(newest))
+                    .execute(c)?;
             }
             DbConnection::Postgres(c) => {
                 // Sequence numbers are handed out at insert, not at commit: without this lock a
@@ -165,13 +177,21 @@ impl<'a> DbStore<'a> {
                     columns.5.push(row.user_id);
                     columns.6.push(row.received_at);
                 }
+                // The documents' `last_seq` in the same statement, from what the insert returns.
+                // Named by the ids in $8, so that their rows are found through the key (joined
+                // to the aggregate instead, the planner scans the whole table).
                 diesel::sql_query(
-                    "INSERT INTO sync_changes \
-                       (doc_id, hash, bytes, actor, device_id, user_id, received_at) \
-                     SELECT doc_id, hash, bytes, actor, device_id, user_id, received_at \
-                     FROM UNNEST($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY \
-                       AS r (doc_id, hash, bytes, actor, device_id, user_id, received_at, n) \
-                     ORDER BY n",
+                    "WITH appended AS ( \
+                       INSERT INTO sync_changes \
+                         (doc_id, hash, bytes, actor, device_id, user_id, received_at) \
+                       SELECT doc_id, hash, bytes, actor, device_id, user_id, received_at \
+                       FROM UNNEST($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY \
+                         AS r (doc_id, hash, bytes, actor, device_id, user_id, received_at, n) \
+                       ORDER BY n \
+                       RETURNING doc_id, seq) \
+                     UPDATE sync_documents SET last_seq = \
+                       (SELECT MAX(seq) FROM appended WHERE appended.doc_id = sync_documents.id) \
+                     WHERE sync_documents.id = ANY($8)",
                 )
                 .bind::<Array<Text>, _>(columns.0)
                 .bind::<Array<Text>, _>(columns.1)
@@ -180,6 +200,7 @@ impl<'a> DbStore<'a> {
                 .bind::<Array<BigInt>, _>(columns.4)
                 .bind::<Array<BigInt>, _>(columns.5)
                 .bind::<Array<Timestamp>, _>(columns.6)
+                .bind::<Array<Text>, _>(docs)
                 .execute(c)?;
             }
         }
@@ -569,14 +590,35 @@ impl Store for DbStore<'_> {
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
-        // Read after the request's own transaction committed, outside the write lock. Without a
-        // transaction of its own: the log only grows, in commit order (SQLite's single writer,
-        // PostgreSQL's append lock), so every change up to `newest`, read first, is there when
-        // the rows are read, and a change committed later has a higher seq.
+        let newest = self.newest()?;
+        self.feed_after(cursor, newest, &[])
+    }
+}
+
+impl DbStore<'_> {
+    /// The newest entry of the log (0 when empty). Read inside a request's write transaction,
+    /// after [`DbStore::append`], it is where that request's feed page ends: every change before
+    /// it is committed (the log grows in commit order), and any other device's change to a
+    /// document the request merged is either before it, and so in that merge (the document was
+    /// locked), or after it, and so in the phone's next page.
+    pub fn newest(&mut self) -> ApiResult<i64> {
         let newest: Option<i64> = sync_changes::table
             .select(diesel::dsl::max(sync_changes::seq))
             .first(self.conn)?;
-        let newest = newest.unwrap_or(0);
+        Ok(newest.unwrap_or(0))
+    }
+
+    /// The feed page after `cursor` up to log entry `newest`, leaving out the documents in
+    /// `merged` (a request's own: what the phone lacks of them is in the request's answer, see
+    /// [`DbStore::newest`]). Read without a transaction of its own: the log only grows, in commit
+    /// order (SQLite's single writer, PostgreSQL's append lock), so every change up to `newest`
+    /// is there when the rows are read.
+    pub fn feed_after(
+        &mut self,
+        cursor: &Cursor,
+        newest: i64,
+        merged: &[String],
+    ) -> ApiResult<FeedPage> {
         let seq = i64::try_from(cursor.seq).unwrap_or(i64::MAX);
         // The change the phone last heard of must still be where it was: otherwise this log is
         // not the one the phone saw (restored from a backup) and the phone must push everything.
@@ -590,6 +632,10 @@ impl Store for DbStore<'_> {
             // `seq > $1` is then guessed to match a third of the table: a parallel full scan).
             .filter(sync_changes::seq.gt(cursor))
             .filter(sync_changes::seq.le(newest))
+            // Only documents changed since: for an inspector, the index on (inspector_id,
+            // last_seq) finds those few, however many patrols they recorded over the years.
+            .filter(sync_documents::last_seq.gt(cursor))
+            .filter(sync_documents::id.ne_all(merged))
             .filter(sync_changes::device_id.ne(self.authority.device_id))
             .select((
                 sync_changes::seq,

@@ -207,6 +207,86 @@ async fn a_review_reaches_the_phone_and_concurrent_edits_converge(backend: Backe
     assert_eq!(state.as_deref(), Some("returned"));
 }
 
+/// The feed finds the documents changed since the phone's cursor (`last_seq`), not all of the
+/// inspector's: a review of an old patrol reaches the phone while it pushes a new one, or
+/// nothing, and is sent once.
+async fn reviews_of_older_patrols_reach_the_phone_through_the_feed(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let mut tablet = Phone::enroll(&app, &admin, "leader-522632100").await;
+    let old: Vec<String> = (0..3)
+        .map(|n| {
+            let id = phone.start_patrol(VILLAGE, T0 + n);
+            phone.walk(&id, 4, T0);
+            id
+        })
+        .collect();
+    phone.sync(&app).await;
+    tablet.sync(&app).await;
+    let reviewer = tablet.user_id;
+    let review = |n: i64| Review {
+        state: ReviewState::Accepted,
+        comment: format!("第{n}次审核"),
+        reviewer,
+        at_ms: T0 + n,
+    };
+    let first = review(1);
+    tablet.edit(&old[0], |doc| {
+        schema::set_review(doc, &first).expect("review")
+    });
+    tablet.sync(&app).await;
+
+    // The phone pushes a new patrol and hears of the review of the first.
+    let new = phone.start_patrol(VILLAGE, T0 + 10);
+    phone.walk(&new, 4, T0);
+    let synced = phone.sync(&app).await;
+    assert!(
+        synced
+            .events
+            .contains(&Event::Updated { id: old[0].clone() }),
+        "{:?}",
+        synced.events
+    );
+    let view = schema::read_patrol(&phone.docs[&old[0]]).expect("patrol");
+    assert_eq!(view.review, Some(first));
+    // Pushing nothing, it hears of a second review of another old patrol, and only of that.
+    let second = review(2);
+    tablet.edit(&old[2], |doc| {
+        schema::set_review(doc, &second).expect("review")
+    });
+    tablet.sync(&app).await;
+    let synced = phone.sync(&app).await;
+    assert_eq!(
+        synced.events,
+        vec![Event::Updated { id: old[2].clone() }],
+        "only the reviewed patrol"
+    );
+    let view = schema::read_patrol(&phone.docs[&old[2]]).expect("patrol");
+    assert_eq!(view.review, Some(second));
+    let again = phone.sync(&app).await;
+    assert!(again.response.updates.is_empty(), "sent once");
+    // Every document's last_seq is its newest log entry.
+    let stale: i64 = app
+        .with_conn(|conn| {
+            diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM sync_documents d WHERE d.last_seq <> \
+                 (SELECT MAX(seq) FROM sync_changes c WHERE c.doc_id = d.id)",
+            )
+            .get_result::<Count>(conn)
+            .map(|c| c.n)
+        })
+        .await;
+    assert_eq!(stale, 0);
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
 /// Encodes a push of `doc`'s changes as a request document.
 fn push_of(id: &str, doc: &mut AutoCommit) -> DocPush {
     DocPush {
@@ -655,6 +735,7 @@ struct DocCounts {
 }
 
 both_backends!(
+    reviews_of_older_patrols_reach_the_phone_through_the_feed,
     rebuilt_projections_equal_the_synced_ones,
     two_servers_merging_the_same_documents_lose_nothing,
     a_resend_to_the_other_server_stores_new_documents_once,
