@@ -53,6 +53,8 @@ pub struct AppState {
     pub photos: crate::photos::Photos,
     /// Wakes the compliance worker when a patrol changes.
     pub wake_judging: tokio::sync::Notify,
+    /// Patrols as syncs left them, for the compliance worker.
+    pub fresh: crate::compliance::judging::FreshViews,
 }
 
 /// Caps on sync requests.
@@ -173,6 +175,7 @@ pub async fn build_state(
         },
         photos,
         wake_judging: tokio::sync::Notify::new(),
+        fresh: Default::default(),
     }))
 }
 
@@ -386,7 +389,11 @@ async fn healthz(state: web::Data<AppState>) -> Result<web::Json<Health>, ApiErr
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render(state.index.current().len()))
+        .body(
+            state
+                .metrics
+                .render(state.index.current().len(), state.fresh.owed()),
+        )
 }
 
 /// This API's OpenAPI 3.1 document (equal to `openapi.yaml` in the repository).

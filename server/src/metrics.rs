@@ -29,11 +29,20 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JudgedLabels {
+    /// `view` (as its sync left it in memory) or `store` (loaded from the change store).
+    pub from: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     grids: Gauge,
+    /// Patrols the compliance worker judged, by where it read them from.
+    pub judged: Family<JudgedLabels, Counter>,
+    snapshots_owed: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,18 +64,33 @@ impl Default for Metrics {
             "Grids in the in-memory spatial index",
             grids.clone(),
         );
+        let judged = Family::<JudgedLabels, Counter>::default();
+        registry.register(
+            "patrols_judged",
+            "Patrols judged by the compliance worker, from a sync's view or from the store",
+            judged.clone(),
+        );
+        let snapshots_owed = Gauge::default();
+        registry.register(
+            "snapshots_owed",
+            "Document snapshots owed by patrols judged from views, written when syncs pause",
+            snapshots_owed.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             latency,
             grids,
+            judged,
+            snapshots_owed,
         }
     }
 }
 
 impl Metrics {
-    pub fn render(&self, grids: usize) -> String {
+    pub fn render(&self, grids: usize, snapshots_owed: usize) -> String {
         self.grids.set(grids as i64);
+        self.snapshots_owed.set(snapshots_owed as i64);
         let mut out = String::new();
         let registry = match self.registry.lock() {
             Ok(r) => r,

@@ -599,6 +599,16 @@ pub struct Handled {
     results: Vec<crate::wire::DocResult>,
     updates: Vec<crate::wire::DocUpdate>,
     pushed: HashSet<String>,
+    views: Vec<SavedView>,
+}
+
+/// A document the request saved, read as it now stands: whoever derives more from it (the
+/// server's compliance judging) need not load and replay it again.
+pub struct SavedView {
+    pub id: String,
+    /// The document's heads after the save: the view is of exactly this state.
+    pub heads: Vec<ChangeHash>,
+    pub view: View,
 }
 
 /// Merges and saves every pushed document of a request (a refused document does not stop the
@@ -615,6 +625,7 @@ pub fn handle<S: Store>(
 ) -> Result<Handled, S::Error> {
     let mut results = Vec::with_capacity(request.docs.len());
     let mut updates = Vec::new();
+    let mut views = Vec::new();
     for push in &request.docs {
         let stored_count = store.lock(&push.id)?;
         let step = match premerged.steps.remove(&push.id) {
@@ -633,6 +644,13 @@ pub fn handle<S: Store>(
                 store.save(&push.id, &merged)?;
                 results.push(result);
                 updates.extend(update);
+                if !merged.new_changes.is_empty() {
+                    views.push(SavedView {
+                        id: push.id.clone(),
+                        heads: merged.heads,
+                        view: merged.view,
+                    });
+                }
             }
             Step::Refused(result) => results.push(result),
         }
@@ -641,10 +659,16 @@ pub fn handle<S: Store>(
         results,
         updates,
         pushed: request.docs.iter().map(|d| d.id.clone()).collect(),
+        views,
     })
 }
 
 impl Handled {
+    /// The documents this request changed, as saved (a resend that changed nothing is not here).
+    pub fn take_views(&mut self) -> Vec<SavedView> {
+        std::mem::take(&mut self.views)
+    }
+
     /// The response: the documents' results, what the phone lacks of them, and the feed page
     /// (less the documents the request pushed, whose missing changes are already here).
     pub fn respond(self, page: FeedPage, server_time_ms: i64) -> crate::wire::SyncResponse {

@@ -12,7 +12,7 @@
 //! `scripts/test` runs it once in quick mode (200 patrols) as a smoke test.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, Automerge, Change};
 use gridpatrol_tests::phone::Phone;
@@ -338,6 +338,35 @@ async fn patrol_count(app: &TestApp) -> i64 {
     .await
 }
 
+/// Waits until the server has caught up after an ingest: every patrol judged and every
+/// patrol's snapshot written (the worker judges patrols from the views their syncs left and
+/// writes the snapshots they owe once syncs pause). Returns the seconds that took.
+async fn settle(app: &TestApp, patrols: i64) -> f64 {
+    use diesel::prelude::*;
+    use gridpatrol_server::schema::{patrol_verdicts, sync_snapshots};
+    let started = Instant::now();
+    loop {
+        let (behind, snapshots) = app
+            .with_conn(|conn| {
+                let behind: i64 = patrol_verdicts::table
+                    .filter(patrol_verdicts::judged_version.lt(patrol_verdicts::version))
+                    .count()
+                    .get_result(conn)?;
+                let snapshots: i64 = sync_snapshots::table.count().get_result(conn)?;
+                Ok((behind, snapshots))
+            })
+            .await;
+        if behind == 0 && snapshots == patrols && app.state.fresh.owed() == 0 {
+            return started.elapsed().as_secs_f64();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The servers run as `gridpatrol serve` does by default: an HTTP worker per core.
 fn served() -> gridpatrol_server::config::ServeConfig {
     gridpatrol_server::config::ServeConfig {
@@ -447,6 +476,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|");
 
+    let mut settled = None;
     let app = Arc::new(TestApp::with_demo_serving(Backend::Sqlite, served()).await);
     let (phones, work) = setup(&app, patrols).await;
     let baseline = automerge_baseline(&work);
@@ -463,6 +493,7 @@ async fn main() {
         let rate = ingest(std::slice::from_ref(&app.base), &phones, &work).await;
         assert_eq!(patrol_count(&app).await, work.total() as i64);
         print_rate("SQLite, one server (in the bench process)", &rate, baseline);
+        settled = Some(settle(&app, work.total() as i64).await);
     }
     drop((phones, work, app));
 
@@ -491,9 +522,19 @@ async fn main() {
         (true, _) => {}
     }
 
-    if !runs("postgres") {
-        return;
+    if runs("postgres") {
+        postgres_rows(patrols, baseline).await;
     }
+    if let Some(seconds) = settled {
+        println!();
+        println!(
+            "After the in-process SQLite ingest, the server caught up (every patrol judged, every snapshot written) {seconds:.1} s after the last response."
+        );
+    }
+}
+
+/// PostgreSQL: one server process, then two on one database.
+async fn postgres_rows(patrols: usize, baseline: f64) {
     if std::env::var("GRIDPATROL_TEST_PG_URL").is_err() {
         println!("(PostgreSQL skipped: GRIDPATROL_TEST_PG_URL is not set)");
         return;

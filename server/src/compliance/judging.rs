@@ -16,8 +16,10 @@ use crate::app::AppState;
 use crate::db::{DbConnection, now};
 use crate::error::{ApiError, ApiResult};
 use crate::on_each_backend;
-use crate::schema::{patrol_photos, patrol_verdicts, photos, sync_documents};
-use crate::sync::stored::{Snapshot, StoredDoc};
+use std::collections::HashMap;
+
+use crate::schema::{patrol_photos, patrol_verdicts, photos, sync_documents, sync_snapshots};
+use crate::sync::stored::{SNAPSHOT_AFTER, Snapshot, StoredDoc};
 
 /// Marks a patrol's verdict stale (creating its row).
 pub fn mark_stale(
@@ -71,6 +73,155 @@ pub struct StoredVerdict {
     pub verdict: Verdict,
     /// `policy` (the jurisdiction's rules for that week) or `defaults` (no rules apply).
     pub rules: String,
+}
+
+/// Patrols as the syncs that changed them left them, for the worker to judge without loading and
+/// replaying their changes (a third of judging's time), and the documents judged so whose
+/// snapshot is owed. Views are only a hint: the worker uses one only when the stored document's
+/// heads are still the view's, and otherwise (a later sync, another server process's sync, a
+/// view dropped for room) loads the document as before.
+///
+/// A document judged from a view is not loaded, so it is not saved either: when a snapshot is
+/// due (see [`crate::sync::stored`]), it is owed, and the worker writes it once syncs have paused
+/// for [`QUIET`] ([`compact_owed`]). Saving inside the sync, or right after each judging, would
+/// put that work back on the busy moment the view spares (measured: no gain). Owed snapshots are
+/// kept in memory only; one lost with a restart is written when the document is next loaded.
+#[derive(Default)]
+pub struct FreshViews {
+    inner: std::sync::Mutex<FreshInner>,
+}
+
+#[derive(Default)]
+struct FreshInner {
+    views: HashMap<String, Fresh>,
+    bytes: usize,
+    /// Documents judged from a view while their snapshot was due.
+    owed: std::collections::BTreeSet<String>,
+    /// When a sync last kept views.
+    last_sync: Option<std::time::Instant>,
+}
+
+struct Fresh {
+    heads: String,
+    view: sync_protocol::schema::PatrolView,
+    bytes: usize,
+    at: std::time::Instant,
+}
+
+/// Room for views waiting to be judged: a few thousand typical patrols. A worker that falls behind
+/// loads the rest from the database; views another process judged are dropped after
+/// [`FRESH_FOR`].
+const FRESH_BYTES: usize = 16 * 1024 * 1024;
+const FRESH_FOR: Duration = Duration::from_secs(120);
+/// Owed snapshots remembered at most (ids only: ~100 bytes each); past that, a document judged
+/// from its view is loaded and saved at once, as without a view.
+const OWED_MAX: usize = 100_000;
+/// Owed snapshots are written once no sync changed a document for this long.
+pub const QUIET: Duration = Duration::from_secs(2);
+
+impl FreshViews {
+    /// Keeps the views of patrols a sync just committed.
+    pub fn keep(&self, saved: Vec<sync_protocol::server::SavedView>) {
+        use sync_protocol::server::View;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !saved.is_empty() {
+            inner.last_sync = Some(std::time::Instant::now());
+        }
+        for saved in saved {
+            let View::Patrol(view) = saved.view else {
+                continue;
+            };
+            let bytes = view_bytes(&view);
+            if let Some(old) = inner.views.remove(&saved.id) {
+                inner.bytes -= old.bytes;
+            }
+            if inner.bytes + bytes > FRESH_BYTES {
+                let now = std::time::Instant::now();
+                inner
+                    .views
+                    .retain(|_, f| now.duration_since(f.at) < FRESH_FOR);
+                inner.bytes = inner.views.values().map(|f| f.bytes).sum();
+                if inner.bytes + bytes > FRESH_BYTES {
+                    continue;
+                }
+            }
+            inner.bytes += bytes;
+            let fresh = Fresh {
+                heads: crate::sync::heads_text(&saved.heads),
+                view,
+                bytes,
+                at: std::time::Instant::now(),
+            };
+            inner.views.insert(saved.id, fresh);
+        }
+    }
+
+    /// Takes a patrol's view, if it is of the document with these heads (as stored now).
+    fn take(&self, id: &str, heads: &str) -> Option<sync_protocol::schema::PatrolView> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = inner.views.remove(id)?;
+        inner.bytes -= fresh.bytes;
+        (fresh.heads == heads).then_some(fresh.view)
+    }
+
+    /// Notes that a document's snapshot is owed; false when there is no room to remember it.
+    fn owe(&self, id: &str) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.owed.len() >= OWED_MAX && !inner.owed.contains(id) {
+            return false;
+        }
+        inner.owed.insert(id.to_string());
+        true
+    }
+
+    /// Up to `most` owed documents, taken from the set, once syncs have been quiet for
+    /// [`QUIET`]; or how long to wait before asking again.
+    fn take_owed(&self, most: usize) -> Result<Vec<String>, Option<Duration>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.owed.is_empty() {
+            return Err(None);
+        }
+        let since = inner.last_sync.map_or(QUIET, |at| at.elapsed());
+        if since < QUIET {
+            return Err(Some(QUIET - since));
+        }
+        let mut taken = Vec::with_capacity(most);
+        while taken.len() < most {
+            let Some(id) = inner.owed.pop_first() else {
+                break;
+            };
+            taken.push(id);
+        }
+        Ok(taken)
+    }
+
+    /// Snapshots owed and not yet written.
+    pub fn owed(&self) -> usize {
+        self.inner.lock().map(|i| i.owed.len()).unwrap_or(0)
+    }
+
+    /// Views kept and not yet taken.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.views.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Roughly the memory a view holds.
+fn view_bytes(view: &sync_protocol::schema::PatrolView) -> usize {
+    use sync_protocol::schema::{Fix, Note, PhotoRef};
+    std::mem::size_of_val(view)
+        + view.track.len() * std::mem::size_of::<Fix>()
+        + view
+            .notes
+            .iter()
+            .map(|n| std::mem::size_of::<Note>() + n.text.len())
+            .sum::<usize>()
+        + view.photos.len() * (std::mem::size_of::<PhotoRef>() + 128)
+        + view.problems.len() * 64
 }
 
 /// Patrols claimed at a time: enough that a full recompute spends its time judging, not in
@@ -205,19 +356,77 @@ fn judge_lanes(
     })
 }
 
-/// One lane: its patrols' stored forms loaded together, then each judged.
+/// One lane: each patrol judged from the view its sync left ([`FreshViews`]) when that is of the
+/// document as stored, the others' stored forms loaded together and opened.
 fn judge_lane(
     state: &AppState,
     conn: &mut DbConnection,
     lane: Vec<(String, i64, i64)>,
 ) -> ApiResult<LaneOutcome> {
-    let (mut stored, mut received) = load_documents(conn, &lane)?;
+    type Row = (String, NaiveDateTime, String, i32);
+    let ids: Vec<&str> = lane.iter().map(|(id, _, _)| id.as_str()).collect();
+    let documents: HashMap<String, Row> = sync_documents::table
+        .filter(sync_documents::id.eq_any(&ids))
+        .select((
+            sync_documents::id,
+            sync_documents::updated_at,
+            sync_documents::heads,
+            sync_documents::change_count,
+        ))
+        .load::<Row>(conn)?
+        .into_iter()
+        .map(|row| (row.0.clone(), row))
+        .collect();
+    let snapshotted: HashMap<String, i32> = sync_snapshots::table
+        .filter(sync_snapshots::doc_id.eq_any(&ids))
+        .select((sync_snapshots::doc_id, sync_snapshots::change_count))
+        .load::<(String, i32)>(conn)?
+        .into_iter()
+        .collect();
+    let mut views = HashMap::new();
+    let mut to_load = Vec::new();
+    for id in ids {
+        let view = documents.get(id).and_then(|(_, _, heads, count)| {
+            let view = state.fresh.take(id, heads)?;
+            let since = count - snapshotted.get(id).copied().unwrap_or(0);
+            // A snapshot due is owed, to be written when syncs pause; without room to remember
+            // it, the document is loaded and saved now.
+            (since < SNAPSHOT_AFTER as i32 || state.fresh.owe(id)).then_some(view)
+        });
+        match view {
+            Some(view) => {
+                views.insert(id.to_string(), view);
+            }
+            None => to_load.push(id),
+        }
+    }
+    let mut stored = if to_load.is_empty() {
+        HashMap::new()
+    } else {
+        crate::sync::stored::load_many(conn, &to_load)?
+    };
     Ok(lane
         .into_iter()
         .map(|(id, grid_id, version)| {
-            let doc = stored.remove(&id).unwrap_or_default();
-            let received = received.remove(&id);
-            let outcome = judge_one(state, conn, &id, grid_id, doc, received);
+            let received = documents.get(&id).map(|row| row.1);
+            let from = if views.contains_key(&id) {
+                "view"
+            } else {
+                "store"
+            };
+            state
+                .metrics
+                .judged
+                .get_or_create(&crate::metrics::JudgedLabels { from })
+                .inc();
+            let outcome = match views.remove(&id) {
+                Some(view) => judge_view(state, conn, &id, grid_id, &view, received)
+                    .map(|verdict| (verdict, None)),
+                None => {
+                    let doc = stored.remove(&id).unwrap_or_default();
+                    judge_one(state, conn, &id, grid_id, doc, received)
+                }
+            };
             (id, version, outcome)
         })
         .collect())
@@ -254,25 +463,6 @@ pub fn policy_of(
     (policy, tz)
 }
 
-type Received = std::collections::HashMap<String, NaiveDateTime>;
-
-/// The stored form of several patrols and when each was last received, in three queries rather
-/// than three a patrol.
-fn load_documents(
-    conn: &mut DbConnection,
-    claimed: &[(String, i64, i64)],
-) -> ApiResult<(std::collections::HashMap<String, StoredDoc>, Received)> {
-    let ids: Vec<&str> = claimed.iter().map(|(id, _, _)| id.as_str()).collect();
-    let stored = crate::sync::stored::load_many(conn, &ids)?;
-    let received = sync_documents::table
-        .filter(sync_documents::id.eq_any(&ids))
-        .select((sync_documents::id, sync_documents::updated_at))
-        .load::<(String, NaiveDateTime)>(conn)?
-        .into_iter()
-        .collect();
-    Ok((stored, received))
-}
-
 /// Judges one patrol from its stored form; also returns the snapshot to write when the patrol
 /// was loaded from a long tail of changes.
 fn judge_one(
@@ -288,6 +478,22 @@ fn judge_one(
         .map_err(|e| ApiError::internal(format!("stored document {id} does not load: {e}")))?;
     let view = sync_protocol::schema::read_patrol(&doc)
         .map_err(|e| ApiError::internal(format!("stored document {id}: {e}")))?;
+    drop(doc);
+    Ok((
+        judge_view(state, conn, id, grid_id, &view, received)?,
+        snapshot,
+    ))
+}
+
+/// Judges one patrol as read from its document.
+fn judge_view(
+    state: &AppState,
+    conn: &mut DbConnection,
+    id: &str,
+    grid_id: i64,
+    view: &sync_protocol::schema::PatrolView,
+    received: Option<NaiveDateTime>,
+) -> ApiResult<StoredVerdict> {
     let index = state.index.current();
     let grid = index
         .get(grid_id)
@@ -313,7 +519,7 @@ fn judge_one(
         .collect();
     let evidence = photo_evidence(conn, &state.photos.hashes, id, tz)?;
     let verdict = verdict::judge(
-        &view,
+        view,
         &Context {
             key_points: &key_points,
             visit_radius_m,
@@ -323,12 +529,11 @@ fn judge_one(
             received_at_ms: received.map(|at| at.and_utc().timestamp_millis()),
         },
     );
-    let verdict = StoredVerdict {
+    Ok(StoredVerdict {
         week,
         verdict,
         rules: origin.into(),
-    };
-    Ok((verdict, snapshot))
+    })
 }
 
 /// What the server knows of a patrol's photos: arrived or not, EXIF time and place, reuse.
@@ -415,13 +620,71 @@ pub async fn recompute_all(state: &Arc<AppState>) -> ApiResult<usize> {
     judge_stale(state).await
 }
 
-/// The compliance worker of a serving process: judges stale patrols as they appear.
+/// Owed snapshots written per transaction: a sync arriving waits at most for one batch.
+const COMPACT: usize = 64;
+
+/// Writes the snapshots owed by patrols judged from their views ([`FreshViews`]), a batch at a
+/// time on a low-priority thread, for as long as syncs stay quiet. Returns how long to wait before
+/// trying again, or `None` when nothing is owed.
+pub async fn compact_owed(state: &Arc<AppState>) -> ApiResult<Option<Duration>> {
+    loop {
+        let ids = match state.fresh.take_owed(COMPACT) {
+            Ok(ids) => ids,
+            Err(wait) => return Ok(wait),
+        };
+        let snapshots = {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || {
+                std::thread::scope(|scope| {
+                    std::thread::Builder::new()
+                        .name("compaction".into())
+                        .spawn_scoped(scope, || {
+                            background_priority();
+                            state.db.run_blocking(|conn| owed_snapshots(conn, &ids))
+                        })
+                        .map_err(|e| ApiError::internal(format!("no compaction thread: {e}")))?
+                        .join()
+                        .unwrap_or_else(|_| Err(ApiError::internal("compaction panicked")))
+                })
+            })
+            .await
+            .map_err(|_| ApiError::internal("compaction was cancelled"))??
+        };
+        if !snapshots.is_empty() {
+            state
+                .db
+                .write(move |conn| crate::sync::stored::write(conn, &snapshots))
+                .await?;
+        }
+    }
+}
+
+/// The snapshots of these documents that are due: each loaded (from its last snapshot and the
+/// changes logged since) and saved whole.
+fn owed_snapshots(conn: &mut DbConnection, ids: &[String]) -> ApiResult<Vec<Snapshot>> {
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut snapshots = Vec::new();
+    for (id, stored) in crate::sync::stored::load_many(conn, &ids)? {
+        match stored.open(&id) {
+            Ok((_, snapshot)) => snapshots.extend(snapshot),
+            Err(error) => tracing::warn!(%error, doc = %id, "could not compact a document"),
+        }
+    }
+    Ok(snapshots)
+}
+
+/// The compliance worker of a serving process: judges stale patrols as they appear, and writes
+/// owed snapshots when syncs pause.
 pub fn spawn_worker(state: Arc<AppState>) {
     tokio::spawn(async move {
         loop {
             if let Err(error) = judge_stale(&state).await {
                 tracing::warn!(%error, "compliance worker");
             }
+            let retry = compact_owed(&state).await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "compaction");
+                None
+            });
             tokio::select! {
                 _ = state.wake_judging.notified() => {
                     // Let the patrols of a busy moment gather: phones syncing one after another
@@ -429,7 +692,7 @@ pub fn spawn_worker(state: Arc<AppState>) {
                     // write transactions per sync competing with the syncs for SQLite's writer.
                     tokio::time::sleep(GATHER).await;
                 }
-                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                _ = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(15))) => {}
             }
         }
     });
@@ -442,6 +705,106 @@ const GATHER: Duration = Duration::from_millis(250);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(id: &str, fixes: usize) -> sync_protocol::server::View {
+        use sync_protocol::schema::*;
+        let fix = Fix {
+            at_ms: 0,
+            lon: 108.52,
+            lat: 25.93,
+            datum: Datum::Wgs84,
+            accuracy_m: None,
+            source: FixSource::Gnss,
+            mock: false,
+        };
+        sync_protocol::server::View::Patrol(PatrolView {
+            identity: Identity {
+                kind: DocKind::Patrol,
+                id: id.into(),
+                grid: "522632100201".into(),
+                inspector: 1,
+                device: 1,
+            },
+            method: Method::Routine,
+            started_at_ms: 0,
+            ended_at_ms: None,
+            status: PatrolStatus::Recording,
+            track: vec![fix; fixes],
+            notes: Vec::new(),
+            photos: Vec::new(),
+            problems: Vec::new(),
+            review: None,
+        })
+    }
+
+    fn saved(id: &str, head: u8, fixes: usize) -> sync_protocol::server::SavedView {
+        sync_protocol::server::SavedView {
+            id: id.into(),
+            heads: vec![automerge::ChangeHash([head; 32])],
+            view: view(id, fixes),
+        }
+    }
+
+    /// A view is handed over once, and only for the document state it was read from; the room
+    /// views take stays bounded, however many syncs keep them and the worker does not take.
+    #[test]
+    fn fresh_views_are_taken_once_for_their_heads_and_stay_bounded() {
+        let fresh = FreshViews::default();
+        let heads = |b: u8| crate::sync::heads_text(&[automerge::ChangeHash([b; 32])]);
+        fresh.keep(vec![saved("a", 1, 270), saved("b", 2, 270)]);
+        assert_eq!(fresh.len(), 2);
+        let taken = fresh.take("a", &heads(1)).expect("a's view");
+        assert_eq!((taken.identity.id.as_str(), taken.track.len()), ("a", 270));
+        assert!(fresh.take("a", &heads(1)).is_none(), "taken once");
+        // b changed since its view was kept (another process's sync): not used, and dropped.
+        assert!(fresh.take("b", &heads(3)).is_none());
+        assert!(fresh.is_empty());
+        // A newer sync of a document replaces its view.
+        fresh.keep(vec![saved("c", 4, 10)]);
+        fresh.keep(vec![saved("c", 5, 20)]);
+        assert!(fresh.take("c", &heads(4)).is_none());
+        fresh.keep(vec![saved("c", 5, 20)]);
+        let c = fresh.take("c", &heads(5)).expect("c");
+        assert_eq!(c.track.len(), 20);
+        // Thousands of 4-hour patrols nobody takes: the views stop at the room they have.
+        for n in 0..2_000 {
+            fresh.keep(vec![saved(&format!("p{n}"), 6, 1_440)]);
+        }
+        let bytes = fresh.inner.lock().expect("lock").bytes;
+        assert!(bytes <= FRESH_BYTES, "{bytes}");
+        assert!(fresh.len() > 100 && fresh.len() < 2_000, "{}", fresh.len());
+    }
+
+    /// Owed snapshots wait until syncs have paused for [`QUIET`], come out once each and a batch
+    /// at a time, and are remembered only up to [`OWED_MAX`].
+    #[test]
+    fn owed_snapshots_wait_for_a_quiet_moment_and_stay_bounded() {
+        let fresh = FreshViews::default();
+        assert_eq!(fresh.take_owed(10), Err(None), "nothing owed");
+        assert!(fresh.owe("a") && fresh.owe("b") && fresh.owe("a"));
+        assert_eq!(fresh.owed(), 2);
+        // No sync yet in this process: quiet.
+        assert_eq!(fresh.take_owed(1), Ok(vec!["a".to_string()]));
+        // A sync just now: wait for the rest of the quiet period.
+        fresh.keep(vec![saved("c", 1, 10)]);
+        match fresh.take_owed(10) {
+            Err(Some(wait)) => assert!(wait > Duration::ZERO && wait <= QUIET, "{wait:?}"),
+            other => panic!("{other:?}"),
+        }
+        fresh.inner.lock().expect("lock").last_sync =
+            Some(std::time::Instant::now() - QUIET - Duration::from_millis(1));
+        assert_eq!(fresh.take_owed(10), Ok(vec!["b".to_string()]));
+        assert_eq!(fresh.take_owed(10), Err(None));
+        for n in 0..OWED_MAX {
+            assert!(fresh.owe(&format!("p{n}")));
+        }
+        assert!(
+            !fresh.owe("one more"),
+            "no room: the caller loads and saves it now"
+        );
+        assert!(fresh.owe("p7"), "already owed");
+        assert_eq!(fresh.owed(), OWED_MAX);
+    }
 
     /// The week turns at Monday 00:00 in the jurisdiction's zone, whatever zone the phone's clock
     /// is set to: a patrol at Sunday 23:59 China time belongs to the week before one at Monday

@@ -149,7 +149,7 @@ async fn sync(
             Ok::<_, ApiError>((request, authority, premerged))
         })
         .await?;
-    let (request, authority, handled, newest) = state
+    let (request, authority, mut handled, newest) = state
         .db
         .write(move |conn| {
             let mut store = DbStore::new(conn, &authority);
@@ -159,7 +159,9 @@ async fn sync(
             Ok::<_, ApiError>((request, authority, handled, newest))
         })
         .await?;
-    // Committed: the compliance worker judges the patrols that changed.
+    // Committed: the compliance worker judges the patrols that changed, from their views as
+    // merged here when nothing changed them since.
+    state.fresh.keep(handled.take_views());
     state.wake_judging.notify_one();
     // Now what the phone lacks of other documents, outside the write lock (of the pushed ones,
     // the merge found it).

@@ -248,7 +248,7 @@ pub struct NewChange {
     received_at: NaiveDateTime,
 }
 
-fn heads_text(heads: &[automerge::ChangeHash]) -> String {
+pub(crate) fn heads_text(heads: &[automerge::ChangeHash]) -> String {
     heads
         .iter()
         .map(|h| h.to_string())

@@ -4,9 +4,10 @@
 //! The change log (`sync_changes`) is the record and only ever grows. Replaying a patrol's ~50
 //! change chunks costs ~220 µs (each chunk is decoded and applied on its own); Automerge's save of
 //! the same document is one columnar, compressed block that loads in well under half of that. So
-//! whoever loads a document anyway (the compliance worker, as it judges each patrol) also writes a
-//! snapshot when enough changes were logged since the last one, and later readers load the
-//! snapshot and only the tail. A snapshot is derived data: deleting every row changes no result,
+//! a snapshot is written when enough changes were logged since the last one: by whoever loads the
+//! document from that long a tail anyway (the compliance worker, a recompute), and for patrols the
+//! worker judged from the view their sync left instead of loading them, by the worker once syncs
+//! pause (`compliance::judging::compact_owed`). Later readers load the snapshot and only the tail. A snapshot is derived data: deleting every row changes no result,
 //! only the time.
 //!
 //! A snapshot names the log entry it reaches (`through_seq`) and holds every change of the

@@ -179,13 +179,20 @@ async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
     let unknown = app.get("/v1/patrols/nope/verdict", Some(&leader)).await;
     assert_eq!(unknown.status, 404);
 
-    // Recomputed from scratch: the very same verdicts.
+    // Recomputed from scratch (every document loaded from the change store, where the worker
+    // judged the views its syncs left): the very same verdicts.
     let before = stored(&app).await;
+    recompute(&app).await;
+    assert_eq!(stored(&app).await, before);
+}
+
+/// `recompute-compliance`'s function, and a wait until every verdict is current (the background
+/// worker may have taken some of the patrols).
+async fn recompute(app: &TestApp) {
     let state = app.state.clone();
     gridpatrol_server::compliance::judging::recompute_all(&state)
         .await
         .expect("recompute");
-    // The background worker may have taken some of them: wait until every one is judged.
     for _ in 0..400 {
         let behind: i64 = app
             .with_conn(|conn| {
@@ -196,11 +203,11 @@ async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
             })
             .await;
         if behind == 0 {
-            break;
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(stored(&app).await, before);
+    panic!("verdicts still behind after the recompute");
 }
 
 /// The week's record for the township: the village with an honest patrol is short (one of its
@@ -608,9 +615,11 @@ async fn a_malformed_policy_file_stops_the_start_naming_its_line() {
     );
 }
 
-/// A patrol synced while it is still being walked is judged, and the worker saves the document
-/// whole (a snapshot) as it does. The changes that sync later are loaded on top of the snapshot,
-/// and the verdict counts them: the stored form always loads as the whole change log does.
+/// A patrol synced while it is still being walked is judged from the view its sync left, and its
+/// snapshot is written once syncs pause; judged again from the store
+/// (`recompute-compliance`), it gets the same verdict. The changes that sync later are loaded on
+/// top of the snapshot, and the verdict counts them: the stored form always loads as the whole
+/// change log does.
 async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Backend) {
     use gridpatrol_server::schema::{sync_changes, sync_snapshots};
     use gridpatrol_server::sync::stored::{self, SNAPSHOT_AFTER};
@@ -656,11 +665,31 @@ async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Bac
     phone.sync().await.expect("sync");
     let first = verdict(&app, &leader, &id).await;
     assert_eq!(first["counted"], false, "{first}");
-    let (newest, snapshot) = positions().await;
-    assert_eq!(
-        snapshot, newest,
-        "judged from 16 changes or more: saved whole"
+    // Judged from the view its sync left, the patrol owes its snapshot (16 changes since none),
+    // written once syncs have paused for a moment.
+    let caught_up = || async {
+        for _ in 0..200 {
+            let (newest, snapshot) = positions().await;
+            if snapshot.is_some() && snapshot == newest {
+                return newest;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no snapshot of the newest change: {:?}", positions().await);
+    };
+    let newest = caught_up().await;
+    let metrics = app.get("/metrics", None).await.text;
+    assert!(
+        metrics.contains("gridpatrol_patrols_judged_total{from=\"view\"} 1"),
+        "judged from the sync's view, not loaded: {metrics}"
     );
+    assert!(metrics.contains("gridpatrol_snapshots_owed 0"), "{metrics}");
+    // Judged again from the store (`recompute-compliance` loads every patrol): the same verdict.
+    recompute(&app).await;
+    let again = verdict(&app, &leader, &id).await;
+    for part in ["counted", "reasons", "flags", "key_points", "week", "rules"] {
+        assert_eq!(again[part], first[part], "{part}: {again} vs {first}");
+    }
 
     // The rest of the walk, a photo, and the submission sync later.
     walk(16..=40);
@@ -679,8 +708,9 @@ async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Bac
             .expect("stored")
             .tail_len()
     };
-    // Unless the worker was quicker than this read, the snapshot still stands where it was and
-    // the tail is every change since (one phone, one document: consecutive log entries).
+    // Unless the worker was quicker than this read (a quiet moment, then compaction), the
+    // snapshot still stands where it was and the tail is every change since (one phone, one
+    // document: consecutive log entries).
     let since = newest_after.expect("logged") - newest.expect("logged");
     assert!(since >= SNAPSHOT_AFTER as i64, "{since} changes synced");
     assert!(tail == 0 || tail as i64 == since, "tail {tail} of {since}");
@@ -694,6 +724,7 @@ async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Bac
     assert_eq!(reason(&whole, "photos")["value"], 1.0);
 
     // The stored form (snapshot and tail) is the document the whole log replays to.
+    caught_up().await;
     let (from_snapshot, from_log, tail) = {
         let id = id.clone();
         app.state
