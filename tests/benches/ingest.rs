@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, Automerge, Change};
 use gridpatrol_tests::phone::Phone;
-use gridpatrol_tests::{Backend, TestApp, TestDb, serve_config};
+use gridpatrol_tests::{Backend, TestApp, serve_config};
 use sync_protocol::client::ClientState;
 use sync_protocol::schema::{self, DocKind, Fix, FixSource, Method, NewPatrol};
 use sync_protocol::wire::{self, SyncResponse};
@@ -547,16 +547,7 @@ async fn postgres_rows(patrols: usize, baseline: f64) {
     drop((phones, work, single));
 
     let first = Arc::new(TestApp::with_demo_serving(Backend::Postgres, served()).await);
-    let second = Arc::new(
-        TestApp::start(
-            TestDb {
-                url: first.db.url.clone(),
-                dir: tempfile::tempdir().expect("tmp"),
-            },
-            served(),
-        )
-        .await,
-    );
+    let second = Arc::new(first.sharing_database(served()).await);
     let (phones, work) = setup(&first, patrols).await;
     let rate = ingest(&[first.base.clone(), second.base.clone()], &phones, &work).await;
     print_rate("PostgreSQL, two servers", &rate, baseline);

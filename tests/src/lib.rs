@@ -218,6 +218,19 @@ impl TestApp {
         }
     }
 
+    /// A second server process on this one's database (its own pool, writer queue, workers and
+    /// files directory), as a deployment with two processes behind a balancer runs.
+    pub async fn sharing_database(&self, serve: ServeConfig) -> TestApp {
+        Self::start(
+            TestDb {
+                url: self.db.url.clone(),
+                dir: tempfile::tempdir().expect("tmp"),
+            },
+            serve,
+        )
+        .await
+    }
+
     pub async fn refresh_index(&self) {
         self.state.refresh_index().await.expect("index refresh");
     }

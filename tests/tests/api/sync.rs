@@ -577,14 +577,7 @@ async fn rebuilt_projections_equal_the_synced_ones(backend: Backend) {
 /// tablet to the other, both changing the same patrols at the same moment: nothing is lost.
 async fn two_servers_merging_the_same_documents_lose_nothing(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
-    let other = TestApp::start(
-        gridpatrol_tests::TestDb {
-            url: app.db.url.clone(),
-            dir: tempfile::tempdir().expect("tmp"),
-        },
-        gridpatrol_tests::serve_config(),
-    )
-    .await;
+    let other = app.sharing_database(gridpatrol_tests::serve_config()).await;
     let leader = app.token("leader-522632100").await;
     let admin = app.token("admin-522632").await;
     let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
@@ -657,14 +650,7 @@ async fn two_servers_merging_the_same_documents_lose_nothing(backend: Backend) {
 /// once, the document's change count is the log's, and both servers give the same receipts.
 async fn a_resend_to_the_other_server_stores_new_documents_once(backend: Backend) {
     let app = TestApp::with_demo(backend).await;
-    let other = TestApp::start(
-        gridpatrol_tests::TestDb {
-            url: app.db.url.clone(),
-            dir: tempfile::tempdir().expect("tmp"),
-        },
-        gridpatrol_tests::serve_config(),
-    )
-    .await;
+    let other = app.sharing_database(gridpatrol_tests::serve_config()).await;
     let leader = app.token("leader-522632100").await;
     let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
     let mut ids = Vec::new();
