@@ -3,7 +3,10 @@
 //! worker judges patrols whose `judged_version` is behind, off the request path, and records the
 //! version it judged. A verdict is shown only when it is of the latest version.
 //! `recompute-compliance` bumps every patrol and judges them all, and gives the same verdicts.
+//! A patrol a sync just merged is judged from the view that sync left in memory ([`FreshViews`]),
+//! and the snapshot it then owes is written when syncs pause ([`compact_owed`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +19,6 @@ use crate::app::AppState;
 use crate::db::{DbConnection, now};
 use crate::error::{ApiError, ApiResult};
 use crate::on_each_backend;
-use std::collections::HashMap;
-
 use crate::schema::{patrol_photos, patrol_verdicts, photos, sync_documents, sync_snapshots};
 use crate::sync::stored::{SNAPSHOT_AFTER, Snapshot, StoredDoc};
 

@@ -7,8 +7,8 @@
 //! a snapshot is written when enough changes were logged since the last one: by whoever loads the
 //! document from that long a tail anyway (the compliance worker, a recompute), and for patrols the
 //! worker judged from the view their sync left instead of loading them, by the worker once syncs
-//! pause (`compliance::judging::compact_owed`). Later readers load the snapshot and only the tail. A snapshot is derived data: deleting every row changes no result,
-//! only the time.
+//! pause (`compliance::judging::compact_owed`). Later readers load the snapshot and only the
+//! tail. A snapshot is derived data: deleting every row changes no result, only the time.
 //!
 //! A snapshot names the log entry it reaches (`through_seq`) and holds every change of the
 //! document up to it: the log is appended in commit order (SQLite's single writer, PostgreSQL's
