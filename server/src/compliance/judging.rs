@@ -231,7 +231,7 @@ const CLAIM: i64 = 256;
 
 /// Judges every stale patrol until none is left, and returns how many. Patrols are claimed a
 /// batch at a time; the batch is judged on as many low-priority threads as there are cores (each
-/// loading its documents on its own pooled connection, see [`judge_lanes`]), and its verdicts are
+/// loading its documents on its own pooled connection, see [`in_background`]), and its verdicts are
 /// written in one transaction.
 pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -279,9 +279,18 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
         .collect();
         let judged_lanes = {
             let state = state.clone();
-            tokio::task::spawn_blocking(move || judge_lanes(&state, lanes))
-                .await
-                .map_err(|_| ApiError::internal("the judging threads were cancelled"))?
+            tokio::task::spawn_blocking(move || {
+                let jobs: Vec<_> = lanes
+                    .into_iter()
+                    .map(|lane| {
+                        let state = &state;
+                        move |conn: &mut DbConnection| judge_lane(state, conn, lane)
+                    })
+                    .collect();
+                in_background(&state, "judging", jobs)
+            })
+            .await
+            .map_err(|_| ApiError::internal("the judging threads were cancelled"))?
         };
         let mut verdicts = Vec::new();
         let mut snapshots = Vec::new();
@@ -325,33 +334,34 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
 /// What one lane of a batch comes to: each patrol's verdict and snapshot, or why it was not judged.
 type LaneOutcome = Vec<(String, i64, ApiResult<(StoredVerdict, Option<Snapshot>)>)>;
 
-/// Judges a batch's lanes, each on a thread of its own with its own pooled connection. The threads
-/// run at the lowest CPU priority: on a busy server the syncs (the phones waiting for their
-/// receipts) go first and judging takes what CPU is left; an idle server, or `recompute-compliance`,
-/// gives it all the cores anyway.
-fn judge_lanes(
-    state: &AppState,
-    lanes: Vec<Vec<(String, i64, i64)>>,
-) -> Vec<ApiResult<LaneOutcome>> {
+/// Runs each job on a thread of its own with its own pooled connection, and waits for them all.
+/// The threads run at the lowest CPU priority: on a busy server the syncs (the phones waiting for
+/// their receipts) go first and the worker takes what CPU is left; an idle server, or
+/// `recompute-compliance`, gives it all the cores anyway.
+fn in_background<T, J>(state: &AppState, name: &str, jobs: Vec<J>) -> Vec<ApiResult<T>>
+where
+    T: Send,
+    J: FnOnce(&mut DbConnection) -> ApiResult<T> + Send,
+{
     std::thread::scope(|scope| {
-        let threads: Vec<_> = lanes
+        let threads: Vec<_> = jobs
             .into_iter()
-            .map(|lane| {
+            .map(|job| {
                 std::thread::Builder::new()
-                    .name("judging".into())
+                    .name(name.into())
                     .spawn_scoped(scope, move || {
                         background_priority();
-                        state.db.run_blocking(|conn| judge_lane(state, conn, lane))
+                        state.db.run_blocking(job)
                     })
             })
             .collect();
         threads
             .into_iter()
             .map(|thread| match thread {
-                Ok(thread) => thread
-                    .join()
-                    .unwrap_or_else(|_| Err(ApiError::internal("a judging thread panicked"))),
-                Err(e) => Err(ApiError::internal(format!("no judging thread: {e}"))),
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(ApiError::internal(format!("a {name} thread panicked")))
+                }),
+                Err(e) => Err(ApiError::internal(format!("no {name} thread: {e}"))),
             })
             .collect()
     })
@@ -378,27 +388,37 @@ fn judge_lane(
         .into_iter()
         .map(|row| (row.0.clone(), row))
         .collect();
-    let snapshotted: HashMap<String, i32> = sync_snapshots::table
-        .filter(sync_snapshots::doc_id.eq_any(&ids))
-        .select((sync_snapshots::doc_id, sync_snapshots::change_count))
-        .load::<(String, i32)>(conn)?
-        .into_iter()
-        .collect();
-    let mut views = HashMap::new();
+    // Each patrol's view, if its sync left one of the document as stored now.
     let mut to_load = Vec::new();
+    let mut with_view = Vec::new();
     for id in ids {
-        let view = documents.get(id).and_then(|(_, _, heads, count)| {
-            let view = state.fresh.take(id, heads)?;
-            let since = count - snapshotted.get(id).copied().unwrap_or(0);
-            // A snapshot due is owed, to be written when syncs pause; without room to remember
-            // it, the document is loaded and saved now.
-            (since < SNAPSHOT_AFTER as i32 || state.fresh.owe(id)).then_some(view)
-        });
-        match view {
-            Some(view) => {
-                views.insert(id.to_string(), view);
-            }
+        let taken = documents
+            .get(id)
+            .and_then(|(_, _, heads, count)| Some((state.fresh.take(id, heads)?, *count)));
+        match taken {
+            Some((view, count)) => with_view.push((id, view, count)),
             None => to_load.push(id),
+        }
+    }
+    let snapshotted: HashMap<String, i32> = if with_view.is_empty() {
+        HashMap::new()
+    } else {
+        sync_snapshots::table
+            .filter(sync_snapshots::doc_id.eq_any(with_view.iter().map(|(id, _, _)| *id)))
+            .select((sync_snapshots::doc_id, sync_snapshots::change_count))
+            .load::<(String, i32)>(conn)?
+            .into_iter()
+            .collect()
+    };
+    let mut views = HashMap::new();
+    for (id, view, count) in with_view {
+        let since = count - snapshotted.get(id).copied().unwrap_or(0);
+        // A snapshot due is owed, to be written when syncs pause; without room to remember it,
+        // the document is loaded and saved now.
+        if since < SNAPSHOT_AFTER as i32 || state.fresh.owe(id) {
+            views.insert(id.to_string(), view);
+        } else {
+            to_load.push(id);
         }
     }
     let mut stored = if to_load.is_empty() {
@@ -410,17 +430,14 @@ fn judge_lane(
         .into_iter()
         .map(|(id, grid_id, version)| {
             let received = documents.get(&id).map(|row| row.1);
-            let from = if views.contains_key(&id) {
-                "view"
-            } else {
-                "store"
-            };
+            let view = views.remove(&id);
+            let from = if view.is_some() { "view" } else { "store" };
             state
                 .metrics
                 .judged
                 .get_or_create(&crate::metrics::JudgedLabels { from })
                 .inc();
-            let outcome = match views.remove(&id) {
+            let outcome = match view {
                 Some(view) => judge_view(state, conn, &id, grid_id, &view, received)
                     .map(|verdict| (verdict, None)),
                 None => {
@@ -636,17 +653,10 @@ pub async fn compact_owed(state: &Arc<AppState>) -> ApiResult<Option<Duration>> 
         let snapshots = {
             let state = state.clone();
             tokio::task::spawn_blocking(move || {
-                std::thread::scope(|scope| {
-                    std::thread::Builder::new()
-                        .name("compaction".into())
-                        .spawn_scoped(scope, || {
-                            background_priority();
-                            state.db.run_blocking(|conn| owed_snapshots(conn, &ids))
-                        })
-                        .map_err(|e| ApiError::internal(format!("no compaction thread: {e}")))?
-                        .join()
-                        .unwrap_or_else(|_| Err(ApiError::internal("compaction panicked")))
-                })
+                let job = |conn: &mut DbConnection| owed_snapshots(conn, &ids);
+                in_background(&state, "compaction", vec![job])
+                    .pop()
+                    .unwrap_or_else(|| Err(ApiError::internal("no compaction result")))
             })
             .await
             .map_err(|_| ApiError::internal("compaction was cancelled"))??

@@ -501,6 +501,95 @@ impl DbStore<'_> {
             .and_then(|h| h.parse::<automerge::ChangeHash>().ok())
             .map(Hash::from))
     }
+
+    /// The newest entry of the log (0 when empty). Read inside a request's write transaction,
+    /// after [`DbStore::append`], it is where that request's feed page ends: every change before
+    /// it is committed (the log grows in commit order), and any other device's change to a
+    /// document the request merged is either before it, and so in that merge (the document was
+    /// locked), or after it, and so in the phone's next page.
+    pub fn newest(&mut self) -> ApiResult<i64> {
+        let newest: Option<i64> = sync_changes::table
+            .select(diesel::dsl::max(sync_changes::seq))
+            .first(self.conn)?;
+        Ok(newest.unwrap_or(0))
+    }
+
+    /// The feed page after `cursor` up to log entry `newest`, leaving out the documents in
+    /// `merged` (a request's own: what the phone lacks of them is in the request's answer, see
+    /// [`DbStore::newest`]). Read without a transaction of its own: the log only grows, in commit
+    /// order (SQLite's single writer, PostgreSQL's append lock), so every change up to `newest`
+    /// is there when the rows are read.
+    pub fn feed_after(
+        &mut self,
+        cursor: &Cursor,
+        newest: i64,
+        merged: &[String],
+    ) -> ApiResult<FeedPage> {
+        let seq = i64::try_from(cursor.seq).unwrap_or(i64::MAX);
+        // The change the phone last heard of must still be where it was: otherwise this log is
+        // not the one the phone saw (restored from a backup) and the phone must push everything.
+        let reset = seq > 0 && self.hash_at(seq)? != cursor.at;
+        let cursor = if reset { 0 } else { seq };
+        let me = self.authority.user_id;
+        let mut query = sync_changes::table
+            .inner_join(sync_documents::table.inner_join(grids::table))
+            // Bounded on both sides: the two-sided range also keeps PostgreSQL's planner on the
+            // log's primary key while its statistics lag behind a fast-growing log (a one-sided
+            // `seq > $1` is then guessed to match a third of the table: a parallel full scan).
+            .filter(sync_changes::seq.gt(cursor))
+            .filter(sync_changes::seq.le(newest))
+            // Only documents changed since: for an inspector, the index on (inspector_id,
+            // last_seq) finds those few, however many patrols they recorded over the years.
+            .filter(sync_documents::last_seq.gt(cursor))
+            .filter(sync_documents::id.ne_all(merged))
+            .filter(sync_changes::device_id.ne(self.authority.device_id))
+            .select((
+                sync_changes::seq,
+                sync_changes::doc_id,
+                sync_changes::bytes,
+                sync_documents::kind,
+                sync_documents::heads,
+            ))
+            .order(sync_changes::seq.asc())
+            .limit(FEED_BATCH)
+            .into_boxed();
+        let mut visible: Box<dyn BoxableExpression<_, _, SqlType = diesel::sql_types::Bool>> =
+            Box::new(sync_documents::inspector_id.eq(me));
+        for root in &self.authority.review_paths {
+            visible = Box::new(visible.or(grids::path.like(format!("{root}%"))));
+        }
+        query = query.filter(visible);
+        let rows: Vec<(i64, String, Vec<u8>, String, String)> = query.load(self.conn)?;
+        let full_batch = rows.len() as i64 == FEED_BATCH;
+        let mut next = cursor;
+        let mut by_doc: Vec<FeedItem> = Vec::new();
+        let mut slot: HashMap<String, usize> = HashMap::new();
+        for (seq, doc_id, bytes, kind, heads) in rows {
+            next = next.max(seq);
+            let index = *slot.entry(doc_id.clone()).or_insert_with(|| {
+                by_doc.push(FeedItem {
+                    id: doc_id.clone(),
+                    kind: DocKind::parse(&kind).unwrap_or(DocKind::Patrol),
+                    changes: Vec::new(),
+                    heads: parse_heads(&heads),
+                });
+                by_doc.len() - 1
+            });
+            by_doc[index].changes.push(bytes);
+        }
+        if !full_batch {
+            // Nothing more for this caller up to the newest change: jump the cursor there.
+            next = next.max(newest);
+        }
+        Ok(FeedPage {
+            items: by_doc,
+            cursor: Cursor {
+                seq: u64::try_from(next).unwrap_or(0),
+                at: self.hash_at(next)?,
+            },
+            reset,
+        })
+    }
 }
 
 impl Store for DbStore<'_> {
@@ -592,96 +681,5 @@ impl Store for DbStore<'_> {
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
         let newest = self.newest()?;
         self.feed_after(cursor, newest, &[])
-    }
-}
-
-impl DbStore<'_> {
-    /// The newest entry of the log (0 when empty). Read inside a request's write transaction,
-    /// after [`DbStore::append`], it is where that request's feed page ends: every change before
-    /// it is committed (the log grows in commit order), and any other device's change to a
-    /// document the request merged is either before it, and so in that merge (the document was
-    /// locked), or after it, and so in the phone's next page.
-    pub fn newest(&mut self) -> ApiResult<i64> {
-        let newest: Option<i64> = sync_changes::table
-            .select(diesel::dsl::max(sync_changes::seq))
-            .first(self.conn)?;
-        Ok(newest.unwrap_or(0))
-    }
-
-    /// The feed page after `cursor` up to log entry `newest`, leaving out the documents in
-    /// `merged` (a request's own: what the phone lacks of them is in the request's answer, see
-    /// [`DbStore::newest`]). Read without a transaction of its own: the log only grows, in commit
-    /// order (SQLite's single writer, PostgreSQL's append lock), so every change up to `newest`
-    /// is there when the rows are read.
-    pub fn feed_after(
-        &mut self,
-        cursor: &Cursor,
-        newest: i64,
-        merged: &[String],
-    ) -> ApiResult<FeedPage> {
-        let seq = i64::try_from(cursor.seq).unwrap_or(i64::MAX);
-        // The change the phone last heard of must still be where it was: otherwise this log is
-        // not the one the phone saw (restored from a backup) and the phone must push everything.
-        let reset = seq > 0 && self.hash_at(seq)? != cursor.at;
-        let cursor = if reset { 0 } else { seq };
-        let me = self.authority.user_id;
-        let mut query = sync_changes::table
-            .inner_join(sync_documents::table.inner_join(grids::table))
-            // Bounded on both sides: the two-sided range also keeps PostgreSQL's planner on the
-            // log's primary key while its statistics lag behind a fast-growing log (a one-sided
-            // `seq > $1` is then guessed to match a third of the table: a parallel full scan).
-            .filter(sync_changes::seq.gt(cursor))
-            .filter(sync_changes::seq.le(newest))
-            // Only documents changed since: for an inspector, the index on (inspector_id,
-            // last_seq) finds those few, however many patrols they recorded over the years.
-            .filter(sync_documents::last_seq.gt(cursor))
-            .filter(sync_documents::id.ne_all(merged))
-            .filter(sync_changes::device_id.ne(self.authority.device_id))
-            .select((
-                sync_changes::seq,
-                sync_changes::doc_id,
-                sync_changes::bytes,
-                sync_documents::kind,
-                sync_documents::heads,
-            ))
-            .order(sync_changes::seq.asc())
-            .limit(FEED_BATCH)
-            .into_boxed();
-        let mut visible: Box<dyn BoxableExpression<_, _, SqlType = diesel::sql_types::Bool>> =
-            Box::new(sync_documents::inspector_id.eq(me));
-        for root in &self.authority.review_paths {
-            visible = Box::new(visible.or(grids::path.like(format!("{root}%"))));
-        }
-        query = query.filter(visible);
-        let rows: Vec<(i64, String, Vec<u8>, String, String)> = query.load(self.conn)?;
-        let full_batch = rows.len() as i64 == FEED_BATCH;
-        let mut next = cursor;
-        let mut by_doc: Vec<FeedItem> = Vec::new();
-        let mut slot: HashMap<String, usize> = HashMap::new();
-        for (seq, doc_id, bytes, kind, heads) in rows {
-            next = next.max(seq);
-            let index = *slot.entry(doc_id.clone()).or_insert_with(|| {
-                by_doc.push(FeedItem {
-                    id: doc_id.clone(),
-                    kind: DocKind::parse(&kind).unwrap_or(DocKind::Patrol),
-                    changes: Vec::new(),
-                    heads: parse_heads(&heads),
-                });
-                by_doc.len() - 1
-            });
-            by_doc[index].changes.push(bytes);
-        }
-        if !full_batch {
-            // Nothing more for this caller up to the newest change: jump the cursor there.
-            next = next.max(newest);
-        }
-        Ok(FeedPage {
-            items: by_doc,
-            cursor: Cursor {
-                seq: u64::try_from(next).unwrap_or(0),
-                at: self.hash_at(next)?,
-            },
-            reset,
-        })
     }
 }
