@@ -162,12 +162,13 @@ diesel::table! {
     sync_changes (seq) {
         seq -> BigInt,
         doc_id -> Text,
-        hash -> Text,
+        hashes -> Binary,
         bytes -> Binary,
         actor -> Text,
         device_id -> BigInt,
         user_id -> BigInt,
         received_at -> Timestamp,
+        change_count -> Integer,
     }
 }
 

@@ -86,6 +86,28 @@ fn write_uleb(mut value: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// Splits a run of chunks written one after the other (as Automerge's `save_after` writes a
+/// document's changes, and as the server logs the changes one sync brought) into the chunks.
+/// Only the framing is read (magic bytes, chunk length); each chunk is decoded on its own.
+pub fn split_chunks(mut bytes: &[u8]) -> Result<Vec<&[u8]>, ChangeError> {
+    let malformed = |why: &str| ChangeError::Malformed(why.to_string());
+    let mut chunks = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 10 || bytes[..4] != MAGIC {
+            return Err(malformed("missing the Automerge magic bytes"));
+        }
+        let (length, used) = read_uleb(&bytes[9..]).ok_or_else(|| malformed("bad chunk length"))?;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|l| l.checked_add(9 + used))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| malformed("the chunk length runs past the bytes (truncated)"))?;
+        chunks.push(&bytes[..end]);
+        bytes = &bytes[end..];
+    }
+    Ok(chunks)
+}
+
 /// Whether `doc` has applied the change. Asks Automerge's change graph (a hash lookup), where
 /// `get_change_by_hash` rebuilds the whole change from the op set; only a document with queued
 /// changes (waiting for their dependencies) takes that slow way.
@@ -247,5 +269,40 @@ mod tests {
             }
             let _ = decode_change(&noise, &limits); // must not panic
         }
+    }
+
+    #[test]
+    fn a_run_of_chunks_splits_into_the_chunks_automerge_wrote() {
+        let mut doc = AutoCommit::new();
+        let mut written = Vec::new();
+        for i in 0..5 {
+            // Large enough for Automerge to compress the chunk (its first byte of body differs).
+            doc.put(ROOT, format!("k{i}"), "巡".repeat(100 * i))
+                .expect("put");
+            doc.commit();
+            written.push(
+                doc.get_last_local_change()
+                    .expect("change")
+                    .bytes()
+                    .into_owned(),
+            );
+        }
+        let run: Vec<u8> = written.concat();
+        let split = split_chunks(&run).expect("split");
+        assert_eq!(split, written.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert!(split_chunks(&[]).expect("empty").is_empty());
+        // Automerge's own `save_after` writes the same framing.
+        let saved = doc.save_after(&[]);
+        assert_eq!(split_chunks(&saved).expect("saved").len(), 5);
+        for cut in [1, 9, 10, run.len() - 1] {
+            assert_eq!(
+                split_chunks(&run[..cut]).expect_err("truncated").code(),
+                "malformed_change",
+                "cut at {cut}"
+            );
+        }
+        let mut garbage = run.clone();
+        garbage.extend_from_slice(b"not a chunk");
+        assert!(split_chunks(&garbage).is_err());
     }
 }

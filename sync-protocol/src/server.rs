@@ -123,15 +123,16 @@ impl View {
     }
 }
 
-/// Builds a document from stored plain change chunks (which were checked when they arrived).
+/// Builds a document from its stored log entries: each is one or more plain change chunks back to
+/// back (the changes one request brought), which were checked when they arrived.
 pub fn load_stored(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Automerge, String> {
     apply_stored(Automerge::new(), changes)
 }
 
 /// Builds a document from a snapshot (an Automerge save of the stored document, made by the
-/// server itself) and the stored change chunks logged after it. The save holds the whole change
-/// graph, so the result is the document [`load_stored`] builds from every change: same heads,
-/// same history for [`handle`] to send from.
+/// server itself) and the log entries after it. The save holds the whole change graph, so the
+/// result is the document [`load_stored`] builds from every change: same heads, same history
+/// for [`handle`] to send from.
 pub fn load_from_snapshot(
     snapshot: &[u8],
     changes: impl IntoIterator<Item = Vec<u8>>,
@@ -140,14 +141,16 @@ pub fn load_from_snapshot(
     apply_stored(doc, changes)
 }
 
-/// Decodes stored change chunks and applies them to `doc`.
+/// Decodes the changes of stored log entries and applies them to `doc`.
 fn apply_stored(
     mut doc: Automerge,
     changes: impl IntoIterator<Item = Vec<u8>>,
 ) -> Result<Automerge, String> {
     let mut decoded = Vec::new();
-    for bytes in changes {
-        decoded.push(Change::from_bytes(bytes).map_err(|e| e.to_string())?);
+    for run in changes {
+        for chunk in crate::changes::split_chunks(&run).map_err(|e| e.to_string())? {
+            decoded.push(Change::try_from(chunk).map_err(|e| e.to_string())?);
+        }
     }
     doc.apply_changes(decoded).map_err(|e| e.to_string())?;
     Ok(doc)
@@ -446,13 +449,14 @@ pub struct FeedPage {
 pub trait Store {
     type Error;
     /// Locks the document until the transaction ends (another request merging it waits) and
-    /// returns how many changes are stored for it (0 when unknown). Changes are only ever
-    /// appended, so an equal count means equal contents.
+    /// returns how many log entries are stored for it (0 when unknown): the number [`Store::load`]
+    /// returns entries. Entries are only ever appended, so an equal count means equal contents.
     fn lock(&mut self, id: &str) -> Result<u64, Self::Error>;
-    /// The stored plain change chunks of a document (empty when unknown) and their total bytes.
+    /// The stored log entries of a document in order (empty when unknown) and their total bytes.
+    /// An entry is one or more plain change chunks back to back (see [`load_stored`]).
     fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Self::Error>;
-    /// Appends a merged document's new changes (idempotent per change hash) and updates whatever
-    /// the server derives from the document.
+    /// Appends a merged document's new changes (none of them stored yet: the document is locked
+    /// and the merge skipped what was) and updates whatever the server derives from the document.
     fn save(&mut self, id: &str, merged: &Merged) -> Result<(), Self::Error>;
     /// Changes the caller should hear about that were stored after `cursor` by someone else, per
     /// document, with the document's current heads; and the new cursor. Read after the request's

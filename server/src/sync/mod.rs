@@ -94,8 +94,13 @@ impl Authority for DeviceAuthority {
     }
 }
 
-/// Most changes one response carries from the feed; the cursor then continues from there.
-pub const FEED_BATCH: i64 = 2_000;
+/// Most log entries one response carries from the feed; the cursor then continues from there.
+pub const FEED_BATCH: i64 = 200;
+
+/// Past this many bytes of changes a response's feed page ends early (after the whole entry that
+/// crossed it), so that a phone on 2G gets a page it can download: a new phone of an inspector
+/// with years of patrols pulls them a few hundred KB at a time.
+pub const FEED_BYTES: usize = 512 * 1024;
 
 /// The protocol's storage, inside one write transaction.
 pub struct DbStore<'a> {
@@ -124,17 +129,15 @@ impl<'a> DbStore<'a> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // One entry per document (`save` queues one).
         let rows = std::mem::take(&mut self.pending);
-        // The documents, each once (`save` queues a document's changes together).
-        let mut docs: Vec<String> = rows.iter().map(|r| r.doc_id.clone()).collect();
-        docs.dedup();
+        let docs: Vec<String> = rows.iter().map(|r| r.doc_id.clone()).collect();
         // Nothing here is stored yet: each document is locked (`lock`, new ones included) and its
         // merge left out what was stored under that lock. So a plain insert, without conflict
-        // handling (on PostgreSQL a third of the statement's cost); the key (doc_id, hash) still
-        // refuses a duplicate, failing the request rather than storing a change twice.
+        // handling and without a key on the change hash.
         match &mut *self.conn {
             DbConnection::Sqlite(c) => {
-                // 500 rows of 7 values: well under SQLite's 32,766 bound parameters.
+                // 500 rows of 8 values: well under SQLite's 32,766 bound parameters.
                 for chunk in rows.chunks(500) {
                     diesel::insert_into(sync_changes::table)
                         .values(chunk)
@@ -155,11 +158,12 @@ impl<'a> DbStore<'a> {
                 // whose cursor moved past 101 would never hear of 100. Held until the commit, it
                 // makes the log grow in commit order (SQLite gets that from its single writer).
                 diesel::sql_query("SELECT pg_advisory_xact_lock(7417001)").execute(c)?;
-                // One statement with seven array parameters, whatever the number of rows: a
-                // multi-row VALUES list would be parsed and planned anew with 7 parameters a row,
+                // One statement with eight array parameters, whatever the number of rows: a
+                // multi-row VALUES list would be parsed and planned anew with 8 parameters a row,
                 // all while the append lock is held.
-                use diesel::sql_types::{Array, BigInt, Binary, Text, Timestamp};
+                use diesel::sql_types::{Array, BigInt, Binary, Integer, Text, Timestamp};
                 let mut columns = (
+                    Vec::with_capacity(rows.len()),
                     Vec::with_capacity(rows.len()),
                     Vec::with_capacity(rows.len()),
                     Vec::with_capacity(rows.len()),
@@ -170,36 +174,40 @@ impl<'a> DbStore<'a> {
                 );
                 for row in rows {
                     columns.0.push(row.doc_id);
-                    columns.1.push(row.hash);
+                    columns.1.push(row.hashes);
                     columns.2.push(row.bytes);
-                    columns.3.push(row.actor);
-                    columns.4.push(row.device_id);
-                    columns.5.push(row.user_id);
-                    columns.6.push(row.received_at);
+                    columns.3.push(row.change_count);
+                    columns.4.push(row.actor);
+                    columns.5.push(row.device_id);
+                    columns.6.push(row.user_id);
+                    columns.7.push(row.received_at);
                 }
                 // The documents' `last_seq` in the same statement, from what the insert returns.
-                // Named by the ids in $8, so that their rows are found through the key (joined
+                // Named by the ids in $9, so that their rows are found through the key (joined
                 // to the aggregate instead, the planner scans the whole table).
                 diesel::sql_query(
                     "WITH appended AS ( \
-                       INSERT INTO sync_changes \
-                         (doc_id, hash, bytes, actor, device_id, user_id, received_at) \
-                       SELECT doc_id, hash, bytes, actor, device_id, user_id, received_at \
-                       FROM UNNEST($1, $2, $3, $4, $5, $6, $7) WITH ORDINALITY \
-                         AS r (doc_id, hash, bytes, actor, device_id, user_id, received_at, n) \
+                       INSERT INTO sync_changes (doc_id, hashes, bytes, change_count, actor, \
+                         device_id, user_id, received_at) \
+                       SELECT doc_id, hashes, bytes, change_count, actor, device_id, user_id, \
+                         received_at \
+                       FROM UNNEST($1, $2, $3, $4, $5, $6, $7, $8) WITH ORDINALITY \
+                         AS r (doc_id, hashes, bytes, change_count, actor, device_id, user_id, \
+                           received_at, n) \
                        ORDER BY n \
                        RETURNING doc_id, seq) \
                      UPDATE sync_documents SET last_seq = \
                        (SELECT MAX(seq) FROM appended WHERE appended.doc_id = sync_documents.id) \
-                     WHERE sync_documents.id = ANY($8)",
+                     WHERE sync_documents.id = ANY($9)",
                 )
                 .bind::<Array<Text>, _>(columns.0)
-                .bind::<Array<Text>, _>(columns.1)
+                .bind::<Array<Binary>, _>(columns.1)
                 .bind::<Array<Binary>, _>(columns.2)
-                .bind::<Array<Text>, _>(columns.3)
-                .bind::<Array<BigInt>, _>(columns.4)
+                .bind::<Array<Integer>, _>(columns.3)
+                .bind::<Array<Text>, _>(columns.4)
                 .bind::<Array<BigInt>, _>(columns.5)
-                .bind::<Array<Timestamp>, _>(columns.6)
+                .bind::<Array<BigInt>, _>(columns.6)
+                .bind::<Array<Timestamp>, _>(columns.7)
                 .bind::<Array<Text>, _>(docs)
                 .execute(c)?;
             }
@@ -232,16 +240,19 @@ pub fn store_request(
     Ok(handled.respond(nothing_else, 0).results)
 }
 
-/// A change row to append. No field falls back to a column default, so diesel writes a batch of
-/// these as one multi-row `INSERT` on SQLite too (with its default, every field may stand for
-/// `DEFAULT`, which SQLite's `VALUES` lacks, and diesel then inserts row by row: a statement
-/// built, bound and run for each of a request's ~500 changes, a sixth of the server's time).
+/// A log entry to append: the new changes one request brought to one document. No field falls
+/// back to a column default, so diesel writes a batch of these as one multi-row `INSERT` on
+/// SQLite too (with its default, every field may stand for `DEFAULT`, which SQLite's `VALUES`
+/// lacks, and diesel then inserts row by row).
 #[derive(Insertable)]
 #[diesel(table_name = sync_changes, treat_none_as_default_value = false)]
 pub struct NewChange {
     doc_id: String,
-    hash: String,
+    /// The changes' 32-byte hashes, back to back, in the order of `bytes`.
+    hashes: Vec<u8>,
+    /// The changes' plain chunks, back to back (as Automerge's `save_after` writes them).
     bytes: Vec<u8>,
+    change_count: i32,
     actor: String,
     device_id: i64,
     user_id: i64,
@@ -457,8 +468,9 @@ pub fn project(
     Ok(())
 }
 
-/// The stored plain change chunks of a document, in the order they were stored, and their total
-/// bytes (empty when the document is unknown).
+/// The stored log entries of a document (each the plain change chunks one request brought, back
+/// to back), in the order they were stored, and their total bytes (empty when the document is
+/// unknown).
 pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
     let changes: Vec<Vec<u8>> = sync_changes::table
         .filter(sync_changes::doc_id.eq(id))
@@ -469,9 +481,8 @@ pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<(Vec<Vec<u8>
     Ok((changes, total))
 }
 
-/// How many changes are stored for a document: its version for [`Store::lock`]. Counted, not
-/// read from `sync_documents.change_count`, so that it always matches what [`load_changes`]
-/// returns (an index-only count).
+/// How many log entries are stored for a document: its version for [`Store::lock`]. Counted, so
+/// that it always matches what [`load_changes`] returns (an index-only count).
 fn stored_count(conn: &mut DbConnection, id: &str) -> ApiResult<u64> {
     let count: i64 = sync_changes::table
         .filter(sync_changes::doc_id.eq(id))
@@ -490,15 +501,16 @@ impl DbStore<'_> {
             .optional()?)
     }
 
-    /// The hash of the change stored at `seq`, if any.
+    /// The hash of the last change of the log entry `seq`, if there is one.
     fn hash_at(&mut self, seq: i64) -> ApiResult<Option<Hash>> {
-        let hex: Option<String> = sync_changes::table
+        let hashes: Option<Vec<u8>> = sync_changes::table
             .find(seq)
-            .select(sync_changes::hash)
+            .select(sync_changes::hashes)
             .first(self.conn)
             .optional()?;
-        Ok(hex
-            .and_then(|h| h.parse::<automerge::ChangeHash>().ok())
+        Ok(hashes
+            .filter(|h| h.len() >= 32)
+            .and_then(|h| automerge::ChangeHash::try_from(&h[h.len() - 32..]).ok())
             .map(Hash::from))
     }
 
@@ -560,11 +572,17 @@ impl DbStore<'_> {
         }
         query = query.filter(visible);
         let rows: Vec<(i64, String, Vec<u8>, String, String)> = query.load(self.conn)?;
-        let full_batch = rows.len() as i64 == FEED_BATCH;
+        let mut full_batch = rows.len() as i64 == FEED_BATCH;
         let mut next = cursor;
         let mut by_doc: Vec<FeedItem> = Vec::new();
         let mut slot: HashMap<String, usize> = HashMap::new();
+        let mut sent = 0;
         for (seq, doc_id, bytes, kind, heads) in rows {
+            if sent >= FEED_BYTES {
+                full_batch = true;
+                break;
+            }
+            sent += bytes.len();
             next = next.max(seq);
             let index = *slot.entry(doc_id.clone()).or_insert_with(|| {
                 by_doc.push(FeedItem {
@@ -575,7 +593,12 @@ impl DbStore<'_> {
                 });
                 by_doc.len() - 1
             });
-            by_doc[index].changes.push(bytes);
+            // The phone takes each change as its own chunk (the entry was checked when stored).
+            let chunks = sync_protocol::changes::split_chunks(&bytes)
+                .map_err(|e| ApiError::internal(format!("log entry {seq} of {doc_id}: {e}")))?;
+            by_doc[index]
+                .changes
+                .extend(chunks.into_iter().map(<[u8]>::to_vec));
         }
         if !full_batch {
             // Nothing more for this caller up to the newest change: jump the cursor there.
@@ -630,14 +653,20 @@ impl Store for DbStore<'_> {
             .get_by_code(&merged.identity.grid)
             .ok_or_else(|| ApiError::internal(format!("grid {} vanished", merged.identity.grid)))?;
         let grid_id = grid.id;
-        let actor = self.authority.actor.to_hex_string();
         let count = merged.new_changes.len();
-        for (hash, bytes) in &merged.new_changes {
+        if count > 0 {
+            let mut hashes = Vec::with_capacity(32 * count);
+            let mut bytes = Vec::with_capacity(merged.new_changes.iter().map(|c| c.1.len()).sum());
+            for (hash, chunk) in &merged.new_changes {
+                hashes.extend_from_slice(&hash.0);
+                bytes.extend_from_slice(chunk);
+            }
             self.pending.push(NewChange {
                 doc_id: id.to_string(),
-                hash: hash.to_string(),
-                bytes: bytes.clone(),
-                actor: actor.clone(),
+                hashes,
+                bytes,
+                change_count: i32::try_from(count).unwrap_or(i32::MAX),
+                actor: self.authority.actor.to_hex_string(),
                 device_id: self.authority.device_id,
                 user_id: self.authority.user_id,
                 received_at: at,

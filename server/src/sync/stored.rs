@@ -2,7 +2,7 @@
 //! logged after it.
 //!
 //! The change log (`sync_changes`) is the record and only ever grows. Replaying a patrol's ~50
-//! change chunks costs ~220 µs (each chunk is decoded and applied on its own); Automerge's save of
+//! changes costs ~220 µs (each change chunk is decoded and applied on its own); Automerge's save of
 //! the same document is one columnar, compressed block that loads in well under half of that. So
 //! a snapshot is written when enough changes were logged since the last one: by whoever loads the
 //! document from that long a tail anyway (the compliance worker, a recompute), and for patrols the
@@ -24,9 +24,10 @@ use crate::db::{DbConnection, now};
 use crate::error::ApiResult;
 use crate::schema::{sync_changes, sync_snapshots};
 
-/// A snapshot is (re)written once this many changes were logged after the last one. A phone on
-/// a poor link syncs a patrol a few changes at a time; a short tail loads quickly on top of the
-/// snapshot, and the save is not repeated for every small sync.
+/// A snapshot is (re)written once this many changes were logged after the last one (changes, not
+/// log entries: replaying costs per change). A phone on a poor link syncs a patrol a few changes
+/// at a time; a short tail loads quickly on top of the snapshot, and the save is not repeated for
+/// every small sync.
 pub const SNAPSHOT_AFTER: usize = 8;
 
 /// One document's stored form.
@@ -34,8 +35,11 @@ pub const SNAPSHOT_AFTER: usize = 8;
 pub struct StoredDoc {
     snapshot: Option<Vec<u8>>,
     snapshot_changes: usize,
-    /// Change chunks logged after the snapshot (all of them without one), in log order.
+    /// Log entries after the snapshot (all of them without one), in log order: each the plain
+    /// change chunks one request brought, back to back.
     tail: Vec<Vec<u8>>,
+    /// How many changes `tail` holds.
+    tail_changes: usize,
     /// The newest log entry this holds (the snapshot's or the tail's).
     through_seq: i64,
 }
@@ -55,8 +59,8 @@ impl StoredDoc {
     }
 
     /// Stored changes after the snapshot.
-    pub fn tail_len(&self) -> usize {
-        self.tail.len()
+    pub fn tail_changes(&self) -> usize {
+        self.tail_changes
     }
 
     /// Builds the document.
@@ -80,8 +84,8 @@ impl StoredDoc {
     /// Builds the document, and the snapshot to write when [`SNAPSHOT_AFTER`] changes or more
     /// were loaded on top of the stored one (or without one).
     pub fn open(self, id: &str) -> Result<(Automerge, Option<Snapshot>), String> {
-        let due = self.tail.len() >= SNAPSHOT_AFTER;
-        let change_count = self.snapshot_changes + self.tail.len();
+        let due = self.tail_changes >= SNAPSHOT_AFTER;
+        let change_count = self.snapshot_changes + self.tail_changes;
         let through_seq = self.through_seq;
         let doc = self.load()?;
         let snapshot = due.then(|| Snapshot {
@@ -113,13 +117,14 @@ pub fn load_many(conn: &mut DbConnection, ids: &[&str]) -> ApiResult<HashMap<Str
                 snapshot: Some(bytes),
                 snapshot_changes: usize::try_from(change_count).unwrap_or(0),
                 tail: Vec::new(),
+                tail_changes: 0,
                 through_seq,
             },
         );
     }
     // Each document's changes after its own snapshot's entry: one pass over the log's
     // (doc_id, seq) index.
-    for (id, seq, bytes) in sync_changes::table
+    for (id, seq, bytes, changes) in sync_changes::table
         .left_join(sync_snapshots::table)
         .filter(sync_changes::doc_id.eq_any(ids))
         .filter(
@@ -131,11 +136,17 @@ pub fn load_many(conn: &mut DbConnection, ids: &[&str]) -> ApiResult<HashMap<Str
                     .gt(sync_snapshots::through_seq.nullable())),
         )
         .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
-        .select((sync_changes::doc_id, sync_changes::seq, sync_changes::bytes))
-        .load::<(String, i64, Vec<u8>)>(conn)?
+        .select((
+            sync_changes::doc_id,
+            sync_changes::seq,
+            sync_changes::bytes,
+            sync_changes::change_count,
+        ))
+        .load::<(String, i64, Vec<u8>, i32)>(conn)?
     {
         let doc = stored.entry(id).or_default();
         doc.tail.push(bytes);
+        doc.tail_changes += usize::try_from(changes).unwrap_or(0);
         doc.through_seq = doc.through_seq.max(seq);
     }
     Ok(stored)
