@@ -219,6 +219,23 @@ impl Db {
         result.map_err(|e| StartupError::Migration(e.to_string()))
     }
 
+    /// Reverts the newest migration the database has run, and returns its name (used by the
+    /// tests of a migration on data an older version stored).
+    pub fn revert_last(&self) -> Result<String, StartupError> {
+        let mut conn = self
+            .get()
+            .map_err(|e| StartupError::Database(e.to_string()))?;
+        let result = match &mut *conn {
+            DbConnection::Sqlite(c) => c
+                .revert_last_migration(SQLITE_MIGRATIONS)
+                .map(|v| v.to_string()),
+            DbConnection::Postgres(c) => c
+                .revert_last_migration(POSTGRES_MIGRATIONS)
+                .map(|v| v.to_string()),
+        };
+        result.map_err(|e| StartupError::Migration(e.to_string()))
+    }
+
     fn get(&self) -> Result<r2d2::PooledConnection<Manager>, DbError> {
         self.pool.get().map_err(|e| DbError::Pool(e.to_string()))
     }
