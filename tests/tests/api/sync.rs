@@ -94,12 +94,20 @@ async fn offline_patrols_arrive_in_one_round_trip(backend: Backend) {
         .as_array()
         .expect("events")
         .clone();
-    assert!(!events.is_empty());
+    // One event per patrol: the sync that stored its changes, and how many.
+    assert_eq!(events.len(), 3, "{events:?}");
     assert!(
         events
             .iter()
             .all(|e| e["grid_code"] == VILLAGE && e["kind"] == "patrol")
     );
+    for push in &synced.request.docs {
+        let event = events
+            .iter()
+            .find(|e| e["doc_id"] == push.id.as_str())
+            .expect("an event per patrol");
+        assert_eq!(event["changes"], push.changes.len(), "{event}");
+    }
     let next = feed.body["next"].as_i64().expect("next");
     let after = app
         .get(&format!("/v1/feed?after={next}"), Some(&leader))
@@ -889,3 +897,67 @@ async fn a_problem_found_on_a_patrol_syncs_with_it(backend: Backend) {
 }
 
 both_backends!(a_problem_found_on_a_patrol_syncs_with_it);
+
+/// A phone new to a grid (a supervisor's tablet, a replaced phone) pulls its patrols through the
+/// feed a page at a time: each response carries at most `FEED_BYTES` of changes plus the one log
+/// entry that crossed it, so that a 2G link can download it; the cursor moves on, and after a few
+/// syncs the tablet holds every patrol as the phone that recorded it does.
+async fn a_long_feed_comes_in_pages_a_phone_can_download(backend: Backend) {
+    use gridpatrol_server::sync::FEED_BYTES;
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    let leader = app.token("leader-522632100").await;
+    let mut phone = Phone::enroll(&app, &leader, INSPECTOR).await;
+    let mut ids = Vec::new();
+    let mut logged = 0;
+    let mut largest = 0;
+    while logged < FEED_BYTES * 2 {
+        let id = phone.start_patrol(VILLAGE, T0 + ids.len() as i64);
+        phone.walk(&id, 400, T0);
+        // What the server logs of it: the plain change chunks (one entry, pushed in one sync).
+        let entry = phone.docs[&id].save_after(&[]).len();
+        logged += entry;
+        largest = largest.max(entry);
+        ids.push(id);
+    }
+    let pushed = phone.sync(&app).await;
+    assert!(
+        pushed
+            .response
+            .results
+            .iter()
+            .all(|r| r.outcome == Outcome::Accepted)
+    );
+
+    let mut tablet = Phone::enroll(&app, &admin, "leader-522632100").await;
+    let mut pages = Vec::new();
+    loop {
+        let synced = tablet.sync(&app).await;
+        let bytes: usize = synced
+            .response
+            .updates
+            .iter()
+            .flat_map(|u| &u.changes)
+            .map(|c| c.len())
+            .sum();
+        if bytes == 0 {
+            break;
+        }
+        assert!(bytes < FEED_BYTES + largest, "a page of {bytes} bytes");
+        pages.push(bytes);
+        assert!(pages.len() < 10, "the feed never ends: {pages:?}");
+    }
+    assert!(
+        pages.len() >= 2,
+        "{logged} bytes came in pages of {pages:?}"
+    );
+    for id in &ids {
+        assert_eq!(
+            tablet.docs[id].get_heads(),
+            phone.docs[id].get_heads(),
+            "patrol {id} whole on the tablet"
+        );
+    }
+}
+
+both_backends!(a_long_feed_comes_in_pages_a_phone_can_download);
