@@ -200,7 +200,7 @@ pub struct FeedQuery {
     pub limit: Option<i64>,
 }
 
-/// One stored change of a patrol or problem.
+/// Changes a device stored to one patrol or problem in one sync (an entry of the change log).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FeedEvent {
     /// The cursor of this event.
@@ -211,9 +211,11 @@ pub struct FeedEvent {
     pub grid_id: i64,
     pub grid_code: String,
     pub inspector_id: i64,
-    /// The user whose device sent the change.
+    /// The user whose device sent the changes.
     pub author_id: i64,
-    /// When the server stored it (UTC): the trusted time.
+    /// How many changes the sync stored.
+    pub changes: i32,
+    /// When the server stored them (UTC): the trusted time.
     pub received_at: NaiveDateTime,
 }
 
@@ -224,8 +226,8 @@ pub struct Feed {
     pub next: i64,
 }
 
-/// The changes feed: every stored patrol and problem change in the caller's part of the grid tree,
-/// oldest first, for supervisors' screens and integrations.
+/// The changes feed: every sync that stored changes to a patrol or problem in the caller's part of
+/// the grid tree, oldest first, for supervisors' screens and integrations.
 #[utoipa::path(
     tag = "sync",
     params(FeedQuery),
@@ -260,6 +262,7 @@ async fn feed(
                     grids::code,
                     sync_documents::inspector_id,
                     sync_changes::user_id,
+                    sync_changes::change_count,
                     sync_changes::received_at,
                 ))
                 .order(sync_changes::seq.asc())
@@ -274,7 +277,17 @@ async fn feed(
                 }
                 q = q.filter(visible);
             }
-            type Row = (i64, String, String, i64, String, i64, i64, NaiveDateTime);
+            type Row = (
+                i64,
+                String,
+                String,
+                i64,
+                String,
+                i64,
+                i64,
+                i32,
+                NaiveDateTime,
+            );
             let rows: Vec<Row> = q.load(conn)?;
             let next = rows.last().map(|r| r.0).unwrap_or(after);
             Ok::<_, ApiError>(Feed {
@@ -288,7 +301,8 @@ async fn feed(
                         grid_code: r.4,
                         inspector_id: r.5,
                         author_id: r.6,
-                        received_at: r.7,
+                        changes: r.7,
+                        received_at: r.8,
                     })
                     .collect(),
                 next,
