@@ -22,26 +22,30 @@ use crate::on_each_backend;
 use crate::schema::{patrol_photos, patrol_verdicts, photos, sync_documents, sync_snapshots};
 use crate::sync::stored::{SNAPSHOT_AFTER, Snapshot, StoredDoc};
 
-/// Marks a patrol's verdict stale (creating its row).
-pub fn mark_stale(
-    conn: &mut DbConnection,
-    patrol_id: &str,
-    grid_id: i64,
-    inspector_id: i64,
-) -> ApiResult<()> {
-    on_each_backend!(conn, |c| diesel::insert_into(patrol_verdicts::table)
-        .values((
-            patrol_verdicts::patrol_id.eq(patrol_id),
-            patrol_verdicts::grid_id.eq(grid_id),
-            patrol_verdicts::inspector_id.eq(inspector_id),
-        ))
-        .on_conflict(patrol_verdicts::patrol_id)
-        .do_update()
-        .set((
-            patrol_verdicts::grid_id.eq(excluded(patrol_verdicts::grid_id)),
-            patrol_verdicts::version.eq(patrol_verdicts::version + 1),
-        ))
-        .execute(c))?;
+/// Marks patrols' verdicts stale (creating their rows): `(patrol, grid, inspector)` each, in one
+/// statement per 500 patrols.
+pub fn mark_stale(conn: &mut DbConnection, patrols: &[(&str, i64, i64)]) -> ApiResult<()> {
+    for chunk in patrols.chunks(500) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|&(patrol_id, grid_id, inspector_id)| {
+                (
+                    patrol_verdicts::patrol_id.eq(patrol_id),
+                    patrol_verdicts::grid_id.eq(grid_id),
+                    patrol_verdicts::inspector_id.eq(inspector_id),
+                )
+            })
+            .collect();
+        on_each_backend!(conn, |c| diesel::insert_into(patrol_verdicts::table)
+            .values(&rows)
+            .on_conflict(patrol_verdicts::patrol_id)
+            .do_update()
+            .set((
+                patrol_verdicts::grid_id.eq(excluded(patrol_verdicts::grid_id)),
+                patrol_verdicts::version.eq(patrol_verdicts::version + 1),
+            ))
+            .execute(c))?;
+    }
     Ok(())
 }
 

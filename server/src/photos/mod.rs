@@ -721,34 +721,41 @@ async fn discard(state: &Arc<AppState>, id: &str) {
     }
 }
 
-/// Writes a patrol document's photo references (replacing the previous ones).
+/// Links patrols to the photos their documents reference (`patrol_photos`), replacing what was
+/// linked before: `(patrol, grid, references)` each, in a few statements for all of them.
 pub fn project_patrol_photos(
     conn: &mut DbConnection,
-    patrol_id: &str,
-    grid_id: i64,
-    references: &[sync_protocol::schema::PhotoRef],
+    patrols: &[(&str, i64, &[sync_protocol::schema::PhotoRef])],
     timestamp: impl Fn(i64) -> NaiveDateTime,
 ) -> ApiResult<()> {
-    diesel::delete(patrol_photos::table.filter(patrol_photos::patrol_id.eq(patrol_id)))
-        .execute(conn)?;
-    let mut seen = std::collections::BTreeSet::new();
-    let rows: Vec<_> = references
-        .iter()
-        .filter(|r| is_sha256(&r.sha256) && seen.insert(r.sha256.as_str()))
-        .map(|r| {
-            (
-                patrol_photos::patrol_id.eq(patrol_id),
-                patrol_photos::sha256.eq(&r.sha256),
-                patrol_photos::grid_id.eq(grid_id),
-                patrol_photos::taken_at.eq(timestamp(r.taken_at_ms)),
-                patrol_photos::caption.eq(&r.caption),
-            )
-        })
-        .collect();
-    if !rows.is_empty() {
-        on_each_backend!(conn, |c| diesel::insert_into(patrol_photos::table)
-            .values(&rows)
-            .execute(c))?;
+    for chunk in patrols.chunks(500) {
+        let ids: Vec<&str> = chunk.iter().map(|p| p.0).collect();
+        diesel::delete(patrol_photos::table.filter(patrol_photos::patrol_id.eq_any(&ids)))
+            .execute(conn)?;
+        let mut rows = Vec::new();
+        for &(patrol_id, grid_id, references) in chunk {
+            let mut seen = std::collections::BTreeSet::new();
+            rows.extend(
+                references
+                    .iter()
+                    .filter(|r| is_sha256(&r.sha256) && seen.insert(r.sha256.as_str()))
+                    .map(|r| {
+                        (
+                            patrol_photos::patrol_id.eq(patrol_id),
+                            patrol_photos::sha256.eq(&r.sha256),
+                            patrol_photos::grid_id.eq(grid_id),
+                            patrol_photos::taken_at.eq(timestamp(r.taken_at_ms)),
+                            patrol_photos::caption.eq(&r.caption),
+                        )
+                    }),
+            );
+        }
+        // 5 values a row: 1,000 rows stay well under SQLite's 32,766 bound parameters.
+        for rows in rows.chunks(1_000) {
+            on_each_backend!(conn, |c| diesel::insert_into(patrol_photos::table)
+                .values(rows)
+                .execute(c))?;
+        }
     }
     Ok(())
 }

@@ -110,6 +110,10 @@ pub struct DbStore<'a> {
     pub created: HashMap<String, NaiveDateTime>,
     /// Changes merged in this request, appended to the log all at once by [`DbStore::append`].
     pending: Vec<NewChange>,
+    /// Documents first stored by this request, and the rows of every document it changed:
+    /// written together by [`DbStore::append`] too (a few statements, not a few per document).
+    new_documents: Vec<NewDocument>,
+    projections: Vec<Projection>,
 }
 
 impl<'a> DbStore<'a> {
@@ -119,6 +123,8 @@ impl<'a> DbStore<'a> {
             authority,
             created: HashMap::new(),
             pending: Vec::new(),
+            new_documents: Vec::new(),
+            projections: Vec::new(),
         }
     }
 
@@ -126,6 +132,14 @@ impl<'a> DbStore<'a> {
     /// possible, because on PostgreSQL this takes the log's append lock, held until the commit.
     /// Sets each document's `last_seq` to its newest entry.
     pub fn append(&mut self) -> ApiResult<()> {
+        // Before the append lock: the new documents' rows (their projections refer to them),
+        // then the projections.
+        for rows in std::mem::take(&mut self.new_documents).chunks(500) {
+            on_each_backend!(self.conn, |c| diesel::insert_into(sync_documents::table)
+                .values(rows)
+                .execute(c))?;
+        }
+        write_projections(self.conn, &std::mem::take(&mut self.projections))?;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -240,6 +254,24 @@ pub fn store_request(
     Ok(handled.respond(nothing_else, 0).results)
 }
 
+/// A document first stored: its `sync_documents` row. No field falls back to a column default, so
+/// that diesel writes a batch of these as one statement on SQLite too (see [`NewChange`]).
+#[derive(Insertable)]
+#[diesel(table_name = sync_documents, treat_none_as_default_value = false)]
+struct NewDocument {
+    id: String,
+    kind: String,
+    grid_id: i64,
+    inspector_id: i64,
+    heads: String,
+    change_count: i32,
+    bytes: i64,
+    version: i64,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    last_seq: i64,
+}
+
 /// A log entry to append: the new changes one request brought to one document. No field falls
 /// back to a column default, so diesel writes a batch of these as one multi-row `INSERT` on
 /// SQLite too (with its default, every field may stand for `DEFAULT`, which SQLite's `VALUES`
@@ -279,8 +311,8 @@ fn timestamp(ms: i64) -> NaiveDateTime {
 
 /// A patrol's projected row, as written and as read back (`rebuild-projections` must reproduce it
 /// exactly, which the tests check by comparing rows).
-#[derive(Insertable, Queryable, Debug, PartialEq)]
-#[diesel(table_name = patrols)]
+#[derive(Insertable, Queryable, Debug, PartialEq, Clone)]
+#[diesel(table_name = patrols, treat_none_as_default_value = false)]
 pub struct PatrolRow {
     pub id: String,
     pub grid_id: i64,
@@ -302,9 +334,9 @@ pub struct PatrolRow {
     pub updated_at: NaiveDateTime,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = problems)]
-struct ProblemRow {
+#[derive(Insertable, Clone)]
+#[diesel(table_name = problems, treat_none_as_default_value = false)]
+pub struct ProblemRow {
     id: String,
     grid_id: i64,
     patrol_id: String,
@@ -366,78 +398,57 @@ pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
         let (_, last) = received_span(conn, id)?;
         let view = View::read(&doc)
             .map_err(|e| ApiError::internal(format!("stored document {id}: {e}")))?;
-        project(conn, &view, *grid_id, (*created, last))?;
+        write_projections(conn, &[projection(&view, *grid_id, (*created, last))])?;
     }
     Ok(docs.len())
 }
 
-/// Writes the relational rows of a document (patrols, problems) from its merged state.
-pub fn project(
-    conn: &mut DbConnection,
+/// The relational rows of a document (a patrol or a problem) from its merged state, to write
+/// with [`write_projections`].
+pub enum Projection {
+    Patrol {
+        row: PatrolRow,
+        photos: Vec<schema::PhotoRef>,
+    },
+    Problem(ProblemRow),
+}
+
+/// The rows of a document: `received` is when the server first and last stored a change of it.
+pub fn projection(
     view: &View,
     grid_id: i64,
     received: (NaiveDateTime, NaiveDateTime),
-) -> ApiResult<()> {
+) -> Projection {
     match view {
         View::Patrol(view) => {
             let identity = view.identity.clone();
-            let row = PatrolRow {
-                id: identity.id,
-                grid_id,
-                inspector_id: identity.inspector,
-                device_id: identity.device,
-                method: view.method.as_str().into(),
-                status: view.status.as_str().into(),
-                started_at: timestamp(view.started_at_ms),
-                ended_at: view.ended_at_ms.map(timestamp),
-                fix_count: view.track.len() as i32,
-                distance_m: (track_length_m(&view.track) * 10.0).round() / 10.0,
-                photo_count: view.photos.len() as i32,
-                note_count: view.notes.len() as i32,
-                problem_count: view.problems.len() as i32,
-                review_state: view.review.as_ref().map(|r| r.state.as_str().to_string()),
-                review_comment: view.review.as_ref().map(|r| r.comment.clone()),
-                reviewer_id: view.review.as_ref().map(|r| r.reviewer),
-                first_received_at: received.0,
-                updated_at: received.1,
-            };
-            crate::compliance::judging::mark_stale(
-                conn,
-                &view.identity.id,
-                grid_id,
-                view.identity.inspector,
-            )?;
-            crate::photos::project_patrol_photos(
-                conn,
-                &view.identity.id,
-                grid_id,
-                &view.photos,
-                timestamp,
-            )?;
-            on_each_backend!(conn, |c| diesel::insert_into(patrols::table)
-                .values(&row)
-                .on_conflict(patrols::id)
-                .do_update()
-                .set((
-                    patrols::method.eq(excluded(patrols::method)),
-                    patrols::status.eq(excluded(patrols::status)),
-                    patrols::started_at.eq(excluded(patrols::started_at)),
-                    patrols::ended_at.eq(excluded(patrols::ended_at)),
-                    patrols::fix_count.eq(excluded(patrols::fix_count)),
-                    patrols::distance_m.eq(excluded(patrols::distance_m)),
-                    patrols::photo_count.eq(excluded(patrols::photo_count)),
-                    patrols::note_count.eq(excluded(patrols::note_count)),
-                    patrols::problem_count.eq(excluded(patrols::problem_count)),
-                    patrols::review_state.eq(excluded(patrols::review_state)),
-                    patrols::review_comment.eq(excluded(patrols::review_comment)),
-                    patrols::reviewer_id.eq(excluded(patrols::reviewer_id)),
-                    patrols::updated_at.eq(excluded(patrols::updated_at)),
-                ))
-                .execute(c))?;
+            Projection::Patrol {
+                row: PatrolRow {
+                    id: identity.id,
+                    grid_id,
+                    inspector_id: identity.inspector,
+                    device_id: identity.device,
+                    method: view.method.as_str().into(),
+                    status: view.status.as_str().into(),
+                    started_at: timestamp(view.started_at_ms),
+                    ended_at: view.ended_at_ms.map(timestamp),
+                    fix_count: view.track.len() as i32,
+                    distance_m: (track_length_m(&view.track) * 10.0).round() / 10.0,
+                    photo_count: view.photos.len() as i32,
+                    note_count: view.notes.len() as i32,
+                    problem_count: view.problems.len() as i32,
+                    review_state: view.review.as_ref().map(|r| r.state.as_str().to_string()),
+                    review_comment: view.review.as_ref().map(|r| r.comment.clone()),
+                    reviewer_id: view.review.as_ref().map(|r| r.reviewer),
+                    first_received_at: received.0,
+                    updated_at: received.1,
+                },
+                photos: view.photos.clone(),
+            }
         }
         View::Problem(view) => {
             let identity = view.identity.clone();
-            let row = ProblemRow {
+            Projection::Problem(ProblemRow {
                 id: identity.id,
                 grid_id,
                 patrol_id: view.patrol.clone(),
@@ -449,21 +460,68 @@ pub fn project(
                 lat: view.lat,
                 found_at: timestamp(view.found_at_ms),
                 updated_at: received.1,
-            };
-            on_each_backend!(conn, |c| diesel::insert_into(problems::table)
-                .values(&row)
-                .on_conflict(problems::id)
-                .do_update()
-                .set((
-                    problems::category.eq(excluded(problems::category)),
-                    problems::description.eq(excluded(problems::description)),
-                    problems::disposition.eq(excluded(problems::disposition)),
-                    problems::lon.eq(excluded(problems::lon)),
-                    problems::lat.eq(excluded(problems::lat)),
-                    problems::updated_at.eq(excluded(problems::updated_at)),
-                ))
-                .execute(c))?;
+            })
         }
+    }
+}
+
+/// Writes documents' rows (patrols with their photo links and stale verdicts, problems): a few
+/// statements for all of them, not a few for each (on PostgreSQL a statement's round trip and
+/// parsing cost more than its row). Their `sync_documents` rows must exist.
+pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) -> ApiResult<()> {
+    let mut patrol_rows = Vec::new();
+    let mut stale = Vec::new();
+    let mut photos = Vec::new();
+    let mut problem_rows = Vec::new();
+    for projection in projections {
+        match projection {
+            Projection::Patrol { row, photos: refs } => {
+                stale.push((row.id.as_str(), row.grid_id, row.inspector_id));
+                photos.push((row.id.as_str(), row.grid_id, refs.as_slice()));
+                patrol_rows.push(row);
+            }
+            Projection::Problem(row) => problem_rows.push(row),
+        }
+    }
+    crate::compliance::judging::mark_stale(conn, &stale)?;
+    crate::photos::project_patrol_photos(conn, &photos, timestamp)?;
+    // 18 values a patrol row, 11 a problem row: 500 rows stay under SQLite's 32,766 parameters.
+    for rows in patrol_rows.chunks(500) {
+        on_each_backend!(conn, |c| diesel::insert_into(patrols::table)
+            .values(rows.to_vec())
+            .on_conflict(patrols::id)
+            .do_update()
+            .set((
+                patrols::method.eq(excluded(patrols::method)),
+                patrols::status.eq(excluded(patrols::status)),
+                patrols::started_at.eq(excluded(patrols::started_at)),
+                patrols::ended_at.eq(excluded(patrols::ended_at)),
+                patrols::fix_count.eq(excluded(patrols::fix_count)),
+                patrols::distance_m.eq(excluded(patrols::distance_m)),
+                patrols::photo_count.eq(excluded(patrols::photo_count)),
+                patrols::note_count.eq(excluded(patrols::note_count)),
+                patrols::problem_count.eq(excluded(patrols::problem_count)),
+                patrols::review_state.eq(excluded(patrols::review_state)),
+                patrols::review_comment.eq(excluded(patrols::review_comment)),
+                patrols::reviewer_id.eq(excluded(patrols::reviewer_id)),
+                patrols::updated_at.eq(excluded(patrols::updated_at)),
+            ))
+            .execute(c))?;
+    }
+    for rows in problem_rows.chunks(500) {
+        on_each_backend!(conn, |c| diesel::insert_into(problems::table)
+            .values(rows.to_vec())
+            .on_conflict(problems::id)
+            .do_update()
+            .set((
+                problems::category.eq(excluded(problems::category)),
+                problems::description.eq(excluded(problems::description)),
+                problems::disposition.eq(excluded(problems::disposition)),
+                problems::lon.eq(excluded(problems::lon)),
+                problems::lat.eq(excluded(problems::lat)),
+                problems::updated_at.eq(excluded(problems::updated_at)),
+            ))
+            .execute(c))?;
     }
     Ok(())
 }
@@ -676,20 +734,20 @@ impl Store for DbStore<'_> {
         if merged.created {
             // `lock` serialised the document's creators, so the row cannot exist yet; if it
             // did, the key would refuse it and the request fail whole (the phone sends it again).
-            diesel::insert_into(sync_documents::table)
-                .values((
-                    sync_documents::id.eq(id),
-                    sync_documents::kind.eq(merged.identity.kind.as_str()),
-                    sync_documents::grid_id.eq(grid_id),
-                    sync_documents::inspector_id.eq(merged.identity.inspector),
-                    sync_documents::heads.eq(heads_text(&merged.heads)),
-                    sync_documents::change_count.eq(count as i32),
-                    sync_documents::bytes.eq(new_bytes),
-                    sync_documents::version.eq(0_i64),
-                    sync_documents::created_at.eq(at),
-                    sync_documents::updated_at.eq(at),
-                ))
-                .execute(self.conn)?;
+            self.new_documents.push(NewDocument {
+                id: id.to_string(),
+                kind: merged.identity.kind.as_str().to_string(),
+                grid_id,
+                inspector_id: merged.identity.inspector,
+                heads: heads_text(&merged.heads),
+                change_count: count as i32,
+                bytes: new_bytes,
+                version: 0,
+                created_at: at,
+                updated_at: at,
+                // Set by the append, with the document's entry.
+                last_seq: 0,
+            });
         } else if count > 0 {
             diesel::update(sync_documents::table.find(id))
                 .set((
@@ -704,7 +762,9 @@ impl Store for DbStore<'_> {
             return Ok(());
         }
         let first = self.created.get(id).copied().unwrap_or(at);
-        project(self.conn, &merged.view, grid_id, (first, at))
+        self.projections
+            .push(projection(&merged.view, grid_id, (first, at)));
+        Ok(())
     }
 
     fn feed(&mut self, cursor: &Cursor) -> ApiResult<FeedPage> {
