@@ -366,25 +366,69 @@ async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bo
         state
             .db
             .write(move |conn| -> ApiResult<()> {
-                let at = now();
-                for (id, version, stored, text) in verdicts {
-                    diesel::update(patrol_verdicts::table.find(&id))
-                        .set((
-                            patrol_verdicts::week.eq(Some(stored.week)),
-                            patrol_verdicts::counted.eq(stored.verdict.counted),
-                            patrol_verdicts::verdict.eq(Some(text)),
-                            patrol_verdicts::judged_version.eq(version),
-                            patrol_verdicts::claimed_at.eq(None::<NaiveDateTime>),
-                            patrol_verdicts::computed_at.eq(Some(at)),
-                        ))
-                        .execute(conn)?;
-                }
+                write_verdicts(conn, verdicts)?;
                 // Compaction: the documents just loaded from a long tail of changes are saved
                 // whole, so the next load (a recompute, the console) starts from the save.
                 crate::sync::stored::write(conn, &snapshots)
             })
             .await?;
     }
+}
+
+/// Records verdicts: `(patrol, version judged, verdict, its JSON)` each, releasing the claims.
+/// On PostgreSQL one statement for the batch (a statement per patrol was a round trip each, and
+/// the worker's batches are 256 patrols); SQLite's statements are in-process calls.
+fn write_verdicts(
+    conn: &mut DbConnection,
+    verdicts: Vec<(String, i64, StoredVerdict, String)>,
+) -> ApiResult<()> {
+    if verdicts.is_empty() {
+        return Ok(());
+    }
+    let at = now();
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for (id, version, stored, text) in verdicts {
+                diesel::update(patrol_verdicts::table.find(&id))
+                    .set((
+                        patrol_verdicts::week.eq(Some(stored.week)),
+                        patrol_verdicts::counted.eq(stored.verdict.counted),
+                        patrol_verdicts::verdict.eq(Some(text)),
+                        patrol_verdicts::judged_version.eq(version),
+                        patrol_verdicts::claimed_at.eq(None::<NaiveDateTime>),
+                        patrol_verdicts::computed_at.eq(Some(at)),
+                    ))
+                    .execute(c)?;
+            }
+        }
+        DbConnection::Postgres(c) => {
+            use diesel::sql_types::{Array, BigInt, Bool, Text, Timestamp};
+            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, version, stored, text) in verdicts {
+                columns.0.push(id);
+                columns.1.push(stored.week);
+                columns.2.push(stored.verdict.counted);
+                columns.3.push(text);
+                columns.4.push(version);
+            }
+            diesel::sql_query(
+                "UPDATE patrol_verdicts AS v SET week = u.week, counted = u.counted, \
+                   verdict = u.verdict, judged_version = u.judged_version, claimed_at = NULL, \
+                   computed_at = $6 \
+                 FROM UNNEST($1, $2, $3, $4, $5) \
+                   AS u (patrol_id, week, counted, verdict, judged_version) \
+                 WHERE v.patrol_id = u.patrol_id",
+            )
+            .bind::<Array<Text>, _>(columns.0)
+            .bind::<Array<Text>, _>(columns.1)
+            .bind::<Array<Bool>, _>(columns.2)
+            .bind::<Array<Text>, _>(columns.3)
+            .bind::<Array<BigInt>, _>(columns.4)
+            .bind::<Timestamp, _>(at)
+            .execute(c)?;
+        }
+    }
+    Ok(())
 }
 
 /// What one lane of a batch comes to: each patrol's verdict and snapshot, or why it was not judged.
@@ -591,7 +635,13 @@ fn judge_view(
             shape: &point.shape,
         })
         .collect();
-    let evidence = photo_evidence(conn, &state.photos.hashes, id, tz)?;
+    // A patrol's photo links are projected from its document in the transaction that merged it,
+    // so a patrol whose document references no photo has none: no query for it.
+    let evidence = if view.photos.is_empty() {
+        Vec::new()
+    } else {
+        photo_evidence(conn, &state.photos.hashes, id, tz)?
+    };
     let verdict = verdict::judge(
         view,
         &Context {

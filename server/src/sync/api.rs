@@ -12,7 +12,7 @@ use sync_protocol::wire::{self, SyncRequest};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{DbStore, DeviceAuthority, load_changes};
+use super::{DbStore, DeviceAuthority, load_changes, load_for_premerge};
 
 /// Stored and pushed bytes of the documents one request merges ahead of its write transaction;
 /// the rest are merged inside it (bounding a request's memory).
@@ -133,22 +133,28 @@ async fn sync(
     // First, outside any write transaction: the documents are loaded, merged and checked, so
     // that requests do this costly part in parallel. The write transaction then locks each
     // document and uses the merge if nothing was stored for it meanwhile (merging again if so).
-    let (request, authority, premerged) = state
-        .db
-        .run(move |conn| {
-            let actor_hex: String = devices::table
-                .find(device_id)
-                .select(devices::actor_id)
-                .first(conn)?;
-            let actor = ActorId::try_from(actor_hex.as_str()).map_err(ApiError::internal)?;
-            let authority = DeviceAuthority::new(user_id, &roles, device_id, actor, index);
-            let premerged =
-                server::premerge(&request, &authority, &limits, PREMERGE_BYTES, |id| {
-                    load_changes(conn, id)
-                })?;
-            Ok::<_, ApiError>((request, authority, premerged))
-        })
-        .await?;
+    let (request, authority, premerged) =
+        state
+            .db
+            .run(move |conn| {
+                let actor_hex: String = devices::table
+                    .find(device_id)
+                    .select(devices::actor_id)
+                    .first(conn)?;
+                let actor = ActorId::try_from(actor_hex.as_str()).map_err(ApiError::internal)?;
+                let authority = DeviceAuthority::new(user_id, &roles, device_id, actor, index);
+                let mut stored = load_for_premerge(conn, &request, PREMERGE_BYTES)?;
+                let premerged =
+                    server::premerge(&request, &authority, &limits, PREMERGE_BYTES, |id| {
+                        match stored.remove(id) {
+                            Some(Some(loaded)) => Ok(loaded),
+                            Some(None) => load_changes(conn, id),
+                            None => Ok((Vec::new(), 0)),
+                        }
+                    })?;
+                Ok::<_, ApiError>((request, authority, premerged))
+            })
+            .await?;
     let (request, authority, mut handled, newest) = state
         .db
         .write(move |conn| {
