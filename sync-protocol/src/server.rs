@@ -452,6 +452,11 @@ pub trait Store {
     /// returns how many log entries are stored for it (0 when unknown): the number [`Store::load`]
     /// returns entries. Entries are only ever appended, so an equal count means equal contents.
     fn lock(&mut self, id: &str) -> Result<u64, Self::Error>;
+    /// [`Store::lock`] for each of `ids` (distinct), in their order; a store may lock them all in
+    /// a few statements (and in an order of its own, e.g. to avoid deadlocks between writers).
+    fn lock_all(&mut self, ids: &[&str]) -> Result<Vec<u64>, Self::Error> {
+        ids.iter().map(|id| self.lock(id)).collect()
+    }
     /// The stored log entries of a document in order (empty when unknown) and their total bytes.
     /// An entry is one or more plain change chunks back to back (see [`load_stored`]).
     fn load(&mut self, id: &str) -> Result<(Vec<Vec<u8>>, usize), Self::Error>;
@@ -630,8 +635,9 @@ pub fn handle<S: Store>(
     let mut results = Vec::with_capacity(request.docs.len());
     let mut updates = Vec::new();
     let mut views = Vec::new();
-    for push in &request.docs {
-        let stored_count = store.lock(&push.id)?;
+    let ids: Vec<&str> = request.docs.iter().map(|d| d.id.as_str()).collect();
+    let counts = store.lock_all(&ids)?;
+    for (push, stored_count) in request.docs.iter().zip(counts) {
         let step = match premerged.steps.remove(&push.id) {
             Some((version, step)) if version == stored_count => step,
             _ => {

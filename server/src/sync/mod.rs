@@ -529,7 +529,7 @@ pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) ->
 /// The stored log entries of a document (each the plain change chunks one request brought, back
 /// to back), in the order they were stored, and their total bytes (empty when the document is
 /// unknown).
-pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
+pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<Entries> {
     let changes: Vec<Vec<u8>> = sync_changes::table
         .filter(sync_changes::doc_id.eq(id))
         .order(sync_changes::seq.asc())
@@ -538,6 +538,9 @@ pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<(Vec<Vec<u8>
     let total = changes.iter().map(Vec::len).sum();
     Ok((changes, total))
 }
+
+/// A document's stored log entries, in order, and their total bytes.
+pub type Entries = (Vec<Vec<u8>>, usize);
 
 /// What [`sync_protocol::server::premerge`] loads of a request's documents, read in two queries
 /// instead of one per document: each stored document's entries, for the documents premerge reaches
@@ -548,7 +551,7 @@ pub fn load_for_premerge(
     conn: &mut DbConnection,
     request: &sync_protocol::wire::SyncRequest,
     budget: usize,
-) -> ApiResult<HashMap<String, Option<(Vec<Vec<u8>>, usize)>>> {
+) -> ApiResult<HashMap<String, Option<Entries>>> {
     let ids: Vec<&str> = request.docs.iter().map(|d| d.id.as_str()).collect();
     let sizes: HashMap<String, i64> = sync_documents::table
         .filter(sync_documents::id.eq_any(&ids))
@@ -569,7 +572,7 @@ pub fn load_for_premerge(
             wanted.push(push.id.as_str());
         }
     }
-    let mut loaded: HashMap<String, Option<(Vec<Vec<u8>>, usize)>> =
+    let mut loaded: HashMap<String, Option<Entries>> =
         sizes.into_keys().map(|id| (id, None)).collect();
     if wanted.is_empty() {
         return Ok(loaded);
@@ -608,6 +611,19 @@ impl DbStore<'_> {
             .returning(sync_documents::created_at)
             .get_result(self.conn)
             .optional()?)
+    }
+
+    /// [`DbStore::lock_row`] for several documents in one statement: the ones stored, with when
+    /// each was first stored.
+    fn lock_rows(&mut self, ids: &[&str]) -> ApiResult<HashMap<String, NaiveDateTime>> {
+        Ok(
+            diesel::update(sync_documents::table.filter(sync_documents::id.eq_any(ids)))
+                .set(sync_documents::version.eq(sync_documents::version + 1))
+                .returning((sync_documents::id, sync_documents::created_at))
+                .load::<(String, NaiveDateTime)>(self.conn)?
+                .into_iter()
+                .collect(),
+        )
     }
 
     /// The hash of the last change of the log entry `seq`, if there is one.
@@ -748,6 +764,55 @@ impl Store for DbStore<'_> {
         };
         self.created.insert(id.to_string(), created);
         stored_count(self.conn, id)
+    }
+
+    fn lock_all(&mut self, ids: &[&str]) -> ApiResult<Vec<u64>> {
+        // The locks `lock` takes, in a few statements for the whole request, in id order: the
+        // stored documents' rows (PostgreSQL visits `id = ANY` through the key, in key order, so
+        // two writers lock the documents they share in the same order), then on PostgreSQL the
+        // new documents' advisory locks, and the rows of any another process stored meanwhile.
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let mut created = self.lock_rows(&sorted)?;
+        let new: Vec<&str> = sorted
+            .iter()
+            .copied()
+            .filter(|id| !created.contains_key(*id))
+            .collect();
+        if !new.is_empty()
+            && let DbConnection::Postgres(c) = &mut *self.conn
+        {
+            use diesel::sql_types::{Array, Text};
+            // UNNEST yields the ids in the array's (sorted) order.
+            diesel::sql_query(
+                "SELECT pg_advisory_xact_lock(7417002, hashtext(id)) FROM UNNEST($1) AS id",
+            )
+            .bind::<Array<Text>, _>(&new)
+            .execute(c)?;
+            created.extend(self.lock_rows(&new)?);
+        }
+        let known: Vec<&str> = created.keys().map(String::as_str).collect();
+        let counts: HashMap<String, i64> = if known.is_empty() {
+            HashMap::new()
+        } else {
+            // An index-only count per document (see `stored_count`).
+            sync_changes::table
+                .filter(sync_changes::doc_id.eq_any(&known))
+                .group_by(sync_changes::doc_id)
+                .select((sync_changes::doc_id, diesel::dsl::count_star()))
+                .load::<(String, i64)>(self.conn)?
+                .into_iter()
+                .collect()
+        };
+        let versions = ids
+            .iter()
+            .map(|id| match created.contains_key(*id) {
+                true => u64::try_from(counts.get(*id).copied().unwrap_or(0)).unwrap_or(0),
+                false => 0,
+            })
+            .collect();
+        self.created.extend(created);
+        Ok(versions)
     }
 
     fn load(&mut self, id: &str) -> ApiResult<(Vec<Vec<u8>>, usize)> {
