@@ -86,22 +86,31 @@ fn write_uleb(mut value: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// Reads a chunk's framing at the start of `bytes`: magic bytes, checksum, chunk type and body
+/// length. Returns the chunk type, where the body starts and the body's claimed length.
+fn chunk_header(bytes: &[u8]) -> Result<(u8, usize, u64), ChangeError> {
+    let malformed = |why: &str| ChangeError::Malformed(why.to_string());
+    if bytes.len() < 10 || bytes[..4] != MAGIC {
+        return Err(malformed("missing the Automerge magic bytes"));
+    }
+    let (length, used) = read_uleb(&bytes[9..]).ok_or_else(|| malformed("bad chunk length"))?;
+    Ok((bytes[8], 9 + used, length))
+}
+
 /// Splits a run of chunks written one after the other (as Automerge's `save_after` writes a
 /// document's changes, and as the server logs the changes one sync brought) into the chunks.
-/// Only the framing is read (magic bytes, chunk length); each chunk is decoded on its own.
+/// Only the framing is read ([`chunk_header`]); each chunk is decoded on its own.
 pub fn split_chunks(mut bytes: &[u8]) -> Result<Vec<&[u8]>, ChangeError> {
-    let malformed = |why: &str| ChangeError::Malformed(why.to_string());
     let mut chunks = Vec::new();
     while !bytes.is_empty() {
-        if bytes.len() < 10 || bytes[..4] != MAGIC {
-            return Err(malformed("missing the Automerge magic bytes"));
-        }
-        let (length, used) = read_uleb(&bytes[9..]).ok_or_else(|| malformed("bad chunk length"))?;
+        let (_, body, length) = chunk_header(bytes)?;
         let end = usize::try_from(length)
             .ok()
-            .and_then(|l| l.checked_add(9 + used))
+            .and_then(|l| l.checked_add(body))
             .filter(|&end| end <= bytes.len())
-            .ok_or_else(|| malformed("the chunk length runs past the bytes (truncated)"))?;
+            .ok_or_else(|| {
+                ChangeError::Malformed("the chunk length runs past the bytes (truncated)".into())
+            })?;
         chunks.push(&bytes[..end]);
         bytes = &bytes[end..];
     }
@@ -126,13 +135,9 @@ pub fn holds(doc: &automerge::Automerge, hash: &automerge::ChangeHash) -> bool {
 /// Returns the change and the length of its plain (inflated) chunk.
 pub fn decode_change(bytes: &[u8], limits: &Limits) -> Result<(Change, usize), ChangeError> {
     let malformed = |why: &str| ChangeError::Malformed(why.to_string());
-    if bytes.len() < 10 || bytes[..4] != MAGIC {
-        return Err(malformed("missing the Automerge magic bytes"));
-    }
+    let (chunk_type, body, length) = chunk_header(bytes)?;
     let checksum = &bytes[4..8];
-    let chunk_type = bytes[8];
-    let (length, used) = read_uleb(&bytes[9..]).ok_or_else(|| malformed("bad chunk length"))?;
-    let data = &bytes[9 + used..];
+    let data = &bytes[body..];
     if length != data.len() as u64 {
         return Err(malformed(
             "the chunk length does not match its bytes (truncated or padded)",
@@ -276,7 +281,7 @@ mod tests {
         let mut doc = AutoCommit::new();
         let mut written = Vec::new();
         for i in 0..5 {
-            // Large enough for Automerge to compress the chunk (its first byte of body differs).
+            // Growing values: the larger chunks are compressed ones (chunk type 2).
             doc.put(ROOT, format!("k{i}"), "巡".repeat(100 * i))
                 .expect("put");
             doc.commit();
@@ -287,6 +292,8 @@ mod tests {
                     .into_owned(),
             );
         }
+        assert_eq!(written[0][8], CHUNK_CHANGE);
+        assert_eq!(written[4][8], CHUNK_COMPRESSED_CHANGE);
         let run: Vec<u8> = written.concat();
         let split = split_chunks(&run).expect("split");
         assert_eq!(split, written.iter().map(Vec::as_slice).collect::<Vec<_>>());
