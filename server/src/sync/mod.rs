@@ -311,7 +311,7 @@ fn timestamp(ms: i64) -> NaiveDateTime {
 
 /// A patrol's projected row, as written and as read back (`rebuild-projections` must reproduce it
 /// exactly, which the tests check by comparing rows).
-#[derive(Insertable, Queryable, Debug, PartialEq, Clone)]
+#[derive(Insertable, Queryable, Debug, PartialEq)]
 #[diesel(table_name = patrols, treat_none_as_default_value = false)]
 pub struct PatrolRow {
     pub id: String,
@@ -334,7 +334,7 @@ pub struct PatrolRow {
     pub updated_at: NaiveDateTime,
 }
 
-#[derive(Insertable, Clone)]
+#[derive(Insertable)]
 #[diesel(table_name = problems, treat_none_as_default_value = false)]
 pub struct ProblemRow {
     id: String,
@@ -526,21 +526,30 @@ pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) ->
     Ok(())
 }
 
-/// The stored log entries of a document (each the plain change chunks one request brought, back
-/// to back), in the order they were stored, and their total bytes (empty when the document is
-/// unknown).
+/// A document's stored log entries (each the plain change chunks one request brought, back to
+/// back), in the order they were stored, and their total bytes.
+pub type Entries = (Vec<Vec<u8>>, usize);
+
+/// The stored log entries of a document (empty when the document is unknown).
 pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<Entries> {
-    let changes: Vec<Vec<u8>> = sync_changes::table
-        .filter(sync_changes::doc_id.eq(id))
-        .order(sync_changes::seq.asc())
-        .select(sync_changes::bytes)
-        .load(conn)?;
-    let total = changes.iter().map(Vec::len).sum();
-    Ok((changes, total))
+    Ok(load_entries(conn, &[id])?.remove(id).unwrap_or_default())
 }
 
-/// A document's stored log entries, in order, and their total bytes.
-pub type Entries = (Vec<Vec<u8>>, usize);
+/// The stored log entries of each of `ids` that the log has, in one query.
+fn load_entries(conn: &mut DbConnection, ids: &[&str]) -> ApiResult<HashMap<String, Entries>> {
+    let mut loaded: HashMap<String, Entries> = HashMap::new();
+    for (id, bytes) in sync_changes::table
+        .filter(sync_changes::doc_id.eq_any(ids))
+        .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
+        .select((sync_changes::doc_id, sync_changes::bytes))
+        .load::<(String, Vec<u8>)>(conn)?
+    {
+        let (entries, total) = loaded.entry(id).or_default();
+        *total += bytes.len();
+        entries.push(bytes);
+    }
+    Ok(loaded)
+}
 
 /// What [`sync_protocol::server::premerge`] loads of a request's documents, read in two queries
 /// instead of one per document: each stored document's entries, for the documents premerge reaches
@@ -574,47 +583,17 @@ pub fn load_for_premerge(
     }
     let mut loaded: HashMap<String, Option<Entries>> =
         sizes.into_keys().map(|id| (id, None)).collect();
-    if wanted.is_empty() {
-        return Ok(loaded);
-    }
-    for (id, bytes) in sync_changes::table
-        .filter(sync_changes::doc_id.eq_any(&wanted))
-        .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
-        .select((sync_changes::doc_id, sync_changes::bytes))
-        .load::<(String, Vec<u8>)>(conn)?
-    {
-        let (entries, total) = loaded
-            .entry(id)
-            .or_insert(None)
-            .get_or_insert_with(Default::default);
-        *total += bytes.len();
-        entries.push(bytes);
+    if !wanted.is_empty() {
+        for (id, entries) in load_entries(conn, &wanted)? {
+            loaded.insert(id, Some(entries));
+        }
     }
     Ok(loaded)
 }
 
-/// How many log entries are stored for a document: its version for [`Store::lock`]. Counted, so
-/// that it always matches what [`load_changes`] returns (an index-only count).
-fn stored_count(conn: &mut DbConnection, id: &str) -> ApiResult<u64> {
-    let count: i64 = sync_changes::table
-        .filter(sync_changes::doc_id.eq(id))
-        .count()
-        .get_result(conn)?;
-    Ok(u64::try_from(count).unwrap_or(0))
-}
-
 impl DbStore<'_> {
-    /// Takes the document's row lock; returns when it was first stored, or `None` when unknown.
-    fn lock_row(&mut self, id: &str) -> ApiResult<Option<NaiveDateTime>> {
-        Ok(diesel::update(sync_documents::table.find(id))
-            .set(sync_documents::version.eq(sync_documents::version + 1))
-            .returning(sync_documents::created_at)
-            .get_result(self.conn)
-            .optional()?)
-    }
-
-    /// [`DbStore::lock_row`] for several documents in one statement: the ones stored, with when
-    /// each was first stored.
+    /// Takes the row locks of those of `ids` that are stored (held to the commit), in one
+    /// statement; returns when each was first stored.
     fn lock_rows(&mut self, ids: &[&str]) -> ApiResult<HashMap<String, NaiveDateTime>> {
         Ok(
             diesel::update(sync_documents::table.filter(sync_documents::id.eq_any(ids)))
@@ -744,33 +723,14 @@ impl Store for DbStore<'_> {
     type Error = ApiError;
 
     fn lock(&mut self, id: &str) -> ApiResult<u64> {
-        // The document's row lock, held to the commit: two server processes merging the same
-        // document one after the other each see the other's committed changes.
-        let mut locked = self.lock_row(id)?;
-        if locked.is_none()
-            && let DbConnection::Postgres(c) = &mut *self.conn
-        {
-            // A new document has no row to lock yet. Two processes creating it at once take
-            // turns on a lock named by its id, also held to the commit; the second then finds
-            // the first's row and changes (and merges again), so no change is stored twice and
-            // the log needs no conflict handling.
-            diesel::sql_query("SELECT pg_advisory_xact_lock(7417002, hashtext($1))")
-                .bind::<diesel::sql_types::Text, _>(id)
-                .execute(c)?;
-            locked = self.lock_row(id)?;
-        }
-        let Some(created) = locked else {
-            return Ok(0);
-        };
-        self.created.insert(id.to_string(), created);
-        stored_count(self.conn, id)
+        Ok(self.lock_all(&[id])?[0])
     }
 
     fn lock_all(&mut self, ids: &[&str]) -> ApiResult<Vec<u64>> {
-        // The locks `lock` takes, in a few statements for the whole request, in id order: the
-        // stored documents' rows (PostgreSQL visits `id = ANY` through the key, in key order, so
-        // two writers lock the documents they share in the same order), then on PostgreSQL the
-        // new documents' advisory locks, and the rows of any another process stored meanwhile.
+        // A few statements for the whole request, in id order. First the stored documents' row
+        // locks, held to the commit: two server processes merging the same document one after
+        // the other each see the other's committed changes (PostgreSQL visits `id = ANY` through
+        // the key, in key order, so two writers lock the documents they share in the same order).
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
         let mut created = self.lock_rows(&sorted)?;
@@ -782,6 +742,10 @@ impl Store for DbStore<'_> {
         if !new.is_empty()
             && let DbConnection::Postgres(c) = &mut *self.conn
         {
+            // A new document has no row to lock yet. Two processes creating it at once take
+            // turns on a lock named by its id, also held to the commit; the second then finds
+            // the first's row and changes (and merges again), so no change is stored twice and
+            // the log needs no conflict handling. (SQLite's single writer does this already.)
             use diesel::sql_types::{Array, Text};
             // UNNEST yields the ids in the array's (sorted) order.
             diesel::sql_query(
@@ -795,7 +759,8 @@ impl Store for DbStore<'_> {
         let counts: HashMap<String, i64> = if known.is_empty() {
             HashMap::new()
         } else {
-            // An index-only count per document (see `stored_count`).
+            // Each document's version: its entries counted (index-only), so that it always
+            // matches what `load` returns.
             sync_changes::table
                 .filter(sync_changes::doc_id.eq_any(&known))
                 .group_by(sync_changes::doc_id)
@@ -806,10 +771,7 @@ impl Store for DbStore<'_> {
         };
         let versions = ids
             .iter()
-            .map(|id| match created.contains_key(*id) {
-                true => u64::try_from(counts.get(*id).copied().unwrap_or(0)).unwrap_or(0),
-                false => 0,
-            })
+            .map(|id| u64::try_from(counts.get(*id).copied().unwrap_or(0)).unwrap_or(0))
             .collect();
         self.created.extend(created);
         Ok(versions)
@@ -848,7 +810,7 @@ impl Store for DbStore<'_> {
         }
         let new_bytes = i64::try_from(merged.new_bytes).unwrap_or(i64::MAX);
         if merged.created {
-            // `lock` serialised the document's creators, so the row cannot exist yet; if it
+            // `lock_all` serialised the document's creators, so the row cannot exist yet; if it
             // did, the key would refuse it and the request fail whole (the phone sends it again).
             self.new_documents.push(NewDocument {
                 id: id.to_string(),
