@@ -284,29 +284,29 @@ async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bo
                         .limit(CLAIM)
                         .load(conn)?
                 };
+                let others = || stale().filter(patrol_verdicts::patrol_id.ne_all(&mine));
                 let mut left = false;
                 if (rows.len() as i64) < CLAIM {
-                    let mut others = stale().filter(patrol_verdicts::patrol_id.ne_all(&mine));
+                    let mut claimable = others();
                     if others_wait {
                         let synced_by_now =
                             now() - chrono::Duration::from_std(QUIET).unwrap_or_default();
                         let quiet = sync_documents::table
                             .filter(sync_documents::updated_at.le(synced_by_now))
                             .select(sync_documents::id);
-                        others = others.filter(patrol_verdicts::patrol_id.eq_any(quiet));
+                        claimable = claimable.filter(patrol_verdicts::patrol_id.eq_any(quiet));
                         // Whether any were left for now (a claim may have fewer than it could).
                         let recent = sync_documents::table
                             .filter(sync_documents::updated_at.gt(synced_by_now))
                             .select(sync_documents::id);
-                        left = !stale()
-                            .filter(patrol_verdicts::patrol_id.ne_all(&mine))
+                        left = !others()
                             .filter(patrol_verdicts::patrol_id.eq_any(recent))
                             .limit(1)
                             .load::<(String, i64, i64)>(conn)?
                             .is_empty();
                     }
                     rows.extend(
-                        others
+                        claimable
                             .limit(CLAIM - rows.len() as i64)
                             .load::<(String, i64, i64)>(conn)?,
                     );
@@ -806,10 +806,10 @@ pub fn spawn_worker(state: Arc<AppState>) {
                 tracing::warn!(%error, "compaction");
                 None
             });
-            let retry = match (deferred.then_some(QUIET), compact_again) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let retry = [deferred.then_some(QUIET), compact_again]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 _ = state.wake_judging.notified() => {
                     // Let the patrols of a busy moment gather: phones syncing one after another
