@@ -396,3 +396,42 @@ mod tests {
         assert!(DbUrl::parse("sqlite://").is_err());
     }
 }
+
+/// A query that PostgreSQL plans anew, with its actual parameters, every time it runs: diesel sends
+/// it unnamed (parsed and planned with the values, in the same round trip) instead of preparing it
+/// once per pooled connection.
+///
+/// For lookups by key (`id = ANY($1)`) in tables that grow from empty. A prepared statement keeps
+/// the plan PostgreSQL settled on after its first five runs, until the table's statistics next
+/// change; made while a table was a few pages, that plan is a sequential scan. A new server's
+/// connections kept one for the premerge lookup of a sync's documents and for the snapshot lookup
+/// of the compliance worker while the tables grew to 10,000 patrols: 2 ms and 7 ms a run, the
+/// largest share of PostgreSQL's time in the ingest benchmark. Planning each run costs tens of
+/// microseconds. On SQLite this changes nothing: its plans do not depend on a table's size.
+#[derive(Debug, Clone, Copy)]
+pub struct Replanned<Q>(pub Q);
+
+impl<Q> diesel::query_builder::QueryId for Replanned<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Replanned<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q, DB> diesel::query_builder::QueryFragment<DB> for Replanned<Q>
+where
+    DB: diesel::backend::Backend,
+    Q: diesel::query_builder::QueryFragment<DB>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut pass: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        pass.unsafe_to_cache_prepared();
+        self.0.walk_ast(pass)
+    }
+}
+
+impl<Q, Conn> diesel::RunQueryDsl<Conn> for Replanned<Q> {}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{Datelike, NaiveDateTime, TimeZone};
 use diesel::prelude::*;
@@ -244,7 +244,18 @@ const CLAIM: i64 = 256;
 /// loading its documents on its own pooled connection, see [`in_background`]), and its verdicts are
 /// written in one transaction.
 pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
-    Ok(judge(state, false).await?.0)
+    Ok(judge(state, Others::All).await?.0)
+}
+
+/// What a claim takes of the stale patrols the process holds no view of.
+#[derive(Clone, Copy, PartialEq)]
+enum Others {
+    /// All of them (a recompute).
+    All,
+    /// Those not synced for [`QUIET`].
+    Quiet,
+    /// None: only patrols with views (the worker looks for the others once per [`QUIET`]).
+    None,
 }
 
 /// [`judge_stale`] for the worker: it claims the patrols it holds views of first, and leaves a
@@ -252,7 +263,10 @@ pub async fn judge_stale(state: &Arc<AppState>) -> ApiResult<usize> {
 /// server processes share the database, each judges the patrols its own syncs left views of
 /// instead of loading and replaying the others' (a third of the patrols with two processes).
 /// Also returns whether patrols were left so: the worker then looks again after [`QUIET`].
-async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bool)> {
+///
+/// Claims until a claim comes back short of [`CLAIM`]: it then took everything claimable, and
+/// patrols made stale since wake the worker again.
+async fn judge(state: &Arc<AppState>, others: Others) -> ApiResult<(usize, bool)> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut judged = 0;
     loop {
@@ -284,11 +298,11 @@ async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bo
                         .limit(CLAIM)
                         .load(conn)?
                 };
-                let others = || stale().filter(patrol_verdicts::patrol_id.ne_all(&mine));
+                let without_view = || stale().filter(patrol_verdicts::patrol_id.ne_all(&mine));
                 let mut left = false;
-                if (rows.len() as i64) < CLAIM {
-                    let mut claimable = others();
-                    if others_wait {
+                if (rows.len() as i64) < CLAIM && others != Others::None {
+                    let mut claimable = without_view();
+                    if others == Others::Quiet {
                         let synced_by_now =
                             now() - chrono::Duration::from_std(QUIET).unwrap_or_default();
                         let quiet = sync_documents::table
@@ -299,7 +313,7 @@ async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bo
                         let recent = sync_documents::table
                             .filter(sync_documents::updated_at.gt(synced_by_now))
                             .select(sync_documents::id);
-                        left = !others()
+                        left = !without_view()
                             .filter(patrol_verdicts::patrol_id.eq_any(recent))
                             .limit(1)
                             .load::<(String, i64, i64)>(conn)?
@@ -325,6 +339,7 @@ async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bo
         if claimed.is_empty() {
             return Ok((judged, left));
         }
+        let short = (claimed.len() as i64) < CLAIM;
         judged += claimed.len();
         let per_lane = claimed.len().div_ceil(cores);
         let mut claimed = claimed.into_iter();
@@ -372,6 +387,9 @@ async fn judge(state: &Arc<AppState>, others_wait: bool) -> ApiResult<(usize, bo
                 crate::sync::stored::write(conn, &snapshots)
             })
             .await?;
+        if short {
+            return Ok((judged, left));
+        }
     }
 }
 
@@ -794,8 +812,17 @@ fn owed_snapshots(conn: &mut DbConnection, ids: &[String]) -> ApiResult<Vec<Snap
 /// owed snapshots when syncs pause.
 pub fn spawn_worker(state: Arc<AppState>) {
     tokio::spawn(async move {
+        // When the worker last looked for stale patrols it holds no view of: at most once per
+        // QUIET, as those wait that long anyway. Every wake (each busy moment's syncs) looking
+        // for them cost a few scans of the verdicts while nearly always finding none.
+        let mut looked: Option<Instant> = None;
         loop {
-            let deferred = judge(&state, true).await.map_or_else(
+            let look = looked.is_none_or(|at| at.elapsed() >= QUIET);
+            if look {
+                looked = Some(Instant::now());
+            }
+            let others = if look { Others::Quiet } else { Others::None };
+            let deferred = judge(&state, others).await.map_or_else(
                 |error| {
                     tracing::warn!(%error, "compliance worker");
                     false
@@ -806,10 +833,14 @@ pub fn spawn_worker(state: Arc<AppState>) {
                 tracing::warn!(%error, "compaction");
                 None
             });
-            let retry = [deferred.then_some(QUIET), compact_again]
-                .into_iter()
-                .flatten()
-                .min();
+            // Look again after QUIET when patrols were left for now, or when this wake did not
+            // look (whatever synced since may have left patrols without a view).
+            let look_again = match (look, looked) {
+                (true, _) => deferred.then_some(QUIET),
+                (false, Some(at)) => Some(QUIET.saturating_sub(at.elapsed())),
+                (false, None) => None,
+            };
+            let retry = [look_again, compact_again].into_iter().flatten().min();
             tokio::select! {
                 _ = state.wake_judging.notified() => {
                     // Let the patrols of a busy moment gather: phones syncing one after another

@@ -18,7 +18,7 @@ use sync_protocol::schema::{self, DocKind};
 use sync_protocol::server::{Authority, FeedItem, FeedPage, Merged, Store, View};
 use sync_protocol::wire::{Cursor, Hash};
 
-use crate::db::{DbConnection, now};
+use crate::db::{DbConnection, Replanned, now};
 use crate::error::{ApiError, ApiResult};
 use crate::grids::index::GridIndex;
 use crate::on_each_backend;
@@ -538,11 +538,13 @@ pub fn load_changes(conn: &mut DbConnection, id: &str) -> ApiResult<Entries> {
 /// The stored log entries of each of `ids` that the log has, in one query.
 fn load_entries(conn: &mut DbConnection, ids: &[&str]) -> ApiResult<HashMap<String, Entries>> {
     let mut loaded: HashMap<String, Entries> = HashMap::new();
-    for (id, bytes) in sync_changes::table
-        .filter(sync_changes::doc_id.eq_any(ids))
-        .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
-        .select((sync_changes::doc_id, sync_changes::bytes))
-        .load::<(String, Vec<u8>)>(conn)?
+    for (id, bytes) in Replanned(
+        sync_changes::table
+            .filter(sync_changes::doc_id.eq_any(ids))
+            .order((sync_changes::doc_id.asc(), sync_changes::seq.asc()))
+            .select((sync_changes::doc_id, sync_changes::bytes)),
+    )
+    .load::<(String, Vec<u8>)>(conn)?
     {
         let (entries, total) = loaded.entry(id).or_default();
         *total += bytes.len();
@@ -562,12 +564,14 @@ pub fn load_for_premerge(
     budget: usize,
 ) -> ApiResult<HashMap<String, Option<Entries>>> {
     let ids: Vec<&str> = request.docs.iter().map(|d| d.id.as_str()).collect();
-    let sizes: HashMap<String, i64> = sync_documents::table
-        .filter(sync_documents::id.eq_any(&ids))
-        .select((sync_documents::id, sync_documents::bytes))
-        .load::<(String, i64)>(conn)?
-        .into_iter()
-        .collect();
+    let sizes: HashMap<String, i64> = Replanned(
+        sync_documents::table
+            .filter(sync_documents::id.eq_any(&ids))
+            .select((sync_documents::id, sync_documents::bytes)),
+    )
+    .load::<(String, i64)>(conn)?
+    .into_iter()
+    .collect();
     let mut spent = 0usize;
     let mut wanted = Vec::new();
     for push in &request.docs {
