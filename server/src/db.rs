@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::connection::{
     AnsiTransactionManager, Connection, SimpleConnection, TransactionManager,
@@ -97,19 +97,50 @@ pub struct Manager {
 }
 
 impl ManageConnection for Manager {
-    type Connection = DbConnection;
+    type Connection = Pooled;
     type Error = r2d2::Error;
 
-    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        self.url.connect().map_err(r2d2::Error::ConnectionError)
+    fn connect(&self) -> Result<Pooled, r2d2::Error> {
+        Ok(Pooled {
+            conn: self.url.connect().map_err(r2d2::Error::ConnectionError)?,
+            fine_at: None,
+        })
     }
 
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.ping().map_err(r2d2::Error::QueryError)
+    /// Pings the connection when it is checked out, unless its last piece of work ended without
+    /// error less than [`RECENTLY`] ago. On a busy server every checkout is such, and the ping
+    /// was a round trip of its own before each of a sync's four database calls.
+    fn is_valid(&self, conn: &mut Pooled) -> Result<(), r2d2::Error> {
+        if conn.fine_at.is_some_and(|at| at.elapsed() < RECENTLY) {
+            return Ok(());
+        }
+        conn.conn.ping().map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.is_broken()
+    fn has_broken(&self, conn: &mut Pooled) -> bool {
+        conn.conn.is_broken()
+    }
+}
+
+/// A connection used without error this recently is handed out again without a ping.
+const RECENTLY: Duration = Duration::from_secs(1);
+
+/// A pooled connection, and when work on it last ended without error.
+pub struct Pooled {
+    conn: DbConnection,
+    fine_at: Option<Instant>,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = DbConnection;
+    fn deref(&self) -> &DbConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.conn
     }
 }
 
@@ -186,7 +217,7 @@ impl Db {
         let mut conn = self
             .get()
             .map_err(|e| StartupError::Database(e.to_string()))?;
-        let applied = match &mut *conn {
+        let applied = match &mut **conn {
             DbConnection::Sqlite(c) => c
                 .run_pending_migrations(SQLITE_MIGRATIONS)
                 .map(|v| v.iter().map(|m| m.to_string()).collect()),
@@ -200,7 +231,7 @@ impl Db {
     /// True when this backend's tree has migrations the database has not run yet.
     pub fn has_pending_migrations(&self) -> Result<bool, StartupError> {
         let mut conn = self.get()?;
-        let pending = match &mut *conn {
+        let pending = match &mut **conn {
             DbConnection::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
             DbConnection::Postgres(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
         };
@@ -212,7 +243,7 @@ impl Db {
         let mut conn = self
             .get()
             .map_err(|e| StartupError::Database(e.to_string()))?;
-        let result = match &mut *conn {
+        let result = match &mut **conn {
             DbConnection::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS).map(|_| ()),
             DbConnection::Postgres(c) => c.revert_all_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
         };
@@ -225,7 +256,7 @@ impl Db {
         let mut conn = self
             .get()
             .map_err(|e| StartupError::Database(e.to_string()))?;
-        let result = match &mut *conn {
+        let result = match &mut **conn {
             DbConnection::Sqlite(c) => c
                 .revert_last_migration(SQLITE_MIGRATIONS)
                 .map(|v| v.to_string()),
@@ -248,12 +279,9 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db.get()?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|_| DbError::Canceled)?
+        tokio::task::spawn_blocking(move || db.run_blocking(f))
+            .await
+            .map_err(|_| DbError::Canceled)?
     }
 
     /// Runs `f` inside one write transaction (see [`write_transaction`]).
@@ -276,7 +304,10 @@ impl Db {
         E: From<DbError>,
     {
         let mut conn = self.get()?;
-        f(&mut conn)
+        let result = f(&mut conn);
+        // Any error, the connection's or not, has the next checkout ping it.
+        conn.fine_at = result.is_ok().then(Instant::now);
+        result
     }
 
     /// Synchronous write transaction for command-line tools.

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::schema::{grid_roles, grids, sessions, users};
+use crate::schema::{devices, grid_roles, grids, sessions, users};
 
 /// A role a person holds in a grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -204,18 +204,44 @@ pub(crate) fn load(
     session_id: i64,
     device_id: Option<i64>,
 ) -> ApiResult<Authed> {
-    // A revoked device says so, rather than the more general "session revoked".
-    if let Some(device_id) = device_id {
-        tokens::require_live_device(conn, device_id)?;
-    }
-    let session: Option<(i64, Option<NaiveDateTime>)> = sessions::table
-        .find(session_id)
-        .select((sessions::user_id, sessions::revoked_at))
+    // The session, its user and the token's device in one query (every request makes it).
+    type Row = (
+        i64,
+        Option<NaiveDateTime>,
+        bool,
+        bool,
+        Option<i64>,
+        Option<NaiveDateTime>,
+    );
+    let row: Option<Row> = sessions::table
+        .inner_join(users::table)
+        .left_join(devices::table.on(devices::id.nullable().eq(device_id)))
+        .filter(sessions::id.eq(session_id))
+        .select((
+            sessions::user_id,
+            sessions::revoked_at,
+            users::disabled,
+            users::is_superuser,
+            devices::id.nullable(),
+            devices::revoked_at.nullable(),
+        ))
         .first(conn)
         .optional()?;
-    match session {
-        Some((owner, None)) if owner == user_id => {}
-        Some((owner, Some(_))) if owner == user_id => {
+    // A revoked device says so, rather than the more general "session revoked".
+    match (device_id, &row) {
+        (Some(_), Some((.., Some(_), Some(_)))) => return Err(tokens::device_revoked_error()),
+        (Some(device_id), None) => tokens::require_live_device(conn, device_id)?,
+        _ => {}
+    }
+    let Some((owner, revoked_at, disabled, is_superuser, device_found, _)) = row else {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the access token is not valid",
+        ));
+    };
+    match (owner == user_id, revoked_at) {
+        (true, None) if device_id.is_none() || device_found.is_some() => {}
+        (true, Some(_)) => {
             return Err(ApiError::unauthorized(
                 "session_revoked",
                 "this session was ended; sign in or enroll again",
@@ -228,10 +254,6 @@ pub(crate) fn load(
             ));
         }
     }
-    let (disabled, is_superuser): (bool, bool) = users::table
-        .find(user_id)
-        .select((users::disabled, users::is_superuser))
-        .first(conn)?;
     if disabled {
         return Err(ApiError::unauthorized(
             "user_disabled",

@@ -114,6 +114,9 @@ pub struct DbStore<'a> {
     /// written together by [`DbStore::append`] too (a few statements, not a few per document).
     new_documents: Vec<NewDocument>,
     projections: Vec<Projection>,
+    /// The log's newest entry once [`DbStore::append`] appended on PostgreSQL (which it learns
+    /// there without another query).
+    newest: Option<i64>,
 }
 
 impl<'a> DbStore<'a> {
@@ -125,6 +128,7 @@ impl<'a> DbStore<'a> {
             pending: Vec::new(),
             new_documents: Vec::new(),
             projections: Vec::new(),
+            newest: None,
         }
     }
 
@@ -199,7 +203,7 @@ impl<'a> DbStore<'a> {
                 // The documents' `last_seq` in the same statement, from what the insert returns.
                 // Named by the ids in $9, so that their rows are found through the key (joined
                 // to the aggregate instead, the planner scans the whole table).
-                diesel::sql_query(
+                let appended = diesel::sql_query(
                     "WITH appended AS ( \
                        INSERT INTO sync_changes (doc_id, hashes, bytes, change_count, actor, \
                          device_id, user_id, received_at) \
@@ -212,7 +216,8 @@ impl<'a> DbStore<'a> {
                        RETURNING doc_id, seq) \
                      UPDATE sync_documents SET last_seq = \
                        (SELECT MAX(seq) FROM appended WHERE appended.doc_id = sync_documents.id) \
-                     WHERE sync_documents.id = ANY($9)",
+                     WHERE sync_documents.id = ANY($9) \
+                     RETURNING last_seq",
                 )
                 .bind::<Array<Text>, _>(columns.0)
                 .bind::<Array<Binary>, _>(columns.1)
@@ -223,11 +228,20 @@ impl<'a> DbStore<'a> {
                 .bind::<Array<BigInt>, _>(columns.6)
                 .bind::<Array<Timestamp>, _>(columns.7)
                 .bind::<Array<Text>, _>(docs)
-                .execute(c)?;
+                .load::<LastSeq>(c)?;
+                // Under the append lock every earlier entry is committed and no later one
+                // exists: the newest of these is the log's newest.
+                self.newest = appended.iter().map(|r| r.last_seq).max();
             }
         }
         Ok(())
     }
+}
+
+#[derive(QueryableByName)]
+struct LastSeq {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_seq: i64,
 }
 
 /// Merges and stores a whole request inside the caller's write transaction, and returns each
@@ -628,6 +642,9 @@ impl DbStore<'_> {
     /// document the request merged is either before it, and so in that merge (the document was
     /// locked), or after it, and so in the phone's next page.
     pub fn newest(&mut self) -> ApiResult<i64> {
+        if let Some(newest) = self.newest {
+            return Ok(newest);
+        }
         let newest: Option<i64> = sync_changes::table
             .select(diesel::dsl::max(sync_changes::seq))
             .first(self.conn)?;
