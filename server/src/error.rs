@@ -151,6 +151,19 @@ impl From<diesel::result::Error> for ApiError {
                 tracing::debug!(detail = info.message(), "unique violation");
                 ApiError::conflict("already_exists", "a record with that key already exists")
             }
+            // The connection was lost (a database restart, a proxy closing it): the pool
+            // replaces it, so asking again soon succeeds.
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => {
+                tracing::warn!(detail = info.message(), "database connection lost");
+                ApiError::new(
+                    Kind::Unavailable,
+                    "database_unavailable",
+                    "the connection to the database was lost; try again shortly",
+                )
+            }
             other => ApiError::internal(format!("database: {other}")),
         }
     }

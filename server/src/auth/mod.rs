@@ -82,6 +82,8 @@ pub struct Authed {
     pub user_id: i64,
     pub session_id: i64,
     pub device_id: Option<i64>,
+    /// The Automerge actor bound to that device (hex): every change it syncs must be this actor's.
+    pub device_actor: Option<String>,
     pub is_superuser: bool,
     pub roles: Vec<RoleGrant>,
 }
@@ -212,6 +214,7 @@ pub(crate) fn load(
         bool,
         Option<i64>,
         Option<NaiveDateTime>,
+        Option<String>,
     );
     let row: Option<Row> = sessions::table
         .inner_join(users::table)
@@ -224,16 +227,18 @@ pub(crate) fn load(
             users::is_superuser,
             devices::id.nullable(),
             devices::revoked_at.nullable(),
+            devices::actor_id.nullable(),
         ))
         .first(conn)
         .optional()?;
     // A revoked device says so, rather than the more general "session revoked".
     match (device_id, &row) {
-        (Some(_), Some((.., Some(_), Some(_)))) => return Err(tokens::device_revoked_error()),
+        (Some(_), Some((.., Some(_), Some(_), _))) => return Err(tokens::device_revoked_error()),
         (Some(device_id), None) => tokens::require_live_device(conn, device_id)?,
         _ => {}
     }
-    let Some((owner, revoked_at, disabled, is_superuser, device_found, _)) = row else {
+    let Some((owner, revoked_at, disabled, is_superuser, device_found, _, device_actor)) = row
+    else {
         return Err(ApiError::unauthorized(
             "invalid_token",
             "the access token is not valid",
@@ -278,6 +283,7 @@ pub(crate) fn load(
         user_id,
         session_id,
         device_id,
+        device_actor,
         is_superuser,
         roles,
     })

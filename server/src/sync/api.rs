@@ -20,7 +20,7 @@ const PREMERGE_BYTES: usize = 16 * 1024 * 1024;
 use crate::app::AppState;
 use crate::auth::Authed;
 use crate::error::{ApiError, ApiResult, ErrorBody, Kind};
-use crate::schema::{devices, grids, sync_changes, sync_documents};
+use crate::schema::{grids, sync_changes, sync_documents};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(sync).service(feed);
@@ -73,7 +73,7 @@ async fn sync(
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let Some(device_id) = authed.device_id else {
+    let (Some(device_id), Some(actor_hex)) = (authed.device_id, authed.device_actor.clone()) else {
         return Err(ApiError::forbidden(
             "device_required",
             "sync is for enrolled devices; sign in on a phone enrolled with a code",
@@ -137,10 +137,6 @@ async fn sync(
         state
             .db
             .run(move |conn| {
-                let actor_hex: String = devices::table
-                    .find(device_id)
-                    .select(devices::actor_id)
-                    .first(conn)?;
                 let actor = ActorId::try_from(actor_hex.as_str()).map_err(ApiError::internal)?;
                 let authority = DeviceAuthority::new(user_id, &roles, device_id, actor, index);
                 let mut stored = load_for_premerge(conn, &request, PREMERGE_BYTES)?;

@@ -126,3 +126,48 @@ fn every_endpoint_in_the_spec_has_a_test() {
     }
     assert!(missing.is_empty(), "endpoints without a test: {missing:?}");
 }
+
+/// Ends every connection the server holds to its PostgreSQL database, as a database restart or a
+/// proxy closing idle connections does.
+fn drop_server_connections(app: &TestApp) {
+    use diesel::prelude::*;
+    let (_, name) = app.db.url.rsplit_once('/').expect("database name");
+    let mut admin = diesel::PgConnection::establish(&gridpatrol_tests::postgres_admin_url())
+        .expect("admin connection");
+    let ended = diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<diesel::sql_types::Text, _>(name)
+    .execute(&mut admin)
+    .expect("terminate");
+    assert!(ended > 0, "the server had connections to end");
+}
+
+/// Pooled connections are not pinged before every use (a round trip of its own) but only when
+/// idle for over a second or after a failed use: a lost connection is still replaced, at worst
+/// after failing one request that had just used it, never lastingly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_database_connections_are_replaced() {
+    let app = TestApp::with_demo(Backend::Postgres).await;
+    let token = app.token("admin-522632").await;
+    let feed = "/v1/feed?after=0&limit=1";
+    app.get(feed, Some(&token)).await.assert_ok();
+
+    // Idle for over a second: pinged when checked out, found gone, replaced.
+    drop_server_connections(&app);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    app.get(feed, Some(&token)).await.assert_ok();
+
+    // Lost right after a use: that request may fail (a 503 that says to try again), the next
+    // ones do not.
+    app.get(feed, Some(&token)).await.assert_ok();
+    drop_server_connections(&app);
+    let first = app.get(feed, Some(&token)).await;
+    if first.status != 200 {
+        first.assert_error(503, "database_unavailable");
+    }
+    for _ in 0..5 {
+        app.get(feed, Some(&token)).await.assert_ok();
+    }
+}
