@@ -403,31 +403,6 @@ pub fn now() -> chrono::NaiveDateTime {
     chrono::DurationRound::duration_trunc(now, chrono::Duration::microseconds(1)).unwrap_or(now)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_is_chosen_by_scheme() {
-        assert_eq!(
-            DbUrl::parse("sqlite:///tmp/x.db").map(|u| u.backend).ok(),
-            Some(Backend::Sqlite)
-        );
-        assert_eq!(
-            DbUrl::parse("postgres://u@h/db").map(|u| u.backend).ok(),
-            Some(Backend::Postgres)
-        );
-        let err = DbUrl::parse("mysql://root:pw@h/db")
-            .err()
-            .map(|e| e.to_string());
-        let err = err.unwrap_or_default();
-        assert!(err.contains("unsupported database URL"), "{err}");
-        assert!(!err.contains("pw@"), "password leaked: {err}");
-        assert!(DbUrl::parse("/plain/path.db").is_err());
-        assert!(DbUrl::parse("sqlite://").is_err());
-    }
-}
-
 /// A query that PostgreSQL plans anew, with its actual parameters, every time it runs: diesel sends
 /// it unnamed (parsed and planned with the values, in the same round trip) instead of preparing it
 /// once per pooled connection.
@@ -466,3 +441,51 @@ where
 }
 
 impl<Q, Conn> diesel::RunQueryDsl<Conn> for Replanned<Q> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_chosen_by_scheme() {
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x.db").map(|u| u.backend).ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            DbUrl::parse("postgres://u@h/db").map(|u| u.backend).ok(),
+            Some(Backend::Postgres)
+        );
+        let err = DbUrl::parse("mysql://root:pw@h/db")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("unsupported database URL"), "{err}");
+        assert!(!err.contains("pw@"), "password leaked: {err}");
+        assert!(DbUrl::parse("/plain/path.db").is_err());
+        assert!(DbUrl::parse("sqlite://").is_err());
+    }
+
+    /// The premerge lookup is one diesel would prepare and keep per connection; wrapped, it is
+    /// sent unnamed, so PostgreSQL plans it with its ids each time.
+    #[test]
+    fn replanned_queries_are_not_kept_prepared() {
+        use crate::schema::sync_documents;
+        use diesel::pg::Pg;
+        use diesel::prelude::*;
+        use diesel::query_builder::QueryFragment;
+        let ids = vec!["a", "b"];
+        let lookup = sync_documents::table
+            .filter(sync_documents::id.eq_any(ids))
+            .select((sync_documents::id, sync_documents::bytes));
+        let cacheable = |q: &dyn QueryFragment<Pg>| q.is_safe_to_cache_prepared(&Pg).ok();
+        assert_eq!(cacheable(&lookup), Some(true));
+        let replanned = Replanned(lookup);
+        assert_eq!(cacheable(&replanned), Some(false));
+        // The same SQL either way.
+        assert_eq!(
+            diesel::debug_query::<Pg, _>(&replanned).to_string(),
+            diesel::debug_query::<Pg, _>(&replanned.0).to_string()
+        );
+    }
+}
