@@ -6,7 +6,7 @@
 //! timeout instead of failing with `SQLITE_BUSY` when a read transaction tries to upgrade.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,10 @@ impl DbUrl {
 /// try each backend in turn, and SQLite happily opens a file named `postgres://…`).
 pub struct Manager {
     url: DbUrl,
+    /// Connections found lost so far (shared with [`Db`]): when it moves, every connection used
+    /// before is pinged at its next checkout, as one lost connection usually means all of them
+    /// were (the database restarted).
+    lost: Arc<AtomicU64>,
 }
 
 impl ManageConnection for Manager {
@@ -104,17 +108,24 @@ impl ManageConnection for Manager {
         Ok(Pooled {
             conn: self.url.connect().map_err(r2d2::Error::ConnectionError)?,
             fine_at: None,
+            lost_seen: self.lost.load(Ordering::Acquire),
         })
     }
 
     /// Pings the connection when it is checked out, unless its last piece of work ended without
-    /// error less than [`RECENTLY`] ago. On a busy server every checkout is such, and the ping
-    /// was a round trip of its own before each of a sync's four database calls.
+    /// error less than [`RECENTLY`] ago and no connection was found lost since. On a busy server
+    /// nearly every checkout is such, and the ping was a round trip of its own before each of a
+    /// sync's four database calls.
     fn is_valid(&self, conn: &mut Pooled) -> Result<(), r2d2::Error> {
-        if conn.fine_at.is_some_and(|at| at.elapsed() < RECENTLY) {
+        if conn.fine_at.is_some_and(|at| at.elapsed() < RECENTLY)
+            && conn.lost_seen == self.lost.load(Ordering::Acquire)
+        {
             return Ok(());
         }
-        conn.conn.ping().map_err(r2d2::Error::QueryError)
+        conn.conn.ping().map_err(|error| {
+            self.lost.fetch_add(1, Ordering::AcqRel);
+            r2d2::Error::QueryError(error)
+        })
     }
 
     fn has_broken(&self, conn: &mut Pooled) -> bool {
@@ -129,6 +140,8 @@ const RECENTLY: Duration = Duration::from_secs(1);
 pub struct Pooled {
     conn: DbConnection,
     fine_at: Option<Instant>,
+    /// [`Manager::lost`] as of then.
+    lost_seen: u64,
 }
 
 impl std::ops::Deref for Pooled {
@@ -171,6 +184,8 @@ pub struct Db {
     /// turn instead, every [`CHECKPOINT_EVERY`] writes, one at a time.
     writes: Arc<AtomicU32>,
     checkpointing: Arc<AtomicBool>,
+    /// See [`Manager::lost`].
+    lost: Arc<AtomicU64>,
 }
 
 /// SQLite write transactions between WAL checkpoints (a sync request writes ~50 pages).
@@ -194,10 +209,14 @@ impl Db {
                 .map_err(|e| StartupError::Database(e.to_string()))?;
         }
         let backend = url.backend;
+        let lost = Arc::new(AtomicU64::new(0));
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .connection_timeout(Duration::from_secs(10))
-            .build(Manager { url })
+            .build(Manager {
+                url,
+                lost: lost.clone(),
+            })
             .map_err(|e| StartupError::Database(e.to_string()))?;
         Ok(Db {
             pool,
@@ -205,6 +224,7 @@ impl Db {
             writer: Arc::new(Mutex::new(())),
             writes: Arc::new(AtomicU32::new(0)),
             checkpointing: Arc::new(AtomicBool::new(false)),
+            lost,
         })
     }
 
@@ -305,8 +325,17 @@ impl Db {
     {
         let mut conn = self.get()?;
         let result = f(&mut conn);
-        // Any error, the connection's or not, has the next checkout ping it.
-        conn.fine_at = result.is_ok().then(Instant::now);
+        if result.is_ok() {
+            conn.fine_at = Some(Instant::now());
+            conn.lost_seen = self.lost.load(Ordering::Acquire);
+        } else {
+            // Failed work is rare: a ping tells whether the connection was lost, and if so, every
+            // other connection is pinged before its next use too.
+            conn.fine_at = None;
+            if conn.ping().is_err() {
+                self.lost.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         result
     }
 

@@ -207,16 +207,7 @@ pub(crate) fn load(
     device_id: Option<i64>,
 ) -> ApiResult<Authed> {
     // The session, its user and the token's device in one query (every request makes it).
-    type Row = (
-        i64,
-        Option<NaiveDateTime>,
-        bool,
-        bool,
-        Option<i64>,
-        Option<NaiveDateTime>,
-        Option<String>,
-    );
-    let row: Option<Row> = sessions::table
+    let row: Option<SessionRow> = sessions::table
         .inner_join(users::table)
         .left_join(devices::table.on(devices::id.nullable().eq(device_id)))
         .filter(sessions::id.eq(session_id))
@@ -233,19 +224,21 @@ pub(crate) fn load(
         .optional()?;
     // A revoked device says so, rather than the more general "session revoked".
     match (device_id, &row) {
-        (Some(_), Some((.., Some(_), Some(_), _))) => return Err(tokens::device_revoked_error()),
+        (Some(_), Some(row)) if row.device_revoked_at.is_some() => {
+            return Err(tokens::device_revoked_error());
+        }
         (Some(device_id), None) => tokens::require_live_device(conn, device_id)?,
         _ => {}
     }
-    let Some((owner, revoked_at, disabled, is_superuser, device_found, _, device_actor)) = row
-    else {
+    let Some(row) = row else {
         return Err(ApiError::unauthorized(
             "invalid_token",
             "the access token is not valid",
         ));
     };
-    match (owner == user_id, revoked_at) {
-        (true, None) if device_id.is_none() || device_found.is_some() => {}
+    let device_known = device_id.is_none() || row.device_id.is_some();
+    match (row.owner == user_id, row.revoked_at) {
+        (true, None) if device_known => {}
         (true, Some(_)) => {
             return Err(ApiError::unauthorized(
                 "session_revoked",
@@ -259,7 +252,7 @@ pub(crate) fn load(
             ));
         }
     }
-    if disabled {
+    if row.disabled {
         return Err(ApiError::unauthorized(
             "user_disabled",
             "this account is disabled",
@@ -283,8 +276,21 @@ pub(crate) fn load(
         user_id,
         session_id,
         device_id,
-        device_actor,
-        is_superuser,
+        device_actor: row.device_actor,
+        is_superuser: row.is_superuser,
         roles,
     })
+}
+
+/// A session, its user, and the device the token names (absent when it names none, or none
+/// such exists).
+#[derive(Queryable)]
+struct SessionRow {
+    owner: i64,
+    revoked_at: Option<NaiveDateTime>,
+    disabled: bool,
+    is_superuser: bool,
+    device_id: Option<i64>,
+    device_revoked_at: Option<NaiveDateTime>,
+    device_actor: Option<String>,
 }
