@@ -122,10 +122,7 @@ impl ManageConnection for Manager {
         {
             return Ok(());
         }
-        conn.conn.ping().map_err(|error| {
-            self.lost.fetch_add(1, Ordering::AcqRel);
-            r2d2::Error::QueryError(error)
-        })
+        conn.check(&self.lost).map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, conn: &mut Pooled) -> bool {
@@ -142,6 +139,29 @@ pub struct Pooled {
     fine_at: Option<Instant>,
     /// [`Manager::lost`] as of then.
     lost_seen: u64,
+}
+
+impl Pooled {
+    /// Its work just ended without error.
+    fn fine(&mut self, lost: &AtomicU64) {
+        self.fine_at = Some(Instant::now());
+        self.lost_seen = lost.load(Ordering::Acquire);
+    }
+
+    /// Pings it: alive, it counts as fine; lost, every connection is pinged at its next checkout.
+    fn check(&mut self, lost: &AtomicU64) -> diesel::QueryResult<()> {
+        match self.conn.ping() {
+            Ok(()) => {
+                self.fine(lost);
+                Ok(())
+            }
+            Err(error) => {
+                self.fine_at = None;
+                lost.fetch_add(1, Ordering::AcqRel);
+                Err(error)
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for Pooled {
@@ -325,15 +345,12 @@ impl Db {
     {
         let mut conn = self.get()?;
         let result = f(&mut conn);
-        if result.is_ok() {
-            conn.fine_at = Some(Instant::now());
-            conn.lost_seen = self.lost.load(Ordering::Acquire);
-        } else {
-            // Failed work is rare: a ping tells whether the connection was lost, and if so, every
-            // other connection is pinged before its next use too.
-            conn.fine_at = None;
-            if conn.ping().is_err() {
-                self.lost.fetch_add(1, Ordering::AcqRel);
+        match &result {
+            Ok(_) => conn.fine(&self.lost),
+            // Failed work is rare: a ping tells whether the connection was lost (the error is
+            // the work's, whatever the ping finds).
+            Err(_) => {
+                let _alive = conn.check(&self.lost);
             }
         }
         result

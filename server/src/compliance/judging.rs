@@ -835,10 +835,10 @@ pub fn spawn_worker(state: Arc<AppState>) {
             });
             // Look again after QUIET when patrols were left for now, or when this wake did not
             // look (whatever synced since may have left patrols without a view).
-            let look_again = match (look, looked) {
-                (true, _) => deferred.then_some(QUIET),
-                (false, Some(at)) => Some(QUIET.saturating_sub(at.elapsed())),
-                (false, None) => None,
+            let look_again = if look {
+                deferred.then_some(QUIET)
+            } else {
+                looked.map(|at| QUIET.saturating_sub(at.elapsed()))
             };
             let retry = [look_again, compact_again].into_iter().flatten().min();
             tokio::select! {
