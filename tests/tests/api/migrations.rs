@@ -49,11 +49,8 @@ async fn an_older_change_log_becomes_entries_of_one_change(backend: Backend) {
     db.migrate().expect("up");
     db.write_blocking(gridpatrol_server::demo::load_if_empty)
         .expect("demo");
-    let reverted = db.revert_last().expect("down one");
-    assert_eq!(
-        reverted, "20261205120000",
-        "2026-12-05-120000_change_log_entries"
-    );
+    // Down to before 2026-12-05-120000_change_log_entries, newer ones first.
+    let reverted = revert_through(&db, "20261205120000").expect("down");
 
     // A patrol of three changes, logged as an older server did: a row per change.
     let id = schema::new_id();
@@ -142,7 +139,7 @@ async fn an_older_change_log_becomes_entries_of_one_change(backend: Backend) {
     })
     .expect("an older server's rows");
 
-    assert_eq!(db.migrate().expect("up again"), vec![reverted.clone()]);
+    assert_eq!(db.migrate().expect("up again"), reverted);
     let (entries, loaded) = db
         .run_blocking(|conn| -> Result<_, gridpatrol_server::error::ApiError> {
             let entries: Vec<(Vec<u8>, i32)> = sync_changes::table
@@ -173,12 +170,39 @@ async fn an_older_change_log_becomes_entries_of_one_change(backend: Backend) {
         Ok(())
     })
     .expect("a multi-change entry");
-    let refused = db.revert_last().expect_err("refused").to_string();
+    let refused = revert_through(&db, "20261205120000")
+        .expect_err("refused")
+        .to_string();
     assert!(
         refused.contains("several_changes") || refused.contains("several changes"),
         "{refused}"
     );
-    assert!(!db.has_pending_migrations().expect("pending"), "still up");
+    // The newer migrations it had to revert first come back; the refused one never left.
+    db.migrate().expect("up again");
+    assert!(!db.has_pending_migrations().expect("pending"), "up");
+    let kept = db
+        .run_blocking(|conn| -> Result<i32, gridpatrol_server::error::ApiError> {
+            Ok(sync_changes::table
+                .filter(sync_changes::doc_id.eq(&id))
+                .select(sync_changes::change_count)
+                .first(conn)?)
+        })
+        .expect("read");
+    assert_eq!(kept, 2, "the multi-change entry is as it was");
+}
+
+/// Reverts the migrations newer than `version`, newest first, then `version` itself, and returns
+/// what it reverted in the order `migrate` runs them again.
+fn revert_through(
+    db: &Db,
+    version: &str,
+) -> Result<Vec<String>, gridpatrol_server::error::StartupError> {
+    let mut reverted = vec![db.revert_last()?];
+    while reverted.last().is_some_and(|v| v != version) {
+        reverted.push(db.revert_last()?);
+    }
+    reverted.reverse();
+    Ok(reverted)
 }
 
 both_backends!(an_older_change_log_becomes_entries_of_one_change);
