@@ -4,8 +4,10 @@
 //! without converting lands in the neighbouring village.
 //!
 //! The conversion is `gcoord`'s (MIT; iterative inverse, 0.13 m round trip, measured in
-//! `../shared/NOTES.md`); outside China both datums equal WGS-84.
+//! `../shared/NOTES.md`); outside China (gcoord's box around it) GCJ-02 equals WGS-84, as in the
+//! reference implementation, and BD-09 is GCJ-02 shifted.
 
+use gcoord::{CoordSystem, Coordinate};
 use sync_protocol::schema::Datum;
 
 /// A position in WGS-84, from one in `datum`. `None` for coordinates that are not a position.
@@ -13,18 +15,32 @@ pub fn to_wgs84(lon: f64, lat: f64, datum: Datum) -> Option<(f64, f64)> {
     if !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) {
         return None;
     }
-    let from = match datum {
+    let gcj = match datum {
         Datum::Wgs84 => return Some((lon, lat)),
-        Datum::Gcj02 => gcoord::CoordSystem::GCJ02,
-        Datum::Bd09 => gcoord::CoordSystem::BD09,
+        Datum::Gcj02 => Coordinate::new(lon, lat),
+        // BD-09 → GCJ-02 is a closed formula, defined everywhere.
+        Datum::Bd09 => gcoord::transform(
+            Coordinate::new(lon, lat),
+            CoordSystem::BD09,
+            CoordSystem::GCJ02,
+        )
+        .ok()?,
     };
-    gcoord::transform(
-        gcoord::Coordinate::new(lon, lat),
-        from,
-        gcoord::CoordSystem::WGS84,
-    )
-    .ok()
-    .map(|c| (c.lng, c.lat))
+    Some(gcj02_to_wgs84(gcj))
+}
+
+/// gcoord refuses a position outside its box around China (`OutOfChina`), including when its
+/// iterative inverse steps outside from a position just inside (at China's western or
+/// northern edge). Outside, GCJ-02 is WGS-84; at the edge, one step of the inverse (good to a
+/// few metres there) stands in for the iteration.
+fn gcj02_to_wgs84(gcj: Coordinate) -> (f64, f64) {
+    if let Ok(wgs) = gcoord::transform(gcj, CoordSystem::GCJ02, CoordSystem::WGS84) {
+        return (wgs.lng, wgs.lat);
+    }
+    match gcoord::transform(gcj, CoordSystem::WGS84, CoordSystem::GCJ02) {
+        Ok(shifted) => (2.0 * gcj.lng - shifted.lng, 2.0 * gcj.lat - shifted.lat),
+        Err(_) => (gcj.lng, gcj.lat),
+    }
 }
 
 /// Metres between two WGS-84 positions (haversine, mean Earth radius).
@@ -119,6 +135,57 @@ mod tests {
         .expect("forward");
         let shift = metres((shifted.lng, shifted.lat), (108.52, 25.93));
         assert!((200.0..800.0).contains(&shift), "{shift} m");
+    }
+
+    /// Outside China a GCJ-02 position is the WGS-84 one (nothing is shifted there), and a BD-09
+    /// one is that GCJ-02 position shifted by Baidu's formula: a position, not "none".
+    #[test]
+    fn outside_china_the_datums_are_positions_too() {
+        assert_eq!(
+            to_wgs84(2.3522, 48.8566, Datum::Gcj02),
+            Some((2.3522, 48.8566))
+        );
+        let gcj = gcoord::transform(
+            Coordinate::new(2.3522, 48.8566),
+            CoordSystem::GCJ02,
+            CoordSystem::BD09,
+        )
+        .expect("forward");
+        let (lon, lat) = to_wgs84(gcj.lng, gcj.lat, Datum::Bd09).expect("a position");
+        assert!(metres((lon, lat), (2.3522, 48.8566)) < 1.0, "{lon} {lat}");
+    }
+
+    /// Just inside gcoord's box at China's western edge (72.004° E), where the exact inverse
+    /// steps outside it: still converted, by one step, a few metres from the iteration's answer
+    /// further in.
+    #[test]
+    fn at_chinas_edge_the_inverse_still_converts() {
+        let edge = 72.004;
+        // The shift a kilometre east, inside the box.
+        let east = (edge + 0.01, 38.0);
+        let shifted = gcoord::transform(
+            Coordinate::new(east.0, east.1),
+            CoordSystem::WGS84,
+            CoordSystem::GCJ02,
+        )
+        .expect("forward");
+        let (dlon, dlat) = (shifted.lng - east.0, shifted.lat - east.1);
+        assert!(dlon > 0.0005, "GCJ-02 lies east of WGS-84 here: {dlon}");
+        // A GCJ-02 position whose WGS-84 position lies west of the box.
+        let gcj = (edge + dlon / 2.0, 38.0);
+        assert!(
+            gcoord::transform(
+                Coordinate::new(gcj.0, gcj.1),
+                CoordSystem::GCJ02,
+                CoordSystem::WGS84
+            )
+            .is_err(),
+            "gcoord's inverse refuses this position"
+        );
+        let (lon, lat) = to_wgs84(gcj.0, gcj.1, Datum::Gcj02).expect("a position");
+        assert!(lon < edge, "shifted west, out of the box: {lon}");
+        let off = metres((lon, lat), (gcj.0 - dlon, gcj.1 - dlat));
+        assert!(off < 5.0, "{off} m from the shift a kilometre east");
     }
 
     #[test]
