@@ -112,6 +112,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .configure(crate::auth::api::configure)
         .configure(crate::grids::api::configure)
         .configure(crate::people::api::configure)
+        .configure(crate::audit::configure)
         .configure(crate::sync::api::configure)
         .configure(crate::photos::api::configure)
         .configure(crate::compliance::api::configure);

@@ -88,12 +88,12 @@ pub fn load_if_empty(conn: &mut DbConnection) -> Result<Option<DemoSummary>, Api
         match level.as_str() {
             "county" => {
                 let id = new_person(conn, &format!("admin-{code}"), true)?;
-                grant_role(conn, id, *grid_id, Role::Admin, None)?;
+                grant_role(conn, id, *grid_id, Role::Admin, None, None)?;
             }
             "township" => {
                 for role in [Role::Leader, Role::Deputy] {
                     let id = new_person(conn, &format!("{}-{code}", role.as_str()), true)?;
-                    grant_role(conn, id, *grid_id, role, None)?;
+                    grant_role(conn, id, *grid_id, role, None, None)?;
                     supervisors += 1;
                 }
             }
@@ -107,7 +107,7 @@ pub fn load_if_empty(conn: &mut DbConnection) -> Result<Option<DemoSummary>, Api
                     } else {
                         Employment::PartTime
                     };
-                    grant_role(conn, id, *grid_id, Role::Inspector, Some(employment))?;
+                    grant_role(conn, id, *grid_id, Role::Inspector, Some(employment), None)?;
                     inspectors += 1;
                     if sample.is_none() && code.starts_with(DEMO_TOWNSHIP) {
                         let (enroll_code, _) = credentials::new_enrollment_code(conn, id, None)?;

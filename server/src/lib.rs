@@ -6,6 +6,7 @@
 //! [`db`] is the one database code path over SQLite and PostgreSQL.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod compliance;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod console;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod faults;
 pub mod grids;
 pub mod metrics;
 pub mod people;

@@ -121,6 +121,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cfg!(feature = "fault-injection") && std::env::var_os("GRIDPATROL_FAULT").is_some() {
+        // A fault suite run against a build without crash points would test nothing.
+        eprintln!("error: GRIDPATROL_FAULT is set, but this build has no crash points (feature fault-injection)");
+        return ExitCode::from(2);
+    }
     init_tracing(&cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,7 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                                 format!("no grid with code {code}"),
                             )
                         })?;
-                        people::grant_role(conn, id, grid_id, role, employment)?;
+                        people::grant_role(conn, id, grid_id, role, employment, None)?;
                     }
                     Ok::<_, gridpatrol_server::error::ApiError>(id)
                 })

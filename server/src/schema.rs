@@ -42,6 +42,7 @@ diesel::table! {
         role -> Text,
         employment -> Nullable<Text>,
         created_at -> Timestamp,
+        granted_by -> Nullable<BigInt>,
     }
 }
 
@@ -140,6 +141,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     console_sessions,
     console_devices,
     sync_snapshots,
+    security_events,
 );
 
 diesel::table! {
@@ -332,5 +334,18 @@ diesel::table! {
         change_count -> Integer,
         bytes -> Binary,
         created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    security_events (id) {
+        id -> BigInt,
+        at -> Timestamp,
+        kind -> Text,
+        actor_id -> Nullable<BigInt>,
+        target_user_id -> Nullable<BigInt>,
+        grid_id -> Nullable<BigInt>,
+        client -> Nullable<Text>,
+        detail -> Text,
     }
 }

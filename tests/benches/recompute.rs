@@ -184,6 +184,7 @@ fn people(conn: &mut DbConnection) -> Vec<Inspector> {
                 grid_id,
                 Role::Inspector,
                 Some(Employment::PartTime),
+                None,
             )
             .expect("role");
             let actor = ActorId::random();

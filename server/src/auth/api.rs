@@ -234,7 +234,12 @@ async fn enroll(
                     enrollment_codes::device_id.eq(device_id),
                 ))
                 .execute(conn)?;
-            tracing::info!(user_id, device_id, "device enrolled");
+            crate::audit::record(
+                conn,
+                crate::audit::Event::new(crate::audit::Kind::DeviceEnrolled)
+                    .on(user_id)
+                    .with(serde_json::json!({"device_id": device_id, "device_name": device_name, "code_id": code_id})),
+            )?;
             tokens::start_session(conn, &st.keys, &st.token_settings, user_id, Some(device_id))
         })
         .await?;

@@ -66,6 +66,17 @@ impl Role {
             Role::Leader | Role::Deputy | Role::Supervisor | Role::Admin
         )
     }
+    /// Authority over people at the same grid: an admin (county office) over a leader, a leader
+    /// (网格长) over a deputy (副网格长) or supervisor, they over inspectors and liaisons. Below
+    /// one's own grid every managing role manages every role (docs/SECURITY.md).
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Admin => 4,
+            Role::Leader => 3,
+            Role::Deputy | Role::Supervisor => 2,
+            Role::Inspector | Role::Liaison => 1,
+        }
+    }
 }
 
 /// One role of the signed-in user, with the grid's place in the tree.
@@ -102,6 +113,24 @@ impl Authed {
     }
     pub fn can_manage(&self, path: &str) -> bool {
         self.holds(path, Role::manages)
+    }
+    /// Whether this caller has power over a role `role` held at the grid `path`: a managing role
+    /// at a grid above it, or at the same grid with a higher rank ([`Role::rank`]). Nobody
+    /// manages an equal or higher role at or above their own grid.
+    pub fn outranks(&self, path: &str, role: Role) -> bool {
+        self.is_superuser
+            || self.roles.iter().any(|g| {
+                g.role.manages()
+                    && crate::grids::in_subtree(path, &g.grid_path)
+                    && (path != g.grid_path || g.role.rank() > role.rank())
+            })
+    }
+    /// Whether this caller holds a managing role at a grid strictly above `path`.
+    pub fn manages_above(&self, path: &str) -> bool {
+        self.is_superuser
+            || self.roles.iter().any(|g| {
+                g.role.manages() && path != g.grid_path && crate::grids::in_subtree(path, &g.grid_path)
+            })
     }
     pub fn is_admin_of(&self, path: &str) -> bool {
         self.holds(path, |r| r == Role::Admin)

@@ -9,8 +9,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{
     Employment, NewUser, StaffingReport, check_may_grant, create_user, grant_role, grid_or_404,
-    require_manage_user, require_see_user, require_user, staffing_report,
+    require_manage_user, require_may_enroll, require_see_user, staffing_report,
 };
+use crate::audit::{self, Event, Kind as Audit};
 use crate::app::{AppState, Json};
 use crate::auth::api::{RoleView, role_views};
 use crate::auth::{Authed, Role, credentials, tokens};
@@ -222,8 +223,23 @@ async fn create(
                     .set(users::password_hash.eq(hash))
                     .execute(conn)?;
             }
+            audit::record(
+                conn,
+                Event::new(Audit::UserCreated)
+                    .by(authed.user_id)
+                    .on(id)
+                    .with(serde_json::json!({"username": body.username.trim(), "password": body.password.is_some()})),
+            )?;
             for grant in &body.roles {
-                grant_role(conn, id, grant.grid_id, grant.role, grant.employment)?;
+                grant_role(conn, id, grant.grid_id, grant.role, grant.employment, Some(authed.user_id))?;
+                audit::record(
+                    conn,
+                    Event::new(Audit::RoleGranted)
+                        .by(authed.user_id)
+                        .on(id)
+                        .in_grid(grant.grid_id)
+                        .with(serde_json::json!({"role": grant.role.as_str()})),
+                )?;
             }
             user_view(conn, &authed, id)
         })
@@ -280,10 +296,19 @@ async fn add_role(
     let view = state
         .db
         .write(move |conn| {
-            require_user(conn, id)?;
+            // Power over the person as they stand, and over the new role.
+            require_manage_user(conn, &authed, id)?;
             let grid = grid_or_404(conn, grant.grid_id)?;
             check_may_grant(&authed, &grid, grant.role)?;
-            grant_role(conn, id, grant.grid_id, grant.role, grant.employment)?;
+            grant_role(conn, id, grant.grid_id, grant.role, grant.employment, Some(authed.user_id))?;
+            audit::record(
+                conn,
+                Event::new(Audit::RoleGranted)
+                    .by(authed.user_id)
+                    .on(id)
+                    .in_grid(grant.grid_id)
+                    .with(serde_json::json!({"role": grant.role.as_str()})),
+            )?;
             user_view(conn, &authed, id)
         })
         .await?;
@@ -316,9 +341,18 @@ async fn remove_role(
             let (grid_id, role) = row.ok_or_else(|| {
                 ApiError::not_found("role_not_found", "no such role of that user")
             })?;
+            require_manage_user(conn, &authed, user_id)?;
             let grid = grid_or_404(conn, grid_id)?;
             check_may_grant(&authed, &grid, Role::parse(&role).unwrap_or(Role::Admin))?;
             diesel::delete(grid_roles::table.find(role_id)).execute(conn)?;
+            audit::record(
+                conn,
+                Event::new(Audit::RoleRevoked)
+                    .by(authed.user_id)
+                    .on(user_id)
+                    .in_grid(grid_id)
+                    .with(serde_json::json!({"role": role})),
+            )?;
             Ok::<_, ApiError>(())
         })
         .await?;
@@ -350,9 +384,16 @@ async fn new_enrollment_code(
     let code = state
         .db
         .write(move |conn| {
-            require_manage_user(conn, &authed, id)?;
+            require_may_enroll(conn, &authed, id)?;
             let (code, expires_at) =
                 credentials::new_enrollment_code(conn, id, Some(authed.user_id))?;
+            audit::record(
+                conn,
+                Event::new(Audit::EnrollmentCodeCreated)
+                    .by(authed.user_id)
+                    .on(id)
+                    .with(serde_json::json!({"expires_at": expires_at.and_utc()})),
+            )?;
             Ok::<_, ApiError>(EnrollmentCode {
                 user_id: id,
                 code,
@@ -491,7 +532,9 @@ async fn revoke_device(
                 .optional()?;
             let row =
                 row.ok_or_else(|| ApiError::not_found("device_not_found", "no such device"))?;
-            require_manage_user(conn, &authed, row.1)?;
+            if authed.user_id != row.1 {
+                require_manage_user(conn, &authed, row.1)?;
+            }
             if row.5.is_some() {
                 return Err(ApiError::conflict(
                     "device_already_revoked",
@@ -511,7 +554,13 @@ async fn revoke_device(
             for sid in session_ids {
                 tokens::revoke_session(conn, sid, "device revoked")?;
             }
-            tracing::info!(device_id = id, by = authed.user_id, "device revoked");
+            audit::record(
+                conn,
+                Event::new(Audit::DeviceRevoked)
+                    .by(authed.user_id)
+                    .on(row.1)
+                    .with(serde_json::json!({"device_id": id, "reason": reason})),
+            )?;
             let row: DeviceRow = devices::table.find(id).select(DEVICE_COLUMNS).first(conn)?;
             Ok(device_view(row))
         })

@@ -98,6 +98,7 @@ pub fn grant_role(
     grid_id: i64,
     role: Role,
     employment: Option<Employment>,
+    granted_by: Option<i64>,
 ) -> ApiResult<i64> {
     if employment.is_some() && role != Role::Inspector {
         return Err(ApiError::unprocessable(
@@ -124,20 +125,36 @@ pub fn grant_role(
             grid_roles::role.eq(role.as_str()),
             grid_roles::employment.eq(employment.map(Employment::as_str)),
             grid_roles::created_at.eq(now()),
+            grid_roles::granted_by.eq(granted_by),
         ))
         .returning(grid_roles::id)
         .get_result(conn)?;
     Ok(id)
 }
 
-/// Checks that `authed` may grant `role` in `grid`: manage rights there, and admin rights to make
-/// another admin.
+/// Checks that `authed` may grant (or take away) `role` in `grid`: a managing role above the
+/// grid, or at it with a higher rank ([`Role::rank`]); an admin role only from an admin.
 pub fn check_may_grant(authed: &Authed, grid: &GridRow, role: Role) -> ApiResult<()> {
     if role == Role::Admin {
-        authed.require_admin(&grid.path)
+        authed.require_admin(&grid.path)?;
     } else {
-        authed.require_manage(&grid.path)
+        authed.require_manage(&grid.path)?;
     }
+    if authed.outranks(&grid.path, role) {
+        Ok(())
+    } else {
+        Err(outranked(role))
+    }
+}
+
+fn outranked(role: Role) -> ApiError {
+    ApiError::forbidden(
+        "rank_required",
+        format!(
+            "a {} role at your own grid or above is beyond your power: ask someone above it",
+            role.as_str()
+        ),
+    )
 }
 
 /// Paths of the grids where a user holds roles.
@@ -147,6 +164,20 @@ pub fn role_paths(conn: &mut DbConnection, user_id: i64) -> QueryResult<Vec<Stri
         .filter(grid_roles::user_id.eq(user_id))
         .select(grids::path)
         .load(conn)
+}
+
+/// A user's roles, each with its grid's path.
+pub fn held_roles(conn: &mut DbConnection, user_id: i64) -> QueryResult<Vec<(String, Role)>> {
+    let rows: Vec<(String, String)> = grid_roles::table
+        .inner_join(grids::table)
+        .filter(grid_roles::user_id.eq(user_id))
+        .select((grids::path, grid_roles::role))
+        .load(conn)?;
+    // A role name the code does not know would be a newer server's: treat it as the highest.
+    Ok(rows
+        .into_iter()
+        .map(|(path, role)| (path, Role::parse(&role).unwrap_or(Role::Admin)))
+        .collect())
 }
 
 /// `user_not_found` unless the user exists.
@@ -171,27 +202,75 @@ pub fn require_see_user(conn: &mut DbConnection, authed: &Authed, user_id: i64) 
     }
 }
 
-/// A user is managed by whoever manages any grid where the user holds a role.
+/// Who a manager is to a person, as [`require_manage_user`] found it.
+pub struct Managed {
+    /// The person holds a managing role or signs in with a password.
+    pub privileged: bool,
+    /// The person's roles.
+    pub roles: Vec<(String, Role)>,
+}
+
+/// Power over a person (their devices, enrollment codes, roles) needs power over every role they
+/// hold ([`Authed::outranks`]): one role outside the caller's reach, or one at the caller's
+/// own grid ranking equal or higher, puts the whole person out of reach. Only the operator
+/// manages the operator, and people who hold no role at all.
 pub fn require_manage_user(
     conn: &mut DbConnection,
     authed: &Authed,
     user_id: i64,
-) -> ApiResult<()> {
-    require_user(conn, user_id)?;
+) -> ApiResult<Managed> {
+    let target: Option<(bool, bool)> = users::table
+        .find(user_id)
+        .select((users::is_superuser, users::password_hash.is_not_null()))
+        .first(conn)
+        .optional()?;
+    let (superuser, has_password) =
+        target.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    let roles = held_roles(conn, user_id)?;
+    let privileged = superuser || has_password || roles.iter().any(|(_, r)| r.manages());
+    let managed = Managed { privileged, roles };
     if authed.is_superuser {
-        return Ok(());
+        return Ok(managed);
     }
-    let paths = role_paths(conn, user_id)?;
-    if paths.iter().any(|p| authed.can_manage(p)) {
-        Ok(())
-    } else if paths.iter().any(|p| authed.can_see(p)) {
-        Err(ApiError::forbidden(
+    if !managed.roles.iter().any(|(p, _)| authed.can_see(p)) && authed.user_id != user_id {
+        return Err(ApiError::outside_subtree());
+    }
+    if !managed.roles.iter().any(|(p, _)| authed.can_manage(p)) {
+        return Err(ApiError::forbidden(
             "role_required",
             "managing people needs a leader, deputy, supervisor or admin role",
-        ))
-    } else {
-        Err(ApiError::outside_subtree())
+        ));
     }
+    if superuser
+        || managed.roles.is_empty()
+        || managed.roles.iter().any(|(p, r)| !authed.outranks(p, *r))
+    {
+        return Err(ApiError::forbidden(
+            "rank_required",
+            "this person holds a role at your grid or above, or outside your part of the tree: only someone above all their roles manages them",
+        ));
+    }
+    Ok(managed)
+}
+
+/// An enrollment code signs a phone in as the person: for someone who holds a managing role or a
+/// password it comes only from a manager strictly above every grid where they hold a role.
+pub fn require_may_enroll(
+    conn: &mut DbConnection,
+    authed: &Authed,
+    user_id: i64,
+) -> ApiResult<()> {
+    let managed = require_manage_user(conn, authed, user_id)?;
+    if managed.privileged
+        && !authed.is_superuser
+        && managed.roles.iter().any(|(p, _)| !authed.manages_above(p))
+    {
+        return Err(ApiError::forbidden(
+            "rank_required",
+            "an enrollment code for a supervisor or someone who signs in with a password comes only from above all their grids",
+        ));
+    }
+    Ok(())
 }
 
 /// One broken staffing rule.

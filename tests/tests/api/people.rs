@@ -330,7 +330,180 @@ async fn concurrent_writes_never_fail_busy(backend: Backend) {
     assert_eq!(listed.assert_ok().as_array().map(Vec::len), Some(43));
 }
 
+/// Issue 22, finding 1: a township leader gave the county admin a role in its township, made an
+/// enrollment code for the admin and signed in as the admin. Power over a person needs power over
+/// every grid where that person holds a role, and nobody manages an equal or higher role at or
+/// above their own grid; codes for managers come only from above all their grids.
+async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    let leader = app.token("leader-522632001").await; // 车民街道
+    let deputy = app.token("deputy-522632001").await;
+    let admin_id = app.user_id("admin-522632").await;
+    let leader_id = app.user_id("leader-522632001").await;
+    let deputy_id = app.user_id("deputy-522632001").await;
+    let other_leader_id = app.user_id("leader-522632100").await;
+    let county = app.grid_id("522632").await;
+    let township = app.grid_id("522632001").await;
+    let village = app.grid_id("522632001004").await;
+    let inspector_id = app.user_id("inspector-522632001004-1").await;
+    let before = app.table_counts().await;
+
+    // The takeover, step by step: each refused, nothing changed (the admin holds no role the
+    // leader can see).
+    app.post(
+        &format!("/v1/users/{admin_id}/roles"),
+        Some(&leader),
+        &json!({"grid_id": village, "role": "inspector"}),
+    )
+    .await
+    .assert_error(403, "outside_subtree");
+    app.post(&format!("/v1/users/{admin_id}/enrollment-codes"), Some(&leader), &json!({}))
+        .await
+        .assert_error(403, "outside_subtree");
+    app.get(&format!("/v1/users/{admin_id}/devices"), Some(&leader))
+        .await
+        .assert_error(403, "outside_subtree");
+    // A deputy and its own leader.
+    app.post(&format!("/v1/users/{leader_id}/enrollment-codes"), Some(&deputy), &json!({}))
+        .await
+        .assert_error(403, "rank_required");
+    app.get(&format!("/v1/users/{leader_id}/devices"), Some(&deputy))
+        .await
+        .assert_error(403, "rank_required");
+    let leader_view = app.get(&format!("/v1/users/{leader_id}"), Some(&deputy)).await;
+    let leader_role = leader_view.assert_ok()["roles"][0]["role_id"].as_i64().expect("role");
+    app.delete(&format!("/v1/users/{leader_id}/roles/{leader_role}"), Some(&deputy))
+        .await
+        .assert_error(403, "rank_required");
+    app.post(
+        &format!("/v1/users/{leader_id}/roles"),
+        Some(&deputy),
+        &json!({"grid_id": village, "role": "liaison"}),
+    )
+    .await
+    .assert_error(403, "rank_required");
+    // A leader and its peer deputy: a code for a manager comes from above, not from beside.
+    app.post(&format!("/v1/users/{deputy_id}/enrollment-codes"), Some(&leader), &json!({}))
+        .await
+        .assert_error(403, "rank_required");
+    // Nobody makes a peer or a superior at their own grid.
+    app.post(
+        &format!("/v1/users/{inspector_id}/roles"),
+        Some(&leader),
+        &json!({"grid_id": township, "role": "leader"}),
+    )
+    .await
+    .assert_error(403, "rank_required");
+    app.post(
+        &format!("/v1/users/{inspector_id}/roles"),
+        Some(&deputy),
+        &json!({"grid_id": township, "role": "supervisor"}),
+    )
+    .await
+    .assert_error(403, "rank_required");
+    app.post(
+        "/v1/users",
+        Some(&admin),
+        &json!({"username": "second.admin", "display_name": "二号管理员", "password": "long enough password",
+                "roles": [{"grid_id": county, "role": "admin"}]}),
+    )
+    .await
+    .assert_error(403, "rank_required");
+    // A leader reaches another township's leader through no role of its own.
+    app.post(&format!("/v1/users/{other_leader_id}/enrollment-codes"), Some(&leader), &json!({}))
+        .await
+        .assert_error(403, "outside_subtree");
+    // An inspector's phone manages nobody.
+    let phone = app.enroll_phone(&leader, inspector_id, "vivo").await;
+    let phone_token = phone["access_token"].as_str().expect("token").to_string();
+    app.post(
+        &format!("/v1/users/{inspector_id}/roles"),
+        Some(&phone_token),
+        &json!({"grid_id": village, "role": "liaison"}),
+    )
+    .await
+    .assert_error(403, "role_required");
+    app.get("/v1/security-events", Some(&leader))
+        .await
+        .assert_error(403, "role_required");
+    let mut after = app.table_counts().await;
+    // The phone enrolled above is the only change.
+    for ((name, was), (_, now)) in before.iter().zip(after.iter_mut()) {
+        if matches!(*name, "devices" | "enrollment_codes" | "sessions" | "refresh_tokens") {
+            *now = *was;
+        }
+    }
+    assert_eq!(after, before, "refused requests change nothing");
+
+    // What each may do still works: a leader over its villages' people and a deputy below its
+    // township; the county admin over a township's leader, codes included.
+    let granted = app
+        .post(
+            &format!("/v1/users/{inspector_id}/roles"),
+            Some(&deputy),
+            &json!({"grid_id": village, "role": "liaison"}),
+        )
+        .await;
+    assert_eq!(granted.status, 201, "{}", granted.text);
+    let granted = app
+        .post(
+            &format!("/v1/users/{inspector_id}/roles"),
+            Some(&leader),
+            &json!({"grid_id": township, "role": "deputy"}),
+        )
+        .await;
+    assert_eq!(granted.status, 201, "{}", granted.text);
+    // Now a deputy of the township, the inspector is beyond the deputy's power and the leader's
+    // code-making (a manager's code comes from above), but not the admin's.
+    app.post(&format!("/v1/users/{inspector_id}/enrollment-codes"), Some(&deputy), &json!({}))
+        .await
+        .assert_error(403, "rank_required");
+    app.post(&format!("/v1/users/{inspector_id}/enrollment-codes"), Some(&leader), &json!({}))
+        .await
+        .assert_error(403, "rank_required");
+    let code = app
+        .post(&format!("/v1/users/{leader_id}/enrollment-codes"), Some(&admin), &json!({}))
+        .await;
+    assert_eq!(code.status, 201, "{}", code.text);
+
+    // Every grant, revocation and code records who did it.
+    let leader_in_log = app.user_id("leader-522632001").await;
+    let log = app.get("/v1/security-events?limit=1000", Some(&admin)).await;
+    let log = log.assert_ok().as_array().expect("events").clone();
+    let kinds: Vec<(String, i64, i64)> = log
+        .iter()
+        .filter(|e| e["kind"] != "sign_in")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_string(),
+                e["actor_id"].as_i64().unwrap_or(-1),
+                e["target_user_id"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("role_granted".into(), deputy_id, inspector_id)), "{kinds:?}");
+    assert!(kinds.contains(&("role_granted".into(), leader_in_log, inspector_id)), "{kinds:?}");
+    assert!(
+        kinds.contains(&("enrollment_code_created".into(), admin_id, leader_id)),
+        "{kinds:?}"
+    );
+    let granted_by: Vec<Option<i64>> = app
+        .with_conn(move |conn| {
+            use diesel::prelude::*;
+            use gridpatrol_server::schema::grid_roles;
+            grid_roles::table
+                .filter(grid_roles::user_id.eq(inspector_id))
+                .order(grid_roles::id.asc())
+                .select(grid_roles::granted_by)
+                .load(conn)
+        })
+        .await;
+    assert_eq!(granted_by, vec![None, Some(deputy_id), Some(leader_in_log)]);
+}
+
 both_backends!(
+    nobody_takes_over_an_equal_or_higher_account,
     a_leader_manages_people_only_in_its_township,
     a_revoked_device_is_locked_out_at_once,
     staffing_report_names_grids_below_the_seed_minimum,

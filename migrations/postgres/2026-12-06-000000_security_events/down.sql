@@ -1,0 +1,2 @@
+DROP TABLE security_events;
+ALTER TABLE grid_roles DROP COLUMN granted_by;
