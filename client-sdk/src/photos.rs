@@ -35,7 +35,8 @@ pub enum Upload {
     /// Not started, or started and not finished (`url` is the upload's address).
     #[default]
     Queued,
-    /// The server holds the photo (its receipt: the upload's offset reached the length).
+    /// The server holds the photo for good (its receipt: `Photo-Stored: true` on an answer about
+    /// the upload; every byte having arrived is not enough).
     Uploaded,
     /// The server refused the photo (`code`): kept on the phone, not resent.
     Refused { code: String, message: String },
@@ -284,18 +285,18 @@ impl Client {
             let url = match &queued.url {
                 Some(url) => url.clone(),
                 None => {
-                    let (url, offset) = self.create_upload(sha, queued).await?;
+                    let (url, offset, stored) = self.create_upload(sha, queued).await?;
                     queued.url = Some(url.clone());
                     queued.confirmed = offset;
                     self.save_queued(sha, queued)?;
-                    if offset == queued.size {
+                    if stored {
                         return Ok(());
                     }
                     url
                 }
             };
-            let offset = match self.upload_offset(&url).await {
-                Ok(offset) => offset,
+            let (offset, stored) = match self.upload_offset(&url).await {
+                Ok(answer) => answer,
                 // Expired or cleaned up: start a new upload.
                 Err(SdkError::Server {
                     status: 404 | 410, ..
@@ -310,8 +311,13 @@ impl Client {
                 queued.confirmed = offset;
                 self.save_queued(sha, queued)?;
             }
-            if offset >= queued.size {
+            // Only the server's word that the photo is stored for good ends the upload: every
+            // byte arriving is not enough (docs/PHOTOS.md).
+            if stored {
                 return Ok(());
+            }
+            if offset >= queued.size {
+                continue;
             }
             let bytes = std::fs::read(&queued.path).map_err(|e| SdkError::Storage {
                 message: format!("the queued photo {} is gone: {e}", queued.path),
@@ -340,7 +346,7 @@ impl Client {
                     let now = header_u64(&response, "upload-offset").unwrap_or(offset);
                     queued.confirmed = now;
                     self.save_queued(sha, queued)?;
-                    if now >= queued.size {
+                    if photo_stored(&response) {
                         return Ok(());
                     }
                 }
@@ -364,7 +370,7 @@ impl Client {
         &self,
         sha: &str,
         queued: &QueuedPhoto,
-    ) -> Result<(String, u64), SdkError> {
+    ) -> Result<(String, u64, bool), SdkError> {
         use base64::Engine;
         let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
         let mut metadata = format!("sha256 {}", encode(sha));
@@ -394,7 +400,7 @@ impl Client {
             })?
             .to_string();
         let offset = header_u64(&response, "upload-offset").unwrap_or(0);
-        Ok((location, offset))
+        Ok((location, offset, photo_stored(&response)))
     }
 
     /// An upload's address as the server gave it (a path, or a whole URL).
@@ -406,7 +412,8 @@ impl Client {
         }
     }
 
-    async fn upload_offset(&self, url: &str) -> Result<u64, SdkError> {
+    /// Where an upload stands: the bytes the server holds, and whether the photo is stored.
+    async fn upload_offset(&self, url: &str) -> Result<(u64, bool), SdkError> {
         let full = self.absolute(url);
         let response = self
             .authorized(|token| {
@@ -416,10 +423,19 @@ impl Client {
                     .header("tus-resumable", TUS_VERSION)
             })
             .await?;
-        header_u64(&response, "upload-offset").ok_or_else(|| SdkError::Protocol {
+        let offset = header_u64(&response, "upload-offset").ok_or_else(|| SdkError::Protocol {
             message: "the server's answer lacks Upload-Offset".into(),
-        })
+        })?;
+        Ok((offset, photo_stored(&response)))
     }
+}
+
+/// The server's receipt: `Photo-Stored: true` (the original durable, its record committed).
+fn photo_stored(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get("photo-stored")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
 }
 
 fn header_u64(response: &reqwest::Response, name: &str) -> Option<u64> {

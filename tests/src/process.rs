@@ -43,7 +43,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub base: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for ServerProcess {
@@ -57,22 +57,34 @@ impl ServerProcess {
     /// Starts `bin` on a free port and waits until it answers `/healthz`.
     pub async fn spawn(bin: &std::path::Path) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tmp");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let child = std::process::Command::new(bin)
+        let mut server = Self::start(bin, dir.path(), free_port(), &[]).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts `bin serve --demo` on `port` with its data in `dir` (kept: a restart on the same
+    /// directory finds what the last process left) and `env` set, and waits until it answers.
+    pub async fn start(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut command = std::process::Command::new(bin);
+        command
             .args(["serve", "--demo"])
-            .env("GRIDPATROL_DATA_DIR", dir.path())
+            .env("GRIDPATROL_DATA_DIR", dir)
             .env("GRIDPATROL_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start gridpatrol");
-        let server = ServerProcess {
+            .stdout(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start gridpatrol");
+        let mut server = ServerProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
+            _dir: None,
         };
         let client = crate::http_client();
         for _ in 0..300 {
@@ -84,10 +96,72 @@ impl ServerProcess {
             {
                 return server;
             }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("gridpatrol exited at start: {status}");
+            }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         panic!("gridpatrol did not start");
     }
+
+    /// Waits up to `limit` for the process to end by itself (a crash point aborting it).
+    pub async fn exited(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// The debug `gridpatrol` binary that `cargo test --workspace` builds beside the tests (with the
+/// crash points of the `fault-injection` feature, which this crate turns on). Panics with what
+/// to do when it is missing: fault tests never skip.
+pub fn test_server_binary() -> std::path::PathBuf {
+    const BUILD: &str = "run the tests with `cargo test --workspace` (scripts/test), or build it with `cargo build -p gridpatrol-server --features fault-injection`";
+    let bin = server_binary()
+        .unwrap_or_else(|| panic!("no gridpatrol binary beside the tests: {BUILD}"));
+    // `cargo test -p gridpatrol-tests` alone does not rebuild the binary: refuse a stale one
+    // rather than test old code.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("binary's time");
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/src");
+    let newest = newest_file(&sources);
+    assert!(
+        newest <= built,
+        "{} is older than the server's sources: {BUILD}",
+        bin.display()
+    );
+    bin
+}
+
+fn newest_file(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(time);
+    }
+    newest
 }
 
 /// An access token of the demo's county admin, signed in over HTTP at `base`.

@@ -21,7 +21,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{
     Checksum, Derived, NewUpload, Piece, UploadRow, create_upload, delete_objects, derived_path,
-    is_sha256, load_upload, offset_moved, original_path, receive,
+    is_sha256, load_upload, offset_moved, original_path, receive, settle,
 };
 use crate::app::AppState;
 use crate::auth::Authed;
@@ -30,6 +30,8 @@ use crate::schema::{grids, patrol_photos, patrols, photos};
 
 pub const TUS_VERSION: &str = "1.0.0";
 const OFFSET_STREAM: &str = "application/offset+octet-stream";
+/// Present (`true`) on an answer about an upload only once the photo is stored for good.
+pub const PHOTO_STORED: &str = "photo-stored";
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(discover)
@@ -139,11 +141,18 @@ fn metadata(headers: &HeaderMap) -> ApiResult<Vec<(String, Option<String>)>> {
     Ok(pairs)
 }
 
+/// The headers of every answer about an upload. `Photo-Stored: true` says that the photo is
+/// stored for good (the original durable, its record committed): the only sign a client may take
+/// for "uploaded" and act on (delete its own copy). Answers pass through [`settle`] first, so
+/// `Upload-Offset` reaches `Upload-Length` only together with it.
 fn upload_headers(response: &mut actix_web::HttpResponseBuilder, upload: &UploadRow) {
     response
         .insert_header(("upload-offset", upload.received.to_string()))
         .insert_header(("upload-length", upload.length.to_string()))
         .insert_header((header::CACHE_CONTROL, "no-store"));
+    if upload.is_stored() {
+        response.insert_header((PHOTO_STORED, "true"));
+    }
     if upload.completed_at.is_none() {
         let expires = upload.expires_at.and_utc().to_rfc2822();
         response.insert_header(("upload-expires", expires.replace("+0000", "GMT")));
@@ -274,6 +283,14 @@ async fn create_inner(
         .write(move |conn| create_upload(conn, new, ttl))
         .await?;
     delete_objects(state.photos.store.as_ref(), stale).await;
+    // This device's earlier upload of the photo may be whole with its completion cut short.
+    let upload = if upload.is_whole() {
+        let state = state.clone().into_inner();
+        let _turn = state.photos.turn(&upload.id).await;
+        settle(&state, upload).await?
+    } else {
+        upload
+    };
     let mut response = HttpResponse::Created();
     response.insert_header((
         header::LOCATION,
@@ -289,7 +306,7 @@ async fn create_inner(
     tag = "photos",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "`Upload-Offset`, `Upload-Length`, `Upload-Expires` (unfinished)"),
+        (status = 200, description = "`Upload-Offset`, `Upload-Length`, `Upload-Expires` (unfinished); `Photo-Stored: true` once the photo is stored for good. An upload whose bytes are all there is completed before this answers: `Upload-Offset` reaches `Upload-Length` only together with `Photo-Stored`"),
         (status = 403, description = "`upload_of_another_device`, `device_required`"),
         (status = 404, description = "`upload_not_found`"),
         (status = 410, description = "`upload_expired`"),
@@ -312,6 +329,7 @@ async fn status(
             .db
             .run(move |conn| load_upload(conn, &id, device_id))
             .await?;
+        let upload = settle(&state.clone().into_inner(), upload).await?;
         let mut response = HttpResponse::Ok();
         upload_headers(&mut response, &upload);
         Ok(response.finish())
@@ -329,7 +347,7 @@ async fn status(
     params(("id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
     responses(
-        (status = 204, description = "`Upload-Offset`: the new offset (= `Upload-Length` when the photo is stored)"),
+        (status = 204, description = "`Upload-Offset`: the new offset; `Upload-Offset` = `Upload-Length` comes only with `Photo-Stored: true`, once the photo is stored for good"),
         (status = 400, description = "`upload_offset_required`, `checksum_algorithm_unsupported`, `incomplete_body`, `photo_empty`", body = ErrorBody),
         (status = 403, description = "`upload_of_another_device`, `device_required`", body = ErrorBody),
         (status = 404, description = "`upload_not_found`", body = ErrorBody),
@@ -386,6 +404,7 @@ async fn append_inner(
         .db
         .run(move |conn| load_upload(conn, &id, device_id))
         .await?;
+    let upload = settle(&state.clone().into_inner(), upload).await?;
     if offset != upload.received {
         let error = offset_moved();
         let mut response = error.error_response();
@@ -408,7 +427,7 @@ async fn append_inner(
             ),
         ));
     }
-    if upload.completed_at.is_some() {
+    if upload.is_stored() {
         let mut response = HttpResponse::NoContent();
         upload_headers(&mut response, &upload);
         return Ok(response.finish());

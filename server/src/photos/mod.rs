@@ -61,8 +61,11 @@ impl Photos {
         upload_ttl: Duration,
     ) -> Result<Photos, StartupError> {
         std::fs::create_dir_all(dir)?;
+        // fsync: a piece or an original counts as stored only once it would survive a power cut,
+        // as an S3 store promises for what it acknowledged (docs/PHOTOS.md).
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| StartupError::Config(format!("photo directory {}: {e}", dir.display())))?;
+            .map_err(|e| StartupError::Config(format!("photo directory {}: {e}", dir.display())))?
+            .with_fsync(true);
         Ok(Self::with_store(Arc::new(store), limits, upload_ttl))
     }
 
@@ -240,6 +243,19 @@ pub struct PhotoRow {
     pub hashed_at: Option<NaiveDateTime>,
 }
 
+impl UploadRow {
+    /// Every byte is here but the photo is not stored yet: completion (checking, keeping the
+    /// original, the `photos` row) is owed. Such an upload never expires and is never swept; it
+    /// is completed by the next request that touches it, at start and by the sweep.
+    pub fn is_whole(&self) -> bool {
+        self.completed_at.is_none() && self.received == self.length
+    }
+    /// The photo is stored: the original is durable and its `photos` row committed.
+    pub fn is_stored(&self) -> bool {
+        self.completed_at.is_some()
+    }
+}
+
 /// What a phone asks for when it creates an upload.
 pub struct NewUpload {
     pub sha256: String,
@@ -285,7 +301,7 @@ pub fn create_upload(
     let mut stale = Vec::new();
     if let Some(upload) = existing {
         let finished = upload.completed_at.is_some();
-        let expired = !finished && upload.expires_at <= now;
+        let expired = !finished && !upload.is_whole() && upload.expires_at <= now;
         if !expired && upload.length != new.length {
             return Err(ApiError::conflict(
                 "upload_length_mismatch",
@@ -391,7 +407,7 @@ pub fn load_upload(conn: &mut DbConnection, id: &str, device_id: i64) -> ApiResu
             "only the device that created an upload may continue it",
         ));
     }
-    if upload.completed_at.is_none() && upload.expires_at <= now() {
+    if upload.completed_at.is_none() && !upload.is_whole() && upload.expires_at <= now() {
         return Err(ApiError::new(
             Kind::Gone,
             "upload_expired",
@@ -534,6 +550,7 @@ pub async fn receive(
         photos.upload_ttl,
         object.to_string(),
     );
+    crate::faults::point("photo.piece.before_commit")?;
     let committed = state
         .db
         .write(move |conn| -> ApiResult<UploadRow> {
@@ -572,11 +589,23 @@ pub async fn receive(
             return Err(error);
         }
     };
-    if upload.received == upload.length {
-        let upload = complete(&state, upload).await?;
-        return Ok(Received { upload });
+    crate::faults::point("photo.piece.after_commit")?;
+    Ok(Received {
+        upload: settle(&state, upload).await?,
+    })
+}
+
+/// Completes an upload whose bytes are all there ([`UploadRow::is_whole`]) and returns it as it
+/// then stands; any other upload comes back as it is. Every answer about an upload passes
+/// through here, so that no answer shows `Upload-Offset = Upload-Length` for a photo that is not
+/// stored. The caller holds the upload's turn in this process; another process completing the
+/// same upload at once is harmless (see [`complete`]).
+pub async fn settle(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadRow> {
+    if upload.is_whole() {
+        complete(state, upload).await
+    } else {
+        Ok(upload)
     }
-    Ok(Received { upload })
 }
 
 fn past_length(length: i64, offset: i64) -> ApiError {
@@ -599,6 +628,12 @@ pub fn offset_moved() -> ApiError {
 
 /// Checks a whole upload and keeps the photo: the bytes must hash to the announced SHA-256 and
 /// pass the photo checks; otherwise the upload is discarded and the phone told why.
+///
+/// Idempotent, and safe to run twice at once (a restarted process, the sweep, or a second
+/// server): it starts from the committed state (an upload already completed, or a photo some
+/// device already stored, is only marked finished), writes the original under its hash (the same
+/// bytes each time) and inserts the `photos` row if absent. Pieces that vanish while it reads
+/// them were deleted by a completion that finished meanwhile, which it then reports.
 async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadRow> {
     let photos = &state.photos;
     let _turn = photos
@@ -606,11 +641,25 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
         .acquire()
         .await
         .map_err(ApiError::internal)?;
+    crate::faults::point("photo.complete.start")?;
     let id = upload.id.clone();
-    let pieces: Vec<(i64, i64, String)> = state
+    let (current, held, pieces) = state
         .db
         .run(move |conn| -> ApiResult<_> {
-            Ok(photo_upload_chunks::table
+            let current: Option<UploadRow> = photo_uploads::table
+                .find(&id)
+                .select(UploadRow::as_select())
+                .first(conn)
+                .optional()?;
+            let held: bool = match &current {
+                Some(u) => photos::table
+                    .find(&u.sha256)
+                    .count()
+                    .get_result::<i64>(conn)?
+                    > 0,
+                None => false,
+            };
+            let pieces: Vec<(i64, i64, String)> = photo_upload_chunks::table
                 .filter(photo_upload_chunks::upload_id.eq(&id))
                 .order(photo_upload_chunks::start.asc())
                 .select((
@@ -618,20 +667,31 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
                     photo_upload_chunks::stop,
                     photo_upload_chunks::object,
                 ))
-                .load(conn)?)
+                .load(conn)?;
+            Ok((current, held, pieces))
         })
         .await?;
+    let Some(current) = current else {
+        return Err(gone_meanwhile());
+    };
+    if current.is_stored() {
+        return Ok(current);
+    }
+    if held {
+        // The photo is stored already (this upload's completion before a crash, or another
+        // device's): this upload is finished too.
+        return mark_finished(state, &current, None).await;
+    }
     let mut bytes = BytesMut::with_capacity(upload.length as usize);
     for (start, stop, object) in &pieces {
         if *start != bytes.len() as i64 {
             break;
         }
-        let mut stream = photos
-            .store
-            .get(&Path::from(object.as_str()))
-            .await
-            .map_err(storage)?
-            .into_stream();
+        let mut stream = match photos.store.get(&Path::from(object.as_str())).await {
+            Ok(got) => got.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => return finished_meanwhile(state, &upload.id).await,
+            Err(error) => return Err(storage(error)),
+        };
         while let Some(part) = stream.next().await {
             bytes.extend_from_slice(&part.map_err(storage)?);
         }
@@ -668,11 +728,13 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
             return Err(refusal(&error));
         }
     };
+    crate::faults::point("photo.complete.before_original")?;
     photos
         .store
         .put(&original_path(&sha), bytes.into())
         .await
         .map_err(storage)?;
+    crate::faults::point("photo.complete.after_original")?;
     let row = PhotoRow {
         sha256: sha,
         bytes: upload.length,
@@ -688,15 +750,28 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
         received_at: now(),
         hashed_at: None,
     };
+    mark_finished(state, &upload, Some(row)).await
+}
+
+/// Commits a completion: the `photos` row (if given and absent) and the upload marked finished,
+/// in one transaction; then the pieces are deleted and the workers woken.
+async fn mark_finished(
+    state: &Arc<AppState>,
+    upload: &UploadRow,
+    row: Option<PhotoRow>,
+) -> ApiResult<UploadRow> {
     let (id, length, upload_sha) = (upload.id.clone(), upload.length, upload.sha256.clone());
     let (objects, done) = state
         .db
         .write(move |conn| -> ApiResult<_> {
-            on_each_backend!(conn, |c| diesel::insert_into(photos::table)
-                .values(&row)
-                .on_conflict(photos::sha256)
-                .do_nothing()
-                .execute(c))?;
+            if let Some(row) = &row {
+                on_each_backend!(conn, |c| diesel::insert_into(photos::table)
+                    .values(row)
+                    .on_conflict(photos::sha256)
+                    .do_nothing()
+                    .execute(c))?;
+            }
+            crate::faults::point("photo.complete.before_commit")?;
             let objects = finish_upload(conn, &id, length)?;
             crate::compliance::judging::mark_photo_stale(conn, &upload_sha)?;
             let done = photo_uploads::table
@@ -706,10 +781,67 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
             Ok((objects, done))
         })
         .await?;
-    delete_objects(photos.store.as_ref(), objects).await;
-    photos.wake_worker.notify_one();
+    crate::faults::point("photo.complete.after_commit")?;
+    delete_objects(state.photos.store.as_ref(), objects).await;
+    state.photos.wake_worker.notify_one();
     state.wake_judging.notify_one();
     Ok(done)
+}
+
+/// A piece vanished while completing: another completion finished and deleted it, or the upload
+/// was discarded. Says which.
+async fn finished_meanwhile(state: &Arc<AppState>, id: &str) -> ApiResult<UploadRow> {
+    let id = id.to_string();
+    let current: Option<UploadRow> = state
+        .db
+        .run(move |conn| -> ApiResult<_> {
+            Ok(photo_uploads::table
+                .find(&id)
+                .select(UploadRow::as_select())
+                .first(conn)
+                .optional()?)
+        })
+        .await?;
+    match current {
+        Some(upload) if upload.is_stored() => Ok(upload),
+        Some(_) => Err(ApiError::internal(
+            "a piece of a whole upload is missing from the photo store",
+        )),
+        None => Err(gone_meanwhile()),
+    }
+}
+
+fn gone_meanwhile() -> ApiError {
+    ApiError::not_found(
+        "upload_not_found",
+        "the upload was discarded meanwhile; create it again",
+    )
+}
+
+/// Completes every upload whose bytes are all there and whose completion was cut short (a
+/// crash, a full disk). Runs at start and with each sweep. Returns how many it completed.
+pub async fn complete_whole(state: &Arc<AppState>) -> ApiResult<usize> {
+    let owed: Vec<UploadRow> = state
+        .db
+        .run(|conn| -> ApiResult<_> {
+            Ok(photo_uploads::table
+                .filter(photo_uploads::completed_at.is_null())
+                .filter(photo_uploads::received.eq(photo_uploads::length))
+                .select(UploadRow::as_select())
+                .load(conn)?)
+        })
+        .await?;
+    let mut completed = 0;
+    for upload in owed {
+        let _turn = state.photos.turn(&upload.id).await;
+        let id = upload.id.clone();
+        match complete(state, upload).await {
+            Ok(done) if done.is_stored() => completed += 1,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, upload = id, "could not complete a whole upload"),
+        }
+    }
+    Ok(completed)
 }
 
 /// Forgets an upload and deletes its pieces.
@@ -763,12 +895,19 @@ pub fn project_patrol_photos(
 /// Removes expired uploads and pieces no committed row accounts for. Returns how many objects
 /// it deleted.
 pub async fn sweep(state: &Arc<AppState>) -> ApiResult<usize> {
+    match complete_whole(state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(completed = n, "completed whole uploads"),
+        Err(error) => tracing::warn!(%error, "completing whole uploads"),
+    }
     let cutoff = now();
     let (objects, live) = state
         .db
         .write(move |conn| -> ApiResult<_> {
+            // A whole upload is never swept: its completion is owed (complete_whole).
             let expired: Vec<String> = photo_uploads::table
                 .filter(photo_uploads::completed_at.is_null())
+                .filter(photo_uploads::received.lt(photo_uploads::length))
                 .filter(photo_uploads::expires_at.le(cutoff))
                 .select(photo_uploads::id)
                 .load(conn)?;
@@ -908,6 +1047,12 @@ async fn derive_one(state: &Arc<AppState>, sha: &str) -> ApiResult<u64> {
 pub fn spawn_workers(state: Arc<AppState>) {
     let worker = state.clone();
     tokio::spawn(async move {
+        // Completions a crash cut short are finished first, before the first sweep.
+        match complete_whole(&worker).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(completed = n, "completed whole uploads left by a crash"),
+            Err(error) => tracing::warn!(%error, "completing whole uploads at start"),
+        }
         loop {
             if let Err(error) = derive_pending(&worker).await {
                 tracing::warn!(%error, "derived-image worker");

@@ -637,6 +637,82 @@ async fn expired_uploads_and_stray_pieces_are_swept(backend: Backend) {
     assert_eq!(done.offset(), photo.len() as i64);
 }
 
+/// Issue 21: a crash between the last piece's commit and the photo's completion left an upload
+/// with every byte and no photo; HEAD answered `Upload-Offset = Upload-Length`, the phone took it
+/// for done, and the sweep deleted the upload a day later. Now such an upload is never swept and
+/// no answer shows the full offset before the photo is stored.
+async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let phone = device(&app, INSPECTOR).await;
+    let photo = jpeg(9, 320, 240);
+    let sha = sha256(&photo);
+    let location = phone.create(&photo).await.location();
+    phone.patch(&location, 0, &photo[..2000]).await;
+    // The last piece stored and committed, as a crash would have left it, expired long ago.
+    let id = location.rsplit('/').next().expect("id").to_string();
+    let object = format!("uploads/{id}/000000002000-crash");
+    let path = app.db.dir.path().join("photos").join(&object);
+    std::fs::write(&path, &photo[2000..]).expect("piece");
+    let (length, past) = (photo.len() as i64, gridpatrol_server::db::now() - chrono::Duration::days(2));
+    app.with_conn(move |conn| {
+        use gridpatrol_server::schema::photo_upload_chunks;
+        diesel::insert_into(photo_upload_chunks::table)
+            .values((
+                photo_upload_chunks::upload_id.eq(&id),
+                photo_upload_chunks::start.eq(2000),
+                photo_upload_chunks::stop.eq(length),
+                photo_upload_chunks::object.eq(&object),
+            ))
+            .execute(conn)?;
+        diesel::update(photo_uploads::table.find(&id))
+            .set((photo_uploads::received.eq(length), photo_uploads::expires_at.eq(past)))
+            .execute(conn)
+    })
+    .await;
+    // The sweep completes it instead of deleting it.
+    gridpatrol_server::photos::sweep(&app.state).await.expect("sweep");
+    let held: i64 = app
+        .with_conn({
+            let sha = sha.clone();
+            move |conn| photos::table.find(&sha).count().get_result(conn)
+        })
+        .await;
+    assert_eq!(held, 1, "the sweep completed the whole upload");
+    let head = phone.head(&location).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.offset(), length);
+    assert_eq!(head.header("photo-stored"), Some("true"));
+    assert!(objects(&app, "uploads").await.is_empty(), "its pieces are gone");
+    assert!(objects(&app, "originals").await.iter().any(|o| o.ends_with(&sha)));
+
+    // And a HEAD alone completes one, before answering: never the full offset without the photo.
+    let photo = jpeg(10, 320, 240);
+    let location = phone.create(&photo).await.location();
+    let partial = phone.patch(&location, 0, &photo[..1000]).await;
+    assert_eq!(partial.header("photo-stored"), None, "not stored while bytes are missing");
+    let id = location.rsplit('/').next().expect("id").to_string();
+    let object = format!("uploads/{id}/000000001000-crash");
+    std::fs::write(app.db.dir.path().join("photos").join(&object), &photo[1000..]).expect("piece");
+    let length = photo.len() as i64;
+    app.with_conn(move |conn| {
+        use gridpatrol_server::schema::photo_upload_chunks;
+        diesel::insert_into(photo_upload_chunks::table)
+            .values((
+                photo_upload_chunks::upload_id.eq(&id),
+                photo_upload_chunks::start.eq(1000),
+                photo_upload_chunks::stop.eq(length),
+                photo_upload_chunks::object.eq(&object),
+            ))
+            .execute(conn)?;
+        diesel::update(photo_uploads::table.find(&id))
+            .set(photo_uploads::received.eq(length))
+            .execute(conn)
+    })
+    .await;
+    let head = phone.head(&location).await;
+    assert_eq!((head.offset(), head.header("photo-stored")), (length, Some("true")));
+}
+
 async fn thumbnails_and_previews_are_made_off_the_request_path(setup: Setup) {
     let app = app(setup).await;
     let phone = device(&app, INSPECTOR).await;
@@ -730,4 +806,7 @@ every_store!(
 );
 
 // The stray piece is planted in the local directory.
-both_backends!(expired_uploads_and_stray_pieces_are_swept);
+both_backends!(
+    expired_uploads_and_stray_pieces_are_swept,
+    a_whole_upload_cut_short_is_completed_never_swept,
+);

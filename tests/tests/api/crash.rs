@@ -1,0 +1,205 @@
+//! Crash points (issue 21): the real server binary, built with the `fault-injection` feature,
+//! aborts itself at a named point while a real SDK phone uploads a photo; a new process on the
+//! same data directory starts, and the phone syncs again. At no moment may the phone hold as
+//! uploaded a photo the server does not have, and in the end the server has it exactly once,
+//! byte for byte.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridpatrol_sdk::store::SqliteStore;
+use gridpatrol_sdk::{Client, Datum, FixInput, Method, Options, PhotoOptions};
+use gridpatrol_tests::process::{ServerProcess, demo_admin_token, free_port, test_server_binary};
+use gridpatrol_tests::{http_client, noise_jpeg, sha256_hex};
+
+const VILLAGE: &str = "522632100001";
+const INSPECTOR: &str = "inspector-522632100001-1";
+
+/// An enrollment code for the demo inspector, from the county admin over HTTP.
+async fn enrollment_code(base: &str) -> String {
+    let admin = demo_admin_token(base).await;
+    let client = http_client();
+    let users: serde_json::Value = client
+        .get(format!("{base}/v1/users?role=inspector"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    let id = users
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|u| u["username"] == INSPECTOR)
+        .and_then(|u| u["id"].as_i64())
+        .expect("inspector");
+    let code: serde_json::Value = client
+        .post(format!("{base}/v1/users/{id}/enrollment-codes"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("code")
+        .json()
+        .await
+        .expect("json");
+    code["code"].as_str().expect("code").to_string()
+}
+
+/// What the server holds of a photo: its bytes' SHA-256 as the county admin downloads them.
+async fn server_copy(base: &str, sha: &str) -> Option<String> {
+    let admin = demo_admin_token(base).await;
+    let got = http_client()
+        .get(format!("{base}/v1/photos/{sha}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get");
+    if got.status().as_u16() != 200 {
+        return None;
+    }
+    Some(sha256_hex(&got.bytes().await.expect("bytes")))
+}
+
+/// A phone that recorded a submitted patrol with one photo (still queued).
+fn recorded_phone(dir: &tempfile::TempDir, base: &str) -> (Client, Vec<u8>) {
+    let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
+    let phone = Client::open_with(
+        Arc::new(store),
+        base,
+        Options {
+            photos: PhotoOptions {
+                dir: Some(dir.path().join("photos")),
+                delete_after_upload: true,
+                ..PhotoOptions::default()
+            },
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    (phone, noise_jpeg(7, 640, 480))
+}
+
+fn walk_and_attach(dir: &tempfile::TempDir, phone: &Client, bytes: &[u8]) -> (String, String) {
+    let patrol = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+    let start = 1_795_000_000_000;
+    for i in 0..3 {
+        phone
+            .add_fix(
+                &patrol,
+                FixInput {
+                    at_ms: start + 10_000 * i,
+                    lon: 108.52 + 0.0002 * i as f64,
+                    lat: 25.93,
+                    datum: Datum::Wgs84,
+                    accuracy_m: Some(5.0),
+                    mock: false,
+                },
+            )
+            .expect("fix");
+    }
+    let camera = dir.path().join("IMG_0001.jpg");
+    std::fs::write(&camera, bytes).expect("camera");
+    let sha = phone.attach_photo(&patrol, &camera, "排污口").expect("attach");
+    phone.submit(&patrol).expect("submit");
+    (patrol, sha)
+}
+
+fn phone_says_uploaded(phone: &Client) -> bool {
+    phone.photos().expect("photos")[0].state == "uploaded"
+}
+
+/// Each photo crash point in turn: the server dies there in the middle of the phone's upload.
+#[tokio::test]
+async fn a_photo_survives_a_crash_at_every_point_of_its_upload() {
+    let bin = test_server_binary();
+    let points: Vec<&str> = gridpatrol_server::faults::POINTS
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("photo."))
+        .collect();
+    assert!(points.len() >= 7, "{points:?}");
+    for point in points {
+        let data = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let mut server =
+            ServerProcess::start(&bin, data.path(), port, &[("GRIDPATROL_FAULT", point)]).await;
+        let base = server.base.clone();
+        let phone_dir = tempfile::tempdir().expect("tmp");
+        let (phone, bytes) = recorded_phone(&phone_dir, &base);
+        phone
+            .enroll(&enrollment_code(&base).await, "红米 Note 12")
+            .await
+            .expect("enroll");
+        let (_patrol, sha) = walk_and_attach(&phone_dir, &phone, &bytes);
+        let outcome = phone.sync().await;
+        let status = server
+            .exited(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{point}: the server did not stop at its crash point"));
+        assert!(!status.success(), "{point}: {status}");
+        assert!(
+            outcome.is_err() || !phone_says_uploaded(&phone),
+            "{point}: the phone believes the photo uploaded from a server that died: {outcome:?}"
+        );
+        assert!(!phone_says_uploaded(&phone), "{point}");
+        let own_copy = std::path::PathBuf::from(&phone.photos().expect("photos")[0].path);
+        assert!(own_copy.exists(), "{point}: the phone kept its copy");
+        drop(server);
+
+        // A new process on the same data: what the crash left is completed or resumed.
+        let server = ServerProcess::start(&bin, data.path(), port, &[]).await;
+        let mut report = None;
+        for _ in 0..5 {
+            if let Ok(r) = phone.sync().await
+                && phone_says_uploaded(&phone)
+            {
+                report = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(report.is_some(), "{point}: the photo never uploaded");
+        assert_eq!(
+            server_copy(&server.base, &sha).await.as_deref(),
+            Some(sha.as_str()),
+            "{point}: the server holds the photo, byte for byte"
+        );
+        assert!(!own_copy.exists(), "{point}: deleted only after the receipt");
+        // Exactly once: one photo row, one finished upload, no pieces left behind.
+        let db = data.path().join("gridpatrol.sqlite3");
+        let counts = sqlite_counts(&db, &sha);
+        assert_eq!(counts, (1, 1, 0), "{point}: photos, finished uploads, pieces");
+        let stored_originals = std::fs::read_dir(data.path().join("photos/originals"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(stored_originals, 1, "{point}");
+        drop(server);
+    }
+}
+
+/// (photos rows, finished upload rows, piece rows) for a photo, read from the SQLite file.
+fn sqlite_counts(path: &std::path::Path, sha: &str) -> (i64, i64, i64) {
+    use diesel::prelude::*;
+    use gridpatrol_server::schema::{photo_upload_chunks, photo_uploads, photos};
+    let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let held: i64 = photos::table
+        .filter(photos::sha256.eq(sha))
+        .count()
+        .get_result(&mut conn)
+        .expect("photos");
+    let finished: i64 = photo_uploads::table
+        .filter(photo_uploads::sha256.eq(sha))
+        .filter(photo_uploads::completed_at.is_not_null())
+        .count()
+        .get_result(&mut conn)
+        .expect("uploads");
+    let pieces: i64 = photo_upload_chunks::table
+        .count()
+        .get_result(&mut conn)
+        .expect("pieces");
+    (held, finished, pieces)
+}
