@@ -186,10 +186,7 @@ async fn list(
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit is 1 to 1000",
-        ));
+        return Err(ApiError::bad_request("invalid_limit", "limit is 1 to 1000"));
     }
     let admin_paths = authed.admin_paths();
     if !authed.is_superuser && admin_paths.is_empty() {

@@ -123,7 +123,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !cfg!(feature = "fault-injection") && std::env::var_os("GRIDPATROL_FAULT").is_some() {
         // A fault suite run against a build without crash points would test nothing.
-        eprintln!("error: GRIDPATROL_FAULT is set, but this build has no crash points (feature fault-injection)");
+        eprintln!(
+            "error: GRIDPATROL_FAULT is set, but this build has no crash points (feature fault-injection)"
+        );
         return ExitCode::from(2);
     }
     init_tracing(&cli.log_format);

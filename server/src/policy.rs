@@ -312,6 +312,32 @@ mod tests {
         );
     }
 
+    /// Issue 23: every threshold and every hard/soft choice appears in each preset, so that a
+    /// reader of the file sees all of it (a missing key would silently take the code's default).
+    #[test]
+    fn every_preset_lists_every_patrol_rule() {
+        let defaults = toml::Value::try_from(crate::compliance::verdict::PatrolRules::default())
+            .expect("rules as TOML");
+        let keys: Vec<&String> = defaults.as_table().expect("table").keys().collect();
+        for (file, text) in BUILTIN {
+            let value: toml::Value = toml::from_str(text).expect(file);
+            for rules in value["compliance"].as_array().expect("compliance") {
+                let patrol = rules.get("patrol").and_then(|p| p.as_table());
+                let patrol = patrol.unwrap_or_else(|| panic!("{file}: no [compliance.patrol]"));
+                for key in &keys {
+                    assert!(patrol.contains_key(*key), "{file}: {key} missing");
+                }
+                let hard = patrol["hard_signals"].as_array().expect("hard_signals");
+                for signal in ["teleport", "impossible_speed", "no_photo_in_patrol"] {
+                    assert!(
+                        hard.iter().any(|h| h.as_str() == Some(signal)),
+                        "{file}: {signal}"
+                    );
+                }
+            }
+        }
+    }
+
     /// 榕江: "网格员每周巡查原则上不少于1次，对网格内的重点监控区域、点位全覆盖巡查每月不少于2次"
     /// and "于每周三上午12：00前将网格巡查资料……报至县环委办邮箱".
     #[test]

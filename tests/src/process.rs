@@ -130,8 +130,8 @@ pub fn free_port() -> u16 {
 /// to do when it is missing: fault tests never skip.
 pub fn test_server_binary() -> std::path::PathBuf {
     const BUILD: &str = "run the tests with `cargo test --workspace` (scripts/test), or build it with `cargo build -p gridpatrol-server --features fault-injection`";
-    let bin = server_binary()
-        .unwrap_or_else(|| panic!("no gridpatrol binary beside the tests: {BUILD}"));
+    let bin =
+        server_binary().unwrap_or_else(|| panic!("no gridpatrol binary beside the tests: {BUILD}"));
     // `cargo test -p gridpatrol-tests` alone does not rebuild the binary: refuse a stale one
     // rather than test old code.
     let built = std::fs::metadata(&bin)

@@ -129,7 +129,9 @@ impl Authed {
     pub fn manages_above(&self, path: &str) -> bool {
         self.is_superuser
             || self.roles.iter().any(|g| {
-                g.role.manages() && path != g.grid_path && crate::grids::in_subtree(path, &g.grid_path)
+                g.role.manages()
+                    && path != g.grid_path
+                    && crate::grids::in_subtree(path, &g.grid_path)
             })
     }
     pub fn is_admin_of(&self, path: &str) -> bool {

@@ -19,7 +19,9 @@ use crate::app::AppState;
 use crate::db::{DbConnection, now};
 use crate::error::{ApiError, ApiResult};
 use crate::on_each_backend;
-use crate::schema::{patrol_photos, patrol_verdicts, photos, sync_documents, sync_snapshots};
+use crate::schema::{
+    patrol_photos, patrol_verdicts, patrols, photos, sync_documents, sync_snapshots, users,
+};
 use crate::sync::stored::{SNAPSHOT_AFTER, Snapshot, StoredDoc};
 
 /// Marks patrols' verdicts stale (creating their rows): `(patrol, grid, inspector)` each, in one
@@ -729,14 +731,66 @@ fn photo_evidence(
             }
             _ => None,
         };
-        let reused_from = crate::photos::near_duplicates(conn, hashes, &sha256)?
-            .into_iter()
-            .find_map(|near| {
-                near.patrols
-                    .iter()
-                    .find(|(other, _)| other != patrol)
-                    .map(|(other, _)| (other.clone(), near.distance))
-            });
+        // The very same file in an earlier patrol (by the server's receive time), any
+        // inspector's; else the nearest earlier look-alike.
+        let this_received: Option<NaiveDateTime> = patrols::table
+            .find(patrol)
+            .select(patrols::first_received_at)
+            .first(conn)
+            .optional()?;
+        let identical: Option<String> = match this_received {
+            None => None,
+            Some(received) => patrol_photos::table
+                .inner_join(patrols::table.on(patrols::id.eq(patrol_photos::patrol_id)))
+                .filter(patrol_photos::sha256.eq(&sha256))
+                .filter(patrol_photos::patrol_id.ne(patrol))
+                // Received earlier; of two received in one sync, the smaller id is the earlier.
+                .filter(
+                    patrols::first_received_at
+                        .lt(received)
+                        .or(patrols::first_received_at
+                            .eq(received)
+                            .and(patrols::id.lt(patrol))),
+                )
+                .order((patrols::first_received_at.asc(), patrols::id.asc()))
+                .select(patrol_photos::patrol_id)
+                .first(conn)
+                .optional()?,
+        };
+        let earlier = match identical {
+            Some(other) => Some((other, 0, true)),
+            None => crate::photos::near_duplicates(conn, hashes, &sha256)?
+                .into_iter()
+                .find_map(|near| {
+                    near.patrols
+                        .iter()
+                        .find(|(other, _)| other != patrol)
+                        .map(|(other, _)| (other.clone(), near.distance, false))
+                }),
+        };
+        let reused_from = match earlier {
+            None => None,
+            Some((other, distance, identical)) => {
+                let found: Option<(String, NaiveDateTime)> = patrols::table
+                    .inner_join(users::table.on(users::id.eq(patrols::inspector_id)))
+                    .filter(patrols::id.eq(&other))
+                    .select((users::display_name, patrols::started_at))
+                    .first(conn)
+                    .optional()?;
+                let (inspector, started) = found.unwrap_or_default();
+                Some(super::verdict::Reuse {
+                    patrol: other,
+                    inspector,
+                    date: started
+                        .and_utc()
+                        .with_timezone(&tz)
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                    distance,
+                    identical,
+                })
+            }
+        };
         evidence.push(PhotoEvidence {
             sha256,
             received: true,

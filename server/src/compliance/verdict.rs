@@ -25,11 +25,19 @@ pub struct PatrolRules {
     /// Length of the track, metres (0: not checked).
     pub min_distance_m: f64,
     pub min_photos: u32,
-    /// Faster than this between two fixes (beyond what their accuracy explains) is a jump.
+    /// Faster than this, sustained for `sustained_speed_seconds` or more (beyond what the fixes'
+    /// accuracy explains), is `impossible_speed`: no vehicle an inspector uses goes so fast.
     pub max_speed_kmh: f64,
+    /// How long a stretch above `max_speed_kmh` must last to count: shorter ones are GPS glitches.
+    pub sustained_speed_seconds: f64,
+    /// Two consecutive fixes at least this far apart (beyond their accuracy) ...
+    pub teleport_distance_m: f64,
+    /// ... and faster than this between them are a `teleport` (a spoofer leaking the real place).
+    pub teleport_speed_kmh: f64,
     /// A patrol whose fixes all stay this close to their centre never moved ("desk patrol").
     pub desk_radius_m: f64,
-    /// A stretch without fixes longer than this is a gap (soft: tunnels and valleys happen).
+    /// A stretch without fixes longer than this is a `track_gap` (soft: tunnels and valleys
+    /// happen).
     pub max_gap_minutes: f64,
     /// A photo taken (EXIF time) more than this before the start or after the end.
     pub photo_time_slack_minutes: f64,
@@ -50,12 +58,15 @@ impl Default for PatrolRules {
             min_distance_m: 0.0,
             min_photos: 1,
             max_speed_kmh: 120.0,
+            sustained_speed_seconds: 60.0,
+            teleport_distance_m: 1000.0,
+            teleport_speed_kmh: 300.0,
             desk_radius_m: 30.0,
-            max_gap_minutes: 15.0,
+            max_gap_minutes: 5.0,
             photo_time_slack_minutes: 30.0,
             photo_distance_m: 1000.0,
             max_clock_ahead_minutes: 10.0,
-            hard_signals: vec![Signal::MockLocation, Signal::DeskPatrol],
+            hard_signals: Signal::HARD_BY_DEFAULT.to_vec(),
         }
     }
 }
@@ -65,23 +76,43 @@ impl Default for PatrolRules {
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     MockLocation,
+    /// Consecutive fixes kilometres apart within seconds.
+    Teleport,
+    /// Sustained faster than any vehicle an inspector uses.
     ImpossibleSpeed,
     DeskPatrol,
-    LongGap,
+    /// A stretch without fixes (`long_gap` in policy files before 2026-12).
+    #[serde(alias = "long_gap")]
+    TrackGap,
+    /// Some photos taken outside the patrol's time.
     PhotoTimeOutside,
+    /// Every dated photo taken outside the patrol's time: none belongs to this patrol.
+    NoPhotoInPatrol,
     PhotoFarFromTrack,
+    /// The same photo file, or a near-duplicate picture, in an earlier patrol.
     PhotoReused,
     ClockAhead,
 }
 
 impl Signal {
+    /// Hard unless a policy says otherwise (GridPatrol defaults; docs/POLICY.md).
+    pub const HARD_BY_DEFAULT: [Signal; 6] = [
+        Signal::MockLocation,
+        Signal::Teleport,
+        Signal::ImpossibleSpeed,
+        Signal::DeskPatrol,
+        Signal::NoPhotoInPatrol,
+        Signal::PhotoReused,
+    ];
     pub fn code(self) -> &'static str {
         match self {
             Signal::MockLocation => "mock_location",
+            Signal::Teleport => "teleport",
             Signal::ImpossibleSpeed => "impossible_speed",
             Signal::DeskPatrol => "desk_patrol",
-            Signal::LongGap => "long_gap",
+            Signal::TrackGap => "track_gap",
             Signal::PhotoTimeOutside => "photo_time_outside",
+            Signal::NoPhotoInPatrol => "no_photo_in_patrol",
             Signal::PhotoFarFromTrack => "photo_far_from_track",
             Signal::PhotoReused => "photo_reused",
             Signal::ClockAhead => "clock_ahead",
@@ -100,8 +131,23 @@ pub struct PhotoEvidence {
     pub taken_at_ms: Option<i64>,
     /// EXIF position, WGS-84.
     pub position: Option<(f64, f64)>,
-    /// An earlier photo of another patrol that looks the same: (its patrol, bits apart).
-    pub reused_from: Option<(String, u32)>,
+    /// An earlier patrol with the same photo file or one that looks the same.
+    pub reused_from: Option<Reuse>,
+}
+
+/// Where a reused photo was seen before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Reuse {
+    /// The earlier patrol (its whole id).
+    pub patrol: String,
+    /// Its inspector's display name.
+    pub inspector: String,
+    /// Its day, in the jurisdiction's time zone (YYYY-MM-DD).
+    pub date: String,
+    /// Perceptual-hash bits apart: 0 with `identical` for the very same file.
+    pub distance: u32,
+    /// The same file, byte for byte (the same SHA-256).
+    pub identical: bool,
 }
 
 /// A key point (重点监控点位) of the patrol's grid.
@@ -152,6 +198,12 @@ pub struct Flag {
     /// Hard: the patrol does not count. Soft: shown to the supervisor.
     pub hard: bool,
     pub message: String,
+    /// The evidence, for a screen to show: for a teleport the two fixes (`from`, `to`: lon, lat,
+    /// time), `distance_m` and `seconds`; for a sustained speed the stretch; for a reused photo
+    /// the photo and the earlier patrol ([`Reuse`]).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Object)]
+    pub evidence: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -228,10 +280,13 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         ),
     });
 
-    let minutes = patrol
-        .ended_at_ms
-        .map(|end| (end - patrol.started_at_ms) as f64 / 60_000.0)
-        .unwrap_or(0.0);
+    // Duration is the time the fixes cover, not the phone's start and end stamps (which an app
+    // can set to anything): a patrol is as long as its track.
+    let (first_ms, last_ms) = match (fixes.first(), fixes.last()) {
+        (Some(first), Some(last)) => (first.at_ms, last.at_ms),
+        _ => (patrol.started_at_ms, patrol.started_at_ms),
+    };
+    let minutes = (last_ms - first_ms).max(0) as f64 / 60_000.0;
     reasons.push(Reason {
         code: "duration".into(),
         passed: minutes >= rules.min_duration_minutes,
@@ -291,28 +346,10 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
             signal: Signal::MockLocation,
             hard: hard(Signal::MockLocation),
             message: format!("{mocked} 个轨迹点来自模拟定位（虚拟定位软件）"),
+            evidence: serde_json::json!({"fixes": mocked}),
         });
     }
-    let jumps = fixes
-        .windows(2)
-        .filter(|w| {
-            let seconds = (w[1].at_ms - w[0].at_ms) as f64 / 1000.0;
-            let apart = ((w[1].x - w[0].x).powi(2) + (w[1].y - w[0].y).powi(2)).sqrt();
-            // What the two fixes' accuracy cannot explain.
-            let moved = (apart - w[0].accuracy_m - w[1].accuracy_m).max(0.0);
-            moved > 0.0 && (seconds <= 0.0 || moved / seconds * 3.6 > rules.max_speed_kmh)
-        })
-        .count();
-    if jumps > 0 {
-        flags.push(Flag {
-            signal: Signal::ImpossibleSpeed,
-            hard: hard(Signal::ImpossibleSpeed),
-            message: format!(
-                "轨迹有 {jumps} 处跳变（两点间速度超过 {:.0} 公里/小时）",
-                rules.max_speed_kmh
-            ),
-        });
-    }
+    flags.extend(speed_flags(&fixes, rules));
     if fixes.len() >= 2 && minutes >= rules.min_duration_minutes.min(10.0) {
         let (cx, cy) = (
             fixes.iter().map(|f| f.x).sum::<f64>() / fixes.len() as f64,
@@ -333,6 +370,7 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
                 message: format!(
                     "{minutes:.0} 分钟内所有轨迹点都在 {farthest:.0} 米范围内，未见移动"
                 ),
+                evidence: serde_json::json!({"radius_m": farthest, "minutes": minutes}),
             });
         }
     }
@@ -342,57 +380,25 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         .fold(0.0, f64::max);
     if gap > rules.max_gap_minutes {
         flags.push(Flag {
-            signal: Signal::LongGap,
-            hard: hard(Signal::LongGap),
-            message: format!("轨迹中断 {gap:.0} 分钟（隧道、山谷可能无信号）"),
+            signal: Signal::TrackGap,
+            hard: hard(Signal::TrackGap),
+            message: format!(
+                "轨迹中断 {gap:.0} 分钟（超过 {:.0} 分钟；隧道、山谷可能无信号）",
+                rules.max_gap_minutes
+            ),
+            evidence: serde_json::json!({"minutes": gap}),
         });
     }
-    let slack = (rules.photo_time_slack_minutes * 60_000.0) as i64;
-    let end = patrol.ended_at_ms.unwrap_or(patrol.started_at_ms);
-    for photo in context.photos {
-        let short = &photo.sha256[..photo.sha256.len().min(8)];
-        if let Some(taken) = photo.taken_at_ms
-            && (taken < patrol.started_at_ms - slack || taken > end + slack)
-        {
-            flags.push(Flag {
-                signal: Signal::PhotoTimeOutside,
-                hard: hard(Signal::PhotoTimeOutside),
-                message: format!("照片 {short} 的拍摄时间不在巡查时段内"),
-            });
-        }
-        if let Some(position) = photo.position
-            && !fixes.is_empty()
-        {
-            let nearest = fixes
-                .iter()
-                .map(|f| metres(position, (f.lon, f.lat)))
-                .fold(f64::INFINITY, f64::min);
-            if nearest > rules.photo_distance_m {
-                flags.push(Flag {
-                    signal: Signal::PhotoFarFromTrack,
-                    hard: hard(Signal::PhotoFarFromTrack),
-                    message: format!("照片 {short} 的拍摄地点距轨迹 {nearest:.0} 米"),
-                });
-            }
-        }
-        if let Some((earlier, distance)) = &photo.reused_from {
-            flags.push(Flag {
-                signal: Signal::PhotoReused,
-                hard: hard(Signal::PhotoReused),
-                message: format!(
-                    "照片 {short} 与之前巡查 {} 的照片相同或极相似（差 {distance} 位）",
-                    &earlier[..earlier.len().min(8)]
-                ),
-            });
-        }
-    }
+    flags.extend(photo_flags(&fixes, context, first_ms, last_ms));
     if let (Some(received), Some(last)) = (context.received_at_ms, fixes.last()) {
+        let end = patrol.ended_at_ms.unwrap_or(patrol.started_at_ms);
         let ahead = (last.at_ms.max(end) - received) as f64 / 60_000.0;
         if ahead > rules.max_clock_ahead_minutes {
             flags.push(Flag {
                 signal: Signal::ClockAhead,
                 hard: hard(Signal::ClockAhead),
                 message: format!("手机时间比服务器接收时间快 {ahead:.0} 分钟"),
+                evidence: serde_json::json!({"minutes": ahead}),
             });
         }
     }
@@ -424,6 +430,204 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         flags,
         key_points,
     }
+}
+
+fn fix_json(f: &Point2) -> serde_json::Value {
+    serde_json::json!({"lon": f.lon, "lat": f.lat, "at_ms": f.at_ms, "accuracy_m": f.accuracy_m})
+}
+
+/// Metres between two fixes beyond what their accuracy explains.
+fn unexplained(a: &Point2, b: &Point2) -> f64 {
+    let apart = ((b.x - a.x).powi(2) + (b.y - a.y).powi(2)).sqrt();
+    (apart - a.accuracy_m - b.accuracy_m).max(0.0)
+}
+
+fn is_teleport(a: &Point2, b: &Point2, rules: &PatrolRules) -> bool {
+    let seconds = (b.at_ms - a.at_ms) as f64 / 1000.0;
+    let moved = unexplained(a, b);
+    moved >= rules.teleport_distance_m
+        && (seconds <= 0.0 || moved / seconds * 3.6 > rules.teleport_speed_kmh)
+}
+
+/// `teleport` (consecutive fixes kilometres apart within seconds) and `impossible_speed` (a
+/// stretch of at least `sustained_speed_seconds` covered faster than `max_speed_kmh`). A single
+/// wild fix between good ones moves neither: a glitch hundreds of metres off and back is short
+/// and near, and over a minute its start and end are where the walk was.
+fn speed_flags(fixes: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
+    let hard = |signal: Signal| rules.hard_signals.contains(&signal);
+    let mut flags = Vec::new();
+    let mut teleports = 0;
+    let mut worst: Option<(usize, f64, f64)> = None;
+    for (i, w) in fixes.windows(2).enumerate() {
+        let seconds = (w[1].at_ms - w[0].at_ms) as f64 / 1000.0;
+        let moved = unexplained(&w[0], &w[1]);
+        if is_teleport(&w[0], &w[1], rules) {
+            teleports += 1;
+            if worst.is_none_or(|(_, m, _)| moved > m) {
+                worst = Some((i, moved, seconds));
+            }
+        }
+    }
+    if let Some((i, moved, seconds)) = worst {
+        flags.push(Flag {
+            signal: Signal::Teleport,
+            hard: hard(Signal::Teleport),
+            message: format!(
+                "轨迹瞬移 {teleports} 处：{:.1} 公里只用了 {seconds:.0} 秒（不可能到达）",
+                moved / 1000.0
+            ),
+            evidence: serde_json::json!({
+                "from": fix_json(&fixes[i]), "to": fix_json(&fixes[i + 1]),
+                "distance_m": moved, "seconds": seconds, "count": teleports,
+            }),
+        });
+    }
+    // Sustained speed: from each fix, the first fix at least the window later; what lies between
+    // their accuracy circles over the time between them.
+    let window_ms = (rules.sustained_speed_seconds * 1000.0) as i64;
+    let mut fastest: Option<(usize, usize, f64)> = None;
+    let mut j = 0;
+    for i in 0..fixes.len() {
+        j = j.max(i + 1);
+        while j < fixes.len() && fixes[j].at_ms - fixes[i].at_ms < window_ms {
+            j += 1;
+        }
+        if j >= fixes.len() {
+            break;
+        }
+        let seconds = (fixes[j].at_ms - fixes[i].at_ms) as f64 / 1000.0;
+        let kmh = unexplained(&fixes[i], &fixes[j]) / seconds * 3.6;
+        // A teleport inside the stretch is its own signal, not a speed.
+        let leap = (i..j).any(|k| is_teleport(&fixes[k], &fixes[k + 1], rules));
+        if kmh > rules.max_speed_kmh && !leap && fastest.is_none_or(|(_, _, k)| kmh > k) {
+            fastest = Some((i, j, kmh));
+        }
+    }
+    if let Some((i, j, kmh)) = fastest {
+        let seconds = (fixes[j].at_ms - fixes[i].at_ms) as f64 / 1000.0;
+        flags.push(Flag {
+            signal: Signal::ImpossibleSpeed,
+            hard: hard(Signal::ImpossibleSpeed),
+            message: format!(
+                "轨迹有 {seconds:.0} 秒以 {kmh:.0} 公里/小时移动（超过 {:.0} 公里/小时，任何巡查交通工具都达不到）",
+                rules.max_speed_kmh
+            ),
+            evidence: serde_json::json!({
+                "from": fix_json(&fixes[i]), "to": fix_json(&fixes[j]),
+                "kmh": kmh, "seconds": seconds,
+            }),
+        });
+    }
+    flags
+}
+
+/// The photo signals: taken outside the time the fixes cover (some: soft; every dated one:
+/// `no_photo_in_patrol`), far from the track, reused from an earlier patrol.
+fn photo_flags(fixes: &[Point2], context: &Context<'_>, first_ms: i64, last_ms: i64) -> Vec<Flag> {
+    let rules = context.rules;
+    let hard = |signal: Signal| rules.hard_signals.contains(&signal);
+    let mut flags = Vec::new();
+    let slack = (rules.photo_time_slack_minutes * 60_000.0) as i64;
+    let dated: Vec<&PhotoEvidence> = context
+        .photos
+        .iter()
+        .filter(|p| p.taken_at_ms.is_some())
+        .collect();
+    let outside: Vec<&PhotoEvidence> = dated
+        .iter()
+        .copied()
+        .filter(|p| {
+            p.taken_at_ms
+                .is_some_and(|t| t < first_ms - slack || t > last_ms + slack)
+        })
+        .collect();
+    let days_off = |p: &PhotoEvidence| {
+        let t = p.taken_at_ms.unwrap_or(first_ms);
+        let off = if t < first_ms {
+            first_ms - t
+        } else {
+            t - last_ms
+        };
+        off as f64 / 3_600_000.0
+    };
+    if !dated.is_empty() && outside.len() == dated.len() {
+        let nearest = outside
+            .iter()
+            .map(|p| days_off(p))
+            .fold(f64::INFINITY, f64::min);
+        flags.push(Flag {
+            signal: Signal::NoPhotoInPatrol,
+            hard: hard(Signal::NoPhotoInPatrol),
+            message: format!(
+                "{} 张照片的拍摄时间都不在巡查时段内（最近的一张相差 {nearest:.1} 小时）：没有一张照片属于这次巡查",
+                outside.len()
+            ),
+            evidence: serde_json::json!({
+                "photos": outside.iter().map(|p| serde_json::json!({"sha256": p.sha256, "taken_at_ms": p.taken_at_ms})).collect::<Vec<_>>(),
+                "patrol_from_ms": first_ms, "patrol_to_ms": last_ms,
+            }),
+        });
+    } else {
+        for photo in outside {
+            flags.push(Flag {
+                signal: Signal::PhotoTimeOutside,
+                hard: hard(Signal::PhotoTimeOutside),
+                message: format!(
+                    "照片 {} 的拍摄时间不在巡查时段内（相差 {:.1} 小时）",
+                    short(&photo.sha256),
+                    days_off(photo)
+                ),
+                evidence: serde_json::json!({"sha256": photo.sha256, "taken_at_ms": photo.taken_at_ms,
+                    "patrol_from_ms": first_ms, "patrol_to_ms": last_ms}),
+            });
+        }
+    }
+    for photo in context.photos {
+        if let Some(position) = photo.position
+            && !fixes.is_empty()
+        {
+            let nearest = fixes
+                .iter()
+                .map(|f| metres(position, (f.lon, f.lat)))
+                .fold(f64::INFINITY, f64::min);
+            if nearest > rules.photo_distance_m {
+                flags.push(Flag {
+                    signal: Signal::PhotoFarFromTrack,
+                    hard: hard(Signal::PhotoFarFromTrack),
+                    message: format!(
+                        "照片 {} 的拍摄地点距轨迹 {nearest:.0} 米",
+                        short(&photo.sha256)
+                    ),
+                    evidence: serde_json::json!({"sha256": photo.sha256, "lon": position.0,
+                        "lat": position.1, "distance_m": nearest}),
+                });
+            }
+        }
+        if let Some(reuse) = &photo.reused_from {
+            let how = if reuse.identical {
+                "是同一个文件".to_string()
+            } else {
+                format!("极相似（差 {} 位）", reuse.distance)
+            };
+            flags.push(Flag {
+                signal: Signal::PhotoReused,
+                hard: hard(Signal::PhotoReused),
+                message: format!(
+                    "照片 {} 与 {} 在 {} 的巡查 {} 中的照片{how}",
+                    short(&photo.sha256),
+                    reuse.inspector,
+                    reuse.date,
+                    reuse.patrol
+                ),
+                evidence: serde_json::json!({"sha256": photo.sha256, "earlier": reuse}),
+            });
+        }
+    }
+    flags
+}
+
+fn short(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
 }
 
 /// Each fix of a track in WGS-84 with whether it counts as inside the grid, by the same test as
@@ -763,7 +967,21 @@ mod tests {
             .filter(|f| !(START + 10 * 60_000..START + 35 * 60_000).contains(&f.at_ms))
             .collect();
         let verdict = judged(&patrol(tunnel, 1), &[photo(0)]);
-        assert_eq!(signals(&verdict), vec![(Signal::LongGap, false)]);
+        assert_eq!(signals(&verdict), vec![(Signal::TrackGap, false)]);
+        // 5 minutes without fixes is not yet a gap; 6 is (soft).
+        let short_gap: Vec<Fix> = walk()
+            .into_iter()
+            .filter(|f| !(START + 11 * 60_000..START + 15 * 60_000).contains(&f.at_ms))
+            .collect();
+        assert!(judged(&patrol(short_gap, 1), &[photo(0)]).flags.is_empty());
+        let gap: Vec<Fix> = walk()
+            .into_iter()
+            .filter(|f| !(START + 11 * 60_000..START + 16 * 60_000).contains(&f.at_ms))
+            .collect();
+        assert_eq!(
+            signals(&judged(&patrol(gap, 1), &[photo(0)])),
+            vec![(Signal::TrackGap, false)]
+        );
         // Poor accuracy with noise (a valley): no jump, no flag.
         let noisy: Vec<Fix> = walk()
             .into_iter()
@@ -777,12 +995,48 @@ mod tests {
         let verdict = judged(&patrol(noisy, 1), &[photo(0)]);
         assert!(verdict.flags.is_empty(), "{verdict:?}");
         assert!(verdict.counted);
-        // One fix 5 km away for a moment: a jump, shown, not failing the patrol.
-        let mut jump = walk();
-        jump[20].lon += 0.05;
-        let verdict = judged(&patrol(jump, 1), &[photo(0)]);
-        assert_eq!(signals(&verdict), vec![(Signal::ImpossibleSpeed, false)]);
+        // One fix 500 m off for a moment (multipath near a cliff): harmless.
+        let mut glitch = walk();
+        glitch[20].lat += 0.0045;
+        let verdict = judged(&patrol(glitch, 1), &[photo(0)]);
+        assert!(verdict.flags.is_empty(), "{verdict:?}");
         assert!(verdict.counted);
+    }
+
+    /// Issue 23: teleports and sustained impossible speeds counted with a soft flag.
+    #[test]
+    fn teleports_and_impossible_speeds_do_not_count() {
+        // A spoofer leaking the real position: 10 km away and back within a minute each.
+        let mut leak = walk();
+        leak[20].lon += 0.1;
+        let verdict = judged(&patrol(leak, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::Teleport, true)]);
+        assert!(!verdict.counted);
+        let flag = &verdict.flags[0];
+        assert!(
+            flag.message.contains("公里只用了 60 秒"),
+            "{}",
+            flag.message
+        );
+        assert_eq!(flag.evidence["seconds"], 60.0);
+        assert!(flag.evidence["distance_m"].as_f64().expect("m") > 9_000.0);
+        assert_eq!(flag.evidence["from"]["at_ms"], START + 19 * 60_000);
+        // Three minutes at 200 km/h on a track a fix a minute: no vehicle an inspector uses.
+        let mut fast = walk();
+        for (k, f) in fast.iter_mut().enumerate().skip(21) {
+            f.lon += 0.0333 * (k.min(24) - 20) as f64;
+        }
+        let verdict = judged(&patrol(fast, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::ImpossibleSpeed, true)]);
+        assert!(!verdict.counted);
+        // A motorbike at 60 km/h for ten minutes counts.
+        let ride: Vec<Fix> = (0..=40)
+            .map(|m| {
+                let lon = 108.516 + 0.00025 * m.min(30) as f64 + 0.01 * (m - 30).max(0) as f64;
+                fix(m, lon.min(108.524), 25.93)
+            })
+            .collect();
+        assert!(judged(&patrol(ride, 1), &[photo(0)]).flags.is_empty());
     }
 
     #[test]
@@ -795,20 +1049,74 @@ mod tests {
             position: Some((108.60, 25.93)),
             ..photo(1)
         };
-        let reused = PhotoEvidence {
-            reused_from: Some(("0190aaaa-bbbb".into(), 3)),
-            ..photo(2)
-        };
-        let verdict = judged(&patrol(walk(), 3), &[late, far, reused]);
+        let verdict = judged(&patrol(walk(), 3), &[late, far, photo(2)]);
         assert_eq!(
             signals(&verdict),
             vec![
                 (Signal::PhotoTimeOutside, false),
                 (Signal::PhotoFarFromTrack, false),
-                (Signal::PhotoReused, false),
             ]
         );
         assert!(verdict.counted, "soft signals do not fail a patrol");
+    }
+
+    /// Issue 23: a patrol whose every photo was taken a week earlier counted; a reused photo
+    /// named its patrol by an ambiguous prefix.
+    #[test]
+    fn photos_from_elsewhere_fail_the_patrol_and_name_their_source() {
+        let week_ago = |n| PhotoEvidence {
+            taken_at_ms: Some(START - 7 * 86_400_000 + n as i64 * 60_000),
+            ..photo(n)
+        };
+        let verdict = judged(&patrol(walk(), 2), &[week_ago(0), week_ago(1)]);
+        assert_eq!(signals(&verdict), vec![(Signal::NoPhotoInPatrol, true)]);
+        assert!(!verdict.counted);
+        assert!(
+            verdict.flags[0]
+                .message
+                .contains("没有一张照片属于这次巡查")
+        );
+        // A photo without an EXIF time says nothing either way.
+        let undated = PhotoEvidence {
+            taken_at_ms: None,
+            ..photo(1)
+        };
+        let verdict = judged(&patrol(walk(), 2), &[week_ago(0), undated]);
+        assert_eq!(signals(&verdict), vec![(Signal::NoPhotoInPatrol, true)]);
+
+        let earlier = "019a1e81-d000-7000-8000-000000000001".to_string();
+        let reused = PhotoEvidence {
+            reused_from: Some(Reuse {
+                patrol: earlier.clone(),
+                inspector: "王芳".into(),
+                date: "2026-11-16".into(),
+                distance: 0,
+                identical: true,
+            }),
+            ..photo(0)
+        };
+        let verdict = judged(&patrol(walk(), 1), &[reused]);
+        assert_eq!(signals(&verdict), vec![(Signal::PhotoReused, true)]);
+        assert!(!verdict.counted);
+        let message = &verdict.flags[0].message;
+        assert!(
+            message.contains(&earlier)
+                && message.contains("王芳")
+                && message.contains("2026-11-16")
+                && message.contains("同一个文件"),
+            "{message}"
+        );
+        assert_eq!(verdict.flags[0].evidence["earlier"]["patrol"], earlier);
+    }
+
+    /// Issue 23: the duration came from the phone's start and submit stamps.
+    #[test]
+    fn duration_is_the_time_the_fixes_cover() {
+        let mut stamped = patrol(walk().into_iter().take(11).collect(), 1);
+        stamped.ended_at_ms = Some(START + 90 * 60_000);
+        let verdict = judged(&stamped, &[photo(0)]);
+        assert_eq!(reason(&verdict, "duration").value, 10.0);
+        assert!(!verdict.counted);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use super::{
     Employment, NewUser, StaffingReport, check_may_grant, create_user, grant_role, grid_or_404,
     require_manage_user, require_may_enroll, require_see_user, staffing_report,
 };
-use crate::audit::{self, Event, Kind as Audit};
 use crate::app::{AppState, Json};
+use crate::audit::{self, Event, Kind as Audit};
 use crate::auth::api::{RoleView, role_views};
 use crate::auth::{Authed, Role, credentials, tokens};
 use crate::db::now;
@@ -300,7 +300,14 @@ async fn add_role(
             require_manage_user(conn, &authed, id)?;
             let grid = grid_or_404(conn, grant.grid_id)?;
             check_may_grant(&authed, &grid, grant.role)?;
-            grant_role(conn, id, grant.grid_id, grant.role, grant.employment, Some(authed.user_id))?;
+            grant_role(
+                conn,
+                id,
+                grant.grid_id,
+                grant.role,
+                grant.employment,
+                Some(authed.user_id),
+            )?;
             audit::record(
                 conn,
                 Event::new(Audit::RoleGranted)

@@ -255,11 +255,7 @@ pub fn require_manage_user(
 
 /// An enrollment code signs a phone in as the person: for someone who holds a managing role or a
 /// password it comes only from a manager strictly above every grid where they hold a role.
-pub fn require_may_enroll(
-    conn: &mut DbConnection,
-    authed: &Authed,
-    user_id: i64,
-) -> ApiResult<()> {
+pub fn require_may_enroll(conn: &mut DbConnection, authed: &Authed, user_id: i64) -> ApiResult<()> {
     let managed = require_manage_user(conn, authed, user_id)?;
     if managed.privileged
         && !authed.is_superuser

@@ -652,11 +652,13 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
                 .first(conn)
                 .optional()?;
             let held: bool = match &current {
-                Some(u) => photos::table
-                    .find(&u.sha256)
-                    .count()
-                    .get_result::<i64>(conn)?
-                    > 0,
+                Some(u) => {
+                    photos::table
+                        .find(&u.sha256)
+                        .count()
+                        .get_result::<i64>(conn)?
+                        > 0
+                }
                 None => false,
             };
             let pieces: Vec<(i64, i64, String)> = photo_upload_chunks::table
@@ -689,7 +691,9 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
         }
         let mut stream = match photos.store.get(&Path::from(object.as_str())).await {
             Ok(got) => got.into_stream(),
-            Err(object_store::Error::NotFound { .. }) => return finished_meanwhile(state, &upload.id).await,
+            Err(object_store::Error::NotFound { .. }) => {
+                return finished_meanwhile(state, &upload.id).await;
+            }
             Err(error) => return Err(storage(error)),
         };
         while let Some(part) = stream.next().await {

@@ -93,7 +93,11 @@ async fn record(
             .expect("fix");
     }
     let camera = dir.path().join(format!("IMG_{id}.jpg"));
-    std::fs::write(&camera, crate::photos::jpeg(mock as u64 + 31, 320, 240)).expect("camera");
+    // A photo of this patrol's own (the same file in two patrols is `photo_reused`).
+    let seed = id.bytes().fold(mock as u64 + 31, |a, b| {
+        a.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    std::fs::write(&camera, crate::photos::jpeg(seed, 320, 240)).expect("camera");
     phone.attach_photo(&id, &camera, "河道").expect("photo");
     clock.0.store(start + 40 * 60_000, Ordering::Relaxed);
     phone.submit(&id).expect("submit");

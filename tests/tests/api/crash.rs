@@ -102,7 +102,9 @@ fn walk_and_attach(dir: &tempfile::TempDir, phone: &Client, bytes: &[u8]) -> (St
     }
     let camera = dir.path().join("IMG_0001.jpg");
     std::fs::write(&camera, bytes).expect("camera");
-    let sha = phone.attach_photo(&patrol, &camera, "排污口").expect("attach");
+    let sha = phone
+        .attach_photo(&patrol, &camera, "排污口")
+        .expect("attach");
     phone.submit(&patrol).expect("submit");
     (patrol, sha)
 }
@@ -167,11 +169,18 @@ async fn a_photo_survives_a_crash_at_every_point_of_its_upload() {
             Some(sha.as_str()),
             "{point}: the server holds the photo, byte for byte"
         );
-        assert!(!own_copy.exists(), "{point}: deleted only after the receipt");
+        assert!(
+            !own_copy.exists(),
+            "{point}: deleted only after the receipt"
+        );
         // Exactly once: one photo row, one finished upload, no pieces left behind.
         let db = data.path().join("gridpatrol.sqlite3");
         let counts = sqlite_counts(&db, &sha);
-        assert_eq!(counts, (1, 1, 0), "{point}: photos, finished uploads, pieces");
+        assert_eq!(
+            counts,
+            (1, 1, 0),
+            "{point}: photos, finished uploads, pieces"
+        );
         let stored_originals = std::fs::read_dir(data.path().join("photos/originals"))
             .map(|d| d.count())
             .unwrap_or(0);

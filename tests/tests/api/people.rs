@@ -358,24 +358,39 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
     )
     .await
     .assert_error(403, "outside_subtree");
-    app.post(&format!("/v1/users/{admin_id}/enrollment-codes"), Some(&leader), &json!({}))
-        .await
-        .assert_error(403, "outside_subtree");
+    app.post(
+        &format!("/v1/users/{admin_id}/enrollment-codes"),
+        Some(&leader),
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "outside_subtree");
     app.get(&format!("/v1/users/{admin_id}/devices"), Some(&leader))
         .await
         .assert_error(403, "outside_subtree");
     // A deputy and its own leader.
-    app.post(&format!("/v1/users/{leader_id}/enrollment-codes"), Some(&deputy), &json!({}))
-        .await
-        .assert_error(403, "rank_required");
+    app.post(
+        &format!("/v1/users/{leader_id}/enrollment-codes"),
+        Some(&deputy),
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "rank_required");
     app.get(&format!("/v1/users/{leader_id}/devices"), Some(&deputy))
         .await
         .assert_error(403, "rank_required");
-    let leader_view = app.get(&format!("/v1/users/{leader_id}"), Some(&deputy)).await;
-    let leader_role = leader_view.assert_ok()["roles"][0]["role_id"].as_i64().expect("role");
-    app.delete(&format!("/v1/users/{leader_id}/roles/{leader_role}"), Some(&deputy))
-        .await
-        .assert_error(403, "rank_required");
+    let leader_view = app
+        .get(&format!("/v1/users/{leader_id}"), Some(&deputy))
+        .await;
+    let leader_role = leader_view.assert_ok()["roles"][0]["role_id"]
+        .as_i64()
+        .expect("role");
+    app.delete(
+        &format!("/v1/users/{leader_id}/roles/{leader_role}"),
+        Some(&deputy),
+    )
+    .await
+    .assert_error(403, "rank_required");
     app.post(
         &format!("/v1/users/{leader_id}/roles"),
         Some(&deputy),
@@ -384,9 +399,13 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
     .await
     .assert_error(403, "rank_required");
     // A leader and its peer deputy: a code for a manager comes from above, not from beside.
-    app.post(&format!("/v1/users/{deputy_id}/enrollment-codes"), Some(&leader), &json!({}))
-        .await
-        .assert_error(403, "rank_required");
+    app.post(
+        &format!("/v1/users/{deputy_id}/enrollment-codes"),
+        Some(&leader),
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "rank_required");
     // Nobody makes a peer or a superior at their own grid.
     app.post(
         &format!("/v1/users/{inspector_id}/roles"),
@@ -411,9 +430,13 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
     .await
     .assert_error(403, "rank_required");
     // A leader reaches another township's leader through no role of its own.
-    app.post(&format!("/v1/users/{other_leader_id}/enrollment-codes"), Some(&leader), &json!({}))
-        .await
-        .assert_error(403, "outside_subtree");
+    app.post(
+        &format!("/v1/users/{other_leader_id}/enrollment-codes"),
+        Some(&leader),
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "outside_subtree");
     // An inspector's phone manages nobody.
     let phone = app.enroll_phone(&leader, inspector_id, "vivo").await;
     let phone_token = phone["access_token"].as_str().expect("token").to_string();
@@ -430,7 +453,10 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
     let mut after = app.table_counts().await;
     // The phone enrolled above is the only change.
     for ((name, was), (_, now)) in before.iter().zip(after.iter_mut()) {
-        if matches!(*name, "devices" | "enrollment_codes" | "sessions" | "refresh_tokens") {
+        if matches!(
+            *name,
+            "devices" | "enrollment_codes" | "sessions" | "refresh_tokens"
+        ) {
             *now = *was;
         }
     }
@@ -456,20 +482,34 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
     assert_eq!(granted.status, 201, "{}", granted.text);
     // Now a deputy of the township, the inspector is beyond the deputy's power and the leader's
     // code-making (a manager's code comes from above), but not the admin's.
-    app.post(&format!("/v1/users/{inspector_id}/enrollment-codes"), Some(&deputy), &json!({}))
-        .await
-        .assert_error(403, "rank_required");
-    app.post(&format!("/v1/users/{inspector_id}/enrollment-codes"), Some(&leader), &json!({}))
-        .await
-        .assert_error(403, "rank_required");
+    app.post(
+        &format!("/v1/users/{inspector_id}/enrollment-codes"),
+        Some(&deputy),
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "rank_required");
+    app.post(
+        &format!("/v1/users/{inspector_id}/enrollment-codes"),
+        Some(&leader),
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "rank_required");
     let code = app
-        .post(&format!("/v1/users/{leader_id}/enrollment-codes"), Some(&admin), &json!({}))
+        .post(
+            &format!("/v1/users/{leader_id}/enrollment-codes"),
+            Some(&admin),
+            &json!({}),
+        )
         .await;
     assert_eq!(code.status, 201, "{}", code.text);
 
     // Every grant, revocation and code records who did it.
     let leader_in_log = app.user_id("leader-522632001").await;
-    let log = app.get("/v1/security-events?limit=1000", Some(&admin)).await;
+    let log = app
+        .get("/v1/security-events?limit=1000", Some(&admin))
+        .await;
     let log = log.assert_ok().as_array().expect("events").clone();
     let kinds: Vec<(String, i64, i64)> = log
         .iter()
@@ -482,8 +522,14 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
             )
         })
         .collect();
-    assert!(kinds.contains(&("role_granted".into(), deputy_id, inspector_id)), "{kinds:?}");
-    assert!(kinds.contains(&("role_granted".into(), leader_in_log, inspector_id)), "{kinds:?}");
+    assert!(
+        kinds.contains(&("role_granted".into(), deputy_id, inspector_id)),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("role_granted".into(), leader_in_log, inspector_id)),
+        "{kinds:?}"
+    );
     assert!(
         kinds.contains(&("enrollment_code_created".into(), admin_id, leader_id)),
         "{kinds:?}"

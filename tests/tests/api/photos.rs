@@ -653,7 +653,10 @@ async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
     let object = format!("uploads/{id}/000000002000-crash");
     let path = app.db.dir.path().join("photos").join(&object);
     std::fs::write(&path, &photo[2000..]).expect("piece");
-    let (length, past) = (photo.len() as i64, gridpatrol_server::db::now() - chrono::Duration::days(2));
+    let (length, past) = (
+        photo.len() as i64,
+        gridpatrol_server::db::now() - chrono::Duration::days(2),
+    );
     app.with_conn(move |conn| {
         use gridpatrol_server::schema::photo_upload_chunks;
         diesel::insert_into(photo_upload_chunks::table)
@@ -665,12 +668,17 @@ async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
             ))
             .execute(conn)?;
         diesel::update(photo_uploads::table.find(&id))
-            .set((photo_uploads::received.eq(length), photo_uploads::expires_at.eq(past)))
+            .set((
+                photo_uploads::received.eq(length),
+                photo_uploads::expires_at.eq(past),
+            ))
             .execute(conn)
     })
     .await;
     // The sweep completes it instead of deleting it.
-    gridpatrol_server::photos::sweep(&app.state).await.expect("sweep");
+    gridpatrol_server::photos::sweep(&app.state)
+        .await
+        .expect("sweep");
     let held: i64 = app
         .with_conn({
             let sha = sha.clone();
@@ -682,17 +690,33 @@ async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
     assert_eq!(head.status, 200);
     assert_eq!(head.offset(), length);
     assert_eq!(head.header("photo-stored"), Some("true"));
-    assert!(objects(&app, "uploads").await.is_empty(), "its pieces are gone");
-    assert!(objects(&app, "originals").await.iter().any(|o| o.ends_with(&sha)));
+    assert!(
+        objects(&app, "uploads").await.is_empty(),
+        "its pieces are gone"
+    );
+    assert!(
+        objects(&app, "originals")
+            .await
+            .iter()
+            .any(|o| o.ends_with(&sha))
+    );
 
     // And a HEAD alone completes one, before answering: never the full offset without the photo.
     let photo = jpeg(10, 320, 240);
     let location = phone.create(&photo).await.location();
     let partial = phone.patch(&location, 0, &photo[..1000]).await;
-    assert_eq!(partial.header("photo-stored"), None, "not stored while bytes are missing");
+    assert_eq!(
+        partial.header("photo-stored"),
+        None,
+        "not stored while bytes are missing"
+    );
     let id = location.rsplit('/').next().expect("id").to_string();
     let object = format!("uploads/{id}/000000001000-crash");
-    std::fs::write(app.db.dir.path().join("photos").join(&object), &photo[1000..]).expect("piece");
+    std::fs::write(
+        app.db.dir.path().join("photos").join(&object),
+        &photo[1000..],
+    )
+    .expect("piece");
     let length = photo.len() as i64;
     app.with_conn(move |conn| {
         use gridpatrol_server::schema::photo_upload_chunks;
@@ -710,7 +734,10 @@ async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
     })
     .await;
     let head = phone.head(&location).await;
-    assert_eq!((head.offset(), head.header("photo-stored")), (length, Some("true")));
+    assert_eq!(
+        (head.offset(), head.header("photo-stored")),
+        (length, Some("true"))
+    );
 }
 
 async fn thumbnails_and_previews_are_made_off_the_request_path(setup: Setup) {

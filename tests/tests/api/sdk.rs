@@ -25,8 +25,14 @@ const INSPECTOR: &str = "inspector-522632100001-1";
 
 /// An enrollment code for `username`, as the township leader hands it out.
 async fn code_for(app: &TestApp, username: &str) -> String {
-    let leader = app.token("leader-522632100").await;
-    app.enrollment_code(&leader, app.user_id(username).await)
+    // A code for a manager comes from above all their grids: the county admin's for a leader.
+    let issuer = if username.starts_with("inspector-") {
+        "leader-522632100"
+    } else {
+        "admin-522632"
+    };
+    let token = app.token(issuer).await;
+    app.enrollment_code(&token, app.user_id(username).await)
         .await
 }
 
