@@ -393,6 +393,10 @@ pub fn merge(
         }
     }
 
+    if identity.kind == DocKind::Patrol && is_author {
+        check_submitted_lock(stored, &doc, &new_changes, &mut objects)?;
+    }
+
     let view = View::read(&doc).map_err(|e| reject("invalid_document", e.to_string()))?;
 
     Ok((
@@ -408,6 +412,76 @@ pub fn merge(
         },
         doc,
     ))
+}
+
+/// Fields a submitted patrol no longer changes: its evidence (track, notes, photos) and its
+/// times and method. `status` stays writable for the one way back ([`check_submitted_lock`]);
+/// `problems` too (a problem found on the patrol may be filed after it).
+const LOCKED_WHEN_SUBMITTED: &[&str] = &[
+    schema::field::TRACK,
+    schema::field::NOTES,
+    schema::field::PHOTOS,
+    schema::field::STARTED_AT,
+    schema::field::ENDED_AT,
+    schema::field::METHOD,
+];
+
+/// Once a patrol is submitted its evidence is closed: a change made after the one that set
+/// `status` to submitted (a later operation counter, as Automerge orders one actor's changes)
+/// may not touch [`LOCKED_WHEN_SUBMITTED`] (`patrol_submitted`), whether it arrives in a later
+/// push or in the same one. The only way back is an explicit change of `status` to recording,
+/// which the inspector may make only when the stored patrol was returned by a supervisor
+/// (`patrol_not_returned` otherwise); the reopening shows in the verdict, as every status does.
+fn check_submitted_lock(
+    stored: &Automerge,
+    doc: &Automerge,
+    new_changes: &[Change],
+    objects: &mut HashMap<automerge::legacy::OpId, String>,
+) -> Result<(), MergeError> {
+    let stored_status = schema::read_status(stored).ok();
+    // Reopening: status leaves submitted only after a supervisor returned the patrol.
+    let status_now = schema::read_status(doc).ok();
+    if stored_status == Some(schema::PatrolStatus::Submitted)
+        && status_now != Some(schema::PatrolStatus::Submitted)
+    {
+        let returned = schema::read_patrol(stored)
+            .ok()
+            .and_then(|p| p.review)
+            .is_some_and(|r| r.state == schema::ReviewState::Returned);
+        if !returned {
+            return Err(reject(
+                "patrol_not_returned",
+                "a submitted patrol is reopened only after a supervisor returned it",
+            ));
+        }
+        return Ok(());
+    }
+    if status_now != Some(schema::PatrolStatus::Submitted) {
+        return Ok(());
+    }
+    // The operation that set the status now in force.
+    let Some((_, automerge::ObjId::Id(submitted_at, _, _))) = doc
+        .get(automerge::ROOT, schema::field::STATUS)
+        .map_err(|e| reject("invalid_document", e.to_string()))?
+    else {
+        return Ok(());
+    };
+    for change in new_changes {
+        if change.start_op().get() <= submitted_at {
+            continue;
+        }
+        let keys = root_keys(doc, change, objects)?;
+        if let Some(key) = keys
+            .iter()
+            .find(|k| LOCKED_WHEN_SUBMITTED.contains(&k.as_str()))
+        {
+            return Err(reject(
+                "patrol_submitted",
+                format!("the patrol was submitted: its {key} no longer changes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Changes of `doc` that a peer holding `known` (hashes it has, not necessarily heads) lacks.

@@ -305,3 +305,79 @@ fn pushed_ids_and_kinds_must_match_the_document() {
     let result = merge(&stored, 0, &orphan, &who, &Limits::default()).map(|(_, doc)| doc);
     assert_eq!(code(result), "resync");
 }
+
+fn a_fix(at_ms: i64) -> Fix {
+    Fix {
+        at_ms,
+        lon: 108.52,
+        lat: 25.93,
+        datum: schema::Datum::Wgs84,
+        accuracy_m: Some(8.0),
+        source: FixSource::Gnss,
+        mock: false,
+    }
+}
+
+/// Issue 23: fixes added after `submitted` were accepted and counted (a verdict went from 270
+/// to 282 fixes). Once submitted, the evidence is closed, in a later push or the same one; the
+/// one way back is reopening a patrol a supervisor returned.
+#[test]
+fn a_submitted_patrol_keeps_its_evidence() {
+    let (stored, mut doc) = stored_patrol();
+    schema::add_fixes(&mut doc, &[a_fix(1_795_000_010_000)]).expect("fix");
+    schema::submit(&mut doc, 1_795_000_020_000).expect("submit");
+    let stored = push(&stored, &mut doc, &inspector()).expect("submitted");
+    // A later push adding fixes, a note or a photo is refused.
+    let mut later = doc.fork().with_actor(inspector().actor);
+    schema::add_fixes(&mut later, &[a_fix(1_795_000_030_000)]).expect("fix");
+    assert_eq!(code(push(&stored, &mut later, &inspector())), "patrol_submitted");
+    let mut note = doc.fork().with_actor(inspector().actor);
+    schema::add_note(
+        &mut note,
+        &schema::Note {
+            at_ms: 1_795_000_030_000,
+            text: "补记".into(),
+        },
+    )
+    .expect("note");
+    assert_eq!(code(push(&stored, &mut note, &inspector())), "patrol_submitted");
+    // In one push with the submission, after it: refused too.
+    let (fresh, mut doc2) = stored_patrol();
+    schema::add_fixes(&mut doc2, &[a_fix(1_795_000_010_000)]).expect("fix");
+    schema::submit(&mut doc2, 1_795_000_020_000).expect("submit");
+    schema::add_fixes(&mut doc2, &[a_fix(1_795_000_030_000)]).expect("fix");
+    assert_eq!(code(push(&fresh, &mut doc2, &inspector())), "patrol_submitted");
+    // Reopening without a supervisor's return is refused.
+    let mut reopen = doc.fork().with_actor(inspector().actor);
+    reopen
+        .put(ROOT, schema::field::STATUS, "recording")
+        .expect("status");
+    assert_eq!(code(push(&stored, &mut reopen, &inspector())), "patrol_not_returned");
+    // A supervisor returns it; the inspector reopens, adds a fix, submits again.
+    let sup = supervisor();
+    let mut copy = AutoCommit::load(&stored.save())
+        .expect("load")
+        .with_actor(sup.actor.clone());
+    let review = Review {
+        state: ReviewState::Returned,
+        comment: "轨迹太短".into(),
+        reviewer: 2,
+        at_ms: 1_795_100_000_000,
+    };
+    schema::set_review(&mut copy, &review).expect("review");
+    let stored = push(&stored, &mut copy, &sup).expect("review accepted");
+    let mut again = AutoCommit::load(&stored.save())
+        .expect("load")
+        .with_actor(inspector().actor);
+    again
+        .put(ROOT, schema::field::STATUS, "recording")
+        .expect("status");
+    let stored = push(&stored, &mut again, &inspector()).expect("reopened after the return");
+    schema::add_fixes(&mut again, &[a_fix(1_795_100_010_000)]).expect("fix");
+    schema::submit(&mut again, 1_795_100_020_000).expect("submit");
+    let stored = push(&stored, &mut again, &inspector()).expect("resubmitted");
+    assert_eq!(
+        schema::read_patrol(&stored).expect("patrol").track.len(),
+        2
+    );
+}
