@@ -328,7 +328,12 @@ mod tests {
                     assert!(patrol.contains_key(*key), "{file}: {key} missing");
                 }
                 let hard = patrol["hard_signals"].as_array().expect("hard_signals");
-                for signal in ["teleport", "impossible_speed", "no_photo_in_patrol"] {
+                for signal in [
+                    "teleport",
+                    "impossible_speed",
+                    "no_photo_in_patrol",
+                    "replayed_track",
+                ] {
                     assert!(
                         hard.iter().any(|h| h.as_str() == Some(signal)),
                         "{file}: {signal}"

@@ -142,6 +142,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     console_devices,
     sync_snapshots,
     security_events,
+    patrol_tracks,
+    track_cells,
 );
 
 diesel::table! {
@@ -347,5 +349,19 @@ diesel::table! {
         grid_id -> Nullable<BigInt>,
         client -> Nullable<Text>,
         detail -> Text,
+    }
+}
+
+diesel::table! {
+    patrol_tracks (patrol_id) {
+        patrol_id -> Text,
+        fixes -> Binary,
+    }
+}
+
+diesel::table! {
+    track_cells (cell, patrol_id) {
+        cell -> BigInt,
+        patrol_id -> Text,
     }
 }

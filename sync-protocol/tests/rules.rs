@@ -330,7 +330,10 @@ fn a_submitted_patrol_keeps_its_evidence() {
     // A later push adding fixes, a note or a photo is refused.
     let mut later = doc.fork().with_actor(inspector().actor);
     schema::add_fixes(&mut later, &[a_fix(1_795_000_030_000)]).expect("fix");
-    assert_eq!(code(push(&stored, &mut later, &inspector())), "patrol_submitted");
+    assert_eq!(
+        code(push(&stored, &mut later, &inspector())),
+        "patrol_submitted"
+    );
     let mut note = doc.fork().with_actor(inspector().actor);
     schema::add_note(
         &mut note,
@@ -340,19 +343,28 @@ fn a_submitted_patrol_keeps_its_evidence() {
         },
     )
     .expect("note");
-    assert_eq!(code(push(&stored, &mut note, &inspector())), "patrol_submitted");
+    assert_eq!(
+        code(push(&stored, &mut note, &inspector())),
+        "patrol_submitted"
+    );
     // In one push with the submission, after it: refused too.
     let (fresh, mut doc2) = stored_patrol();
     schema::add_fixes(&mut doc2, &[a_fix(1_795_000_010_000)]).expect("fix");
     schema::submit(&mut doc2, 1_795_000_020_000).expect("submit");
     schema::add_fixes(&mut doc2, &[a_fix(1_795_000_030_000)]).expect("fix");
-    assert_eq!(code(push(&fresh, &mut doc2, &inspector())), "patrol_submitted");
+    assert_eq!(
+        code(push(&fresh, &mut doc2, &inspector())),
+        "patrol_submitted"
+    );
     // Reopening without a supervisor's return is refused.
     let mut reopen = doc.fork().with_actor(inspector().actor);
     reopen
         .put(ROOT, schema::field::STATUS, "recording")
         .expect("status");
-    assert_eq!(code(push(&stored, &mut reopen, &inspector())), "patrol_not_returned");
+    assert_eq!(
+        code(push(&stored, &mut reopen, &inspector())),
+        "patrol_not_returned"
+    );
     // A supervisor returns it; the inspector reopens, adds a fix, submits again.
     let sup = supervisor();
     let mut copy = AutoCommit::load(&stored.save())
@@ -376,8 +388,5 @@ fn a_submitted_patrol_keeps_its_evidence() {
     schema::add_fixes(&mut again, &[a_fix(1_795_100_010_000)]).expect("fix");
     schema::submit(&mut again, 1_795_100_020_000).expect("submit");
     let stored = push(&stored, &mut again, &inspector()).expect("resubmitted");
-    assert_eq!(
-        schema::read_patrol(&stored).expect("patrol").track.len(),
-        2
-    );
+    assert_eq!(schema::read_patrol(&stored).expect("patrol").track.len(), 2);
 }

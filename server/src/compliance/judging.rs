@@ -671,6 +671,11 @@ fn judge_view(
             rules: &rules,
             photos: &evidence,
             received_at_ms: received.map(|at| at.and_utc().timestamp_millis()),
+            replayed: if view.status == sync_protocol::schema::PatrolStatus::Submitted {
+                find_replay(conn, id, view, &rules, tz)?
+            } else {
+                None
+            },
         },
     );
     Ok(StoredVerdict {
@@ -678,6 +683,126 @@ fn judge_view(
         verdict,
         rules: origin.into(),
     })
+}
+
+/// Candidates compared with a patrol in the search for a replayed track (the patrols sharing the
+/// most index cells with it).
+const REPLAY_CANDIDATES: usize = 32;
+
+/// The earlier patrol (by the server's receive time, then id) whose track this patrol's replays,
+/// if any: the patrols passing the same ~250 m cells, within the look-back, most cells first,
+/// compared point for point ([`super::replay::compare`]).
+fn find_replay(
+    conn: &mut DbConnection,
+    patrol: &str,
+    view: &sync_protocol::schema::PatrolView,
+    rules: &PatrolRules,
+    tz: chrono_tz::Tz,
+) -> ApiResult<Option<verdict::Replayed>> {
+    use super::replay::{self, PrintFix, Tolerance};
+    use crate::schema::{patrol_tracks, track_cells};
+    let print = replay::thin(view.track.iter().filter_map(|f| {
+        let (lon, lat) = super::coords::to_wgs84(f.lon, f.lat, f.datum)?;
+        Some(PrintFix {
+            at_ms: f.at_ms,
+            lon,
+            lat,
+            accuracy_m: f.accuracy_m.map_or(0.0, f64::from),
+        })
+    }));
+    if print.len() < rules.replay_min_fixes as usize {
+        return Ok(None);
+    }
+    let Some(received) = patrols::table
+        .find(patrol)
+        .select(patrols::first_received_at)
+        .first::<NaiveDateTime>(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let cells = replay::cells(&print);
+    let mut shared: HashMap<String, u32> = HashMap::new();
+    for chunk in cells.chunks(500) {
+        for other in track_cells::table
+            .filter(track_cells::cell.eq_any(chunk))
+            .filter(track_cells::patrol_id.ne(patrol))
+            .select(track_cells::patrol_id)
+            .load::<String>(conn)?
+        {
+            *shared.entry(other).or_default() += 1;
+        }
+    }
+    if shared.is_empty() {
+        return Ok(None);
+    }
+    let since =
+        received - chrono::Duration::seconds((rules.replay_lookback_days * 86_400.0) as i64);
+    // Earlier patrols among them, by the server's receive time (then id), within the look-back.
+    let mut earlier: Vec<(String, u32)> = Vec::new();
+    let names: Vec<&String> = shared.keys().collect();
+    for chunk in names.chunks(500) {
+        let rows: Vec<(String, NaiveDateTime)> = patrols::table
+            .filter(patrols::id.eq_any(chunk))
+            .filter(patrols::first_received_at.ge(since))
+            .select((patrols::id, patrols::first_received_at))
+            .load(conn)?;
+        for (id, at) in rows {
+            if at < received || (at == received && id.as_str() < patrol) {
+                let n = shared[&id];
+                earlier.push((id, n));
+            }
+        }
+    }
+    earlier.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    earlier.truncate(REPLAY_CANDIDATES);
+    if earlier.is_empty() {
+        return Ok(None);
+    }
+    let tolerance = Tolerance {
+        metres: rules.replay_tolerance_m,
+        min_fixes: rules.replay_min_fixes,
+        min_minutes: rules.replay_min_minutes,
+        min_distance_m: rules.replay_min_distance_m,
+        min_shift_minutes: rules.replay_min_shift_minutes,
+    };
+    let ids: Vec<&str> = earlier.iter().map(|(id, _)| id.as_str()).collect();
+    let prints: Vec<(String, Vec<u8>)> = patrol_tracks::table
+        .filter(patrol_tracks::patrol_id.eq_any(&ids))
+        .select((patrol_tracks::patrol_id, patrol_tracks::fixes))
+        .load(conn)?;
+    let mut best: Option<(String, replay::ReplayMatch)> = None;
+    for (other, bytes) in prints {
+        if let Some(found) = replay::compare(&print, &replay::decode(&bytes), &tolerance)
+            && best.as_ref().is_none_or(|(id, b)| {
+                found.matched > b.matched || (found.matched == b.matched && other < *id)
+            })
+        {
+            best = Some((other, found));
+        }
+    }
+    let Some((other, found)) = best else {
+        return Ok(None);
+    };
+    let (inspector, started): (String, NaiveDateTime) = patrols::table
+        .inner_join(users::table.on(users::id.eq(patrols::inspector_id)))
+        .filter(patrols::id.eq(&other))
+        .select((users::display_name, patrols::started_at))
+        .first(conn)?;
+    Ok(Some(verdict::Replayed {
+        earlier: verdict::Reuse {
+            patrol: other,
+            inspector,
+            date: started
+                .and_utc()
+                .with_timezone(&tz)
+                .format("%Y-%m-%d")
+                .to_string(),
+            distance: 0,
+            identical: false,
+        },
+        found,
+    }))
 }
 
 /// What the server knows of a patrol's photos: arrived or not, EXIF time and place, reuse.

@@ -7,5 +7,6 @@ pub mod coords;
 pub mod export;
 pub mod judging;
 pub mod record;
+pub mod replay;
 pub mod signoff;
 pub mod verdict;

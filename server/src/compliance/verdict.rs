@@ -45,6 +45,19 @@ pub struct PatrolRules {
     pub photo_distance_m: f64,
     /// The phone's clock ahead of the server's receive time by more than this.
     pub max_clock_ahead_minutes: f64,
+    /// `replayed_track`: an earlier patrol's fixes within this many metres of this one's, point
+    /// for point at one time shift (the noise a copy may have had added) ...
+    pub replay_tolerance_m: f64,
+    /// ... for at least this many fixes ...
+    pub replay_min_fixes: u32,
+    /// ... over at least this many minutes ...
+    pub replay_min_minutes: f64,
+    /// ... going at least this far (standing at the same office on two days is no copy) ...
+    pub replay_min_distance_m: f64,
+    /// ... shifted by at least this much (less: two inspectors walking together) ...
+    pub replay_min_shift_minutes: f64,
+    /// ... from a patrol received at most this many days before.
+    pub replay_lookback_days: f64,
     /// Signals that stop a patrol from counting; the others are shown to the supervisor.
     pub hard_signals: Vec<Signal>,
 }
@@ -66,6 +79,12 @@ impl Default for PatrolRules {
             photo_time_slack_minutes: 30.0,
             photo_distance_m: 1000.0,
             max_clock_ahead_minutes: 10.0,
+            replay_tolerance_m: 15.0,
+            replay_min_fixes: 20,
+            replay_min_minutes: 10.0,
+            replay_min_distance_m: 300.0,
+            replay_min_shift_minutes: 30.0,
+            replay_lookback_days: 90.0,
             hard_signals: Signal::HARD_BY_DEFAULT.to_vec(),
         }
     }
@@ -92,17 +111,20 @@ pub enum Signal {
     /// The same photo file, or a near-duplicate picture, in an earlier patrol.
     PhotoReused,
     ClockAhead,
+    /// An earlier patrol's track, point for point after a time shift, whole or in part.
+    ReplayedTrack,
 }
 
 impl Signal {
     /// Hard unless a policy says otherwise (GridPatrol defaults; docs/POLICY.md).
-    pub const HARD_BY_DEFAULT: [Signal; 6] = [
+    pub const HARD_BY_DEFAULT: [Signal; 7] = [
         Signal::MockLocation,
         Signal::Teleport,
         Signal::ImpossibleSpeed,
         Signal::DeskPatrol,
         Signal::NoPhotoInPatrol,
         Signal::PhotoReused,
+        Signal::ReplayedTrack,
     ];
     pub fn code(self) -> &'static str {
         match self {
@@ -116,6 +138,7 @@ impl Signal {
             Signal::PhotoFarFromTrack => "photo_far_from_track",
             Signal::PhotoReused => "photo_reused",
             Signal::ClockAhead => "clock_ahead",
+            Signal::ReplayedTrack => "replayed_track",
         }
     }
 }
@@ -177,6 +200,17 @@ pub struct Context<'a> {
     pub photos: &'a [PhotoEvidence],
     /// The server's receive time of the patrol's last change (trusted time), Unix ms.
     pub received_at_ms: Option<i64>,
+    /// An earlier patrol whose track this one's replays.
+    pub replayed: Option<Replayed>,
+}
+
+/// An earlier patrol whose track a patrol's replays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Replayed {
+    /// The earlier patrol, its inspector and day (as for a reused photo).
+    pub earlier: Reuse,
+    #[serde(flatten)]
+    pub found: super::replay::ReplayMatch,
 }
 
 /// One check of the rules: passed or not, with the figures.
@@ -390,6 +424,23 @@ pub fn judge(patrol: &PatrolView, context: &Context<'_>) -> Verdict {
         });
     }
     flags.extend(photo_flags(&fixes, context, first_ms, last_ms));
+    if let Some(replayed) = &context.replayed {
+        let shift_h = replayed.found.shift_ms as f64 / 3_600_000.0;
+        flags.push(Flag {
+            signal: Signal::ReplayedTrack,
+            hard: hard(Signal::ReplayedTrack),
+            message: format!(
+                "轨迹与 {} 在 {} 的巡查 {} 的轨迹逐点重合：{} 个轨迹点、{:.0} 分钟，时间整体平移 {shift_h:.1} 小时（中位偏差 {:.0} 米）",
+                replayed.earlier.inspector,
+                replayed.earlier.date,
+                replayed.earlier.patrol,
+                replayed.found.matched,
+                replayed.found.minutes,
+                replayed.found.median_offset_m
+            ),
+            evidence: serde_json::to_value(replayed).unwrap_or_default(),
+        });
+    }
     if let (Some(received), Some(last)) = (context.received_at_ms, fixes.last()) {
         let end = patrol.ended_at_ms.unwrap_or(patrol.started_at_ms);
         let ahead = (last.at_ms.max(end) - received) as f64 / 60_000.0;
@@ -852,6 +903,7 @@ mod tests {
                 rules: &rules,
                 photos,
                 received_at_ms: Some(START + 41 * 60_000),
+                replayed: None,
             },
         )
     }
@@ -1191,6 +1243,7 @@ mod tests {
                 rules: &rules,
                 photos: &[photo(0)],
                 received_at_ms: None,
+                replayed: None,
             },
         );
         let visits: Vec<(&str, bool)> = verdict
@@ -1216,6 +1269,7 @@ mod tests {
                 photos: &[photo(0)],
                 // Received 30 minutes before the phone says the patrol ended.
                 received_at_ms: Some(START + 10 * 60_000),
+                replayed: None,
             },
         );
         assert_eq!(signals(&verdict), vec![(Signal::ClockAhead, false)]);

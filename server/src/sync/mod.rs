@@ -397,6 +397,8 @@ fn received_span(conn: &mut DbConnection, id: &str) -> ApiResult<(NaiveDateTime,
 pub fn rebuild_projections(conn: &mut DbConnection) -> ApiResult<usize> {
     diesel::delete(patrols::table).execute(conn)?;
     diesel::delete(problems::table).execute(conn)?;
+    diesel::delete(crate::schema::patrol_tracks::table).execute(conn)?;
+    diesel::delete(crate::schema::track_cells::table).execute(conn)?;
     let docs: Vec<(String, i64, NaiveDateTime)> = sync_documents::table
         .order(sync_documents::created_at.asc())
         .select((
@@ -423,6 +425,8 @@ pub enum Projection {
     Patrol {
         row: PatrolRow,
         photos: Vec<schema::PhotoRef>,
+        /// The print of a submitted patrol's track (replay detection), else none.
+        print: Option<Vec<crate::compliance::replay::PrintFix>>,
     },
     Problem(ProblemRow),
 }
@@ -458,6 +462,18 @@ pub fn projection(
                     updated_at: received.1,
                 },
                 photos: view.photos.clone(),
+                print: (view.status == schema::PatrolStatus::Submitted).then(|| {
+                    crate::compliance::replay::thin(view.track.iter().filter_map(|f| {
+                        let (lon, lat) =
+                            crate::compliance::coords::to_wgs84(f.lon, f.lat, f.datum)?;
+                        Some(crate::compliance::replay::PrintFix {
+                            at_ms: f.at_ms,
+                            lon,
+                            lat,
+                            accuracy_m: f.accuracy_m.map_or(0.0, f64::from),
+                        })
+                    }))
+                }),
             }
         }
         View::Problem(view) => {
@@ -487,11 +503,19 @@ pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) ->
     let mut stale = Vec::new();
     let mut photos = Vec::new();
     let mut problem_rows = Vec::new();
+    let mut prints = Vec::new();
     for projection in projections {
         match projection {
-            Projection::Patrol { row, photos: refs } => {
+            Projection::Patrol {
+                row,
+                photos: refs,
+                print,
+            } => {
                 stale.push((row.id.as_str(), row.grid_id, row.inspector_id));
                 photos.push((row.id.as_str(), row.grid_id, refs.as_slice()));
+                if let Some(print) = print {
+                    prints.push((row.id.as_str(), print.as_slice()));
+                }
                 patrol_rows.push(row);
             }
             Projection::Problem(row) => problem_rows.push(row),
@@ -499,6 +523,7 @@ pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) ->
     }
     crate::compliance::judging::mark_stale(conn, &stale)?;
     crate::photos::project_patrol_photos(conn, &photos, timestamp)?;
+    write_prints(conn, &prints)?;
     // 18 values a patrol row, 11 a problem row: 500 rows stay under SQLite's 32,766 parameters.
     for rows in patrol_rows.chunks(500) {
         on_each_backend!(conn, |c| diesel::insert_into(patrols::table)
@@ -536,6 +561,50 @@ pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) ->
                 problems::updated_at.eq(excluded(problems::updated_at)),
             ))
             .execute(c))?;
+    }
+    Ok(())
+}
+
+/// Writes the prints of submitted patrols' tracks (replacing earlier ones of the same patrols):
+/// the fixes and the index cells.
+fn write_prints(
+    conn: &mut DbConnection,
+    prints: &[(&str, &[crate::compliance::replay::PrintFix])],
+) -> ApiResult<()> {
+    use crate::compliance::replay;
+    use crate::schema::{patrol_tracks, track_cells};
+    for chunk in prints.chunks(500) {
+        let ids: Vec<&str> = chunk.iter().map(|p| p.0).collect();
+        diesel::delete(patrol_tracks::table.filter(patrol_tracks::patrol_id.eq_any(&ids)))
+            .execute(conn)?;
+        diesel::delete(track_cells::table.filter(track_cells::patrol_id.eq_any(&ids)))
+            .execute(conn)?;
+        let tracks: Vec<_> = chunk
+            .iter()
+            .map(|(id, fixes)| {
+                (
+                    patrol_tracks::patrol_id.eq(*id),
+                    patrol_tracks::fixes.eq(replay::encode(fixes)),
+                )
+            })
+            .collect();
+        on_each_backend!(conn, |c| diesel::insert_into(patrol_tracks::table)
+            .values(&tracks)
+            .execute(c))?;
+        let cells: Vec<_> = chunk
+            .iter()
+            .flat_map(|(id, fixes)| {
+                replay::cells(fixes)
+                    .into_iter()
+                    .map(move |cell| (track_cells::cell.eq(cell), track_cells::patrol_id.eq(*id)))
+            })
+            .collect();
+        // 2 values a row: 10,000 rows stay under SQLite's 32,766 bound parameters.
+        for rows in cells.chunks(10_000) {
+            on_each_backend!(conn, |c| diesel::insert_into(track_cells::table)
+                .values(rows)
+                .execute(c))?;
+        }
     }
     Ok(())
 }

@@ -31,6 +31,14 @@ impl Clock for TestClock {
 }
 
 async fn inspector(app: &TestApp, dir: &tempfile::TempDir) -> (Client, Arc<TestClock>) {
+    inspector_as(app, dir, INSPECTOR).await
+}
+
+async fn inspector_as(
+    app: &TestApp,
+    dir: &tempfile::TempDir,
+    username: &str,
+) -> (Client, Arc<TestClock>) {
     let clock = Arc::new(TestClock(AtomicI64::new(SystemClock::default().now_ms())));
     let phone = Client::open_with(
         Arc::new(MemoryStore::new()),
@@ -47,7 +55,7 @@ async fn inspector(app: &TestApp, dir: &tempfile::TempDir) -> (Client, Arc<TestC
     .expect("open");
     let leader = app.token(LEADER).await;
     let code = app
-        .enrollment_code(&leader, app.user_id(INSPECTOR).await)
+        .enrollment_code(&leader, app.user_id(username).await)
         .await;
     phone.enroll(&code, "红米 Note 12").await.expect("enroll");
     (phone, clock)
@@ -788,7 +796,124 @@ async fn stored(app: &TestApp) -> Vec<(String, bool, Option<String>)> {
     .await
 }
 
+/// Issue 23: a replayed track (an earlier patrol's fixes, shifted in time) counted with no flag,
+/// and a byte-identical photo in a later patrol was never flagged. Another inspector's phone
+/// replays the first patrol's track a day earlier, with the first patrol's photo file: both
+/// hard, each naming the earlier patrol whole, its inspector and day; the original counts.
+async fn a_replayed_track_and_a_reused_photo_do_not_count(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token(LEADER).await;
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let first = inspector_as(&app, &dir_a, INSPECTOR).await;
+    let second = inspector_as(&app, &dir_b, "inspector-522632100001-2").await;
+    // 40 minutes, a fix every 10 s, walking to and fro along 500 m of the village at ~1.2 m/s.
+    let (original, (lon, lat), start) = begin(&app, &first.0, &first.1).await;
+    let mut fixes = Vec::new();
+    for k in 0..240i64 {
+        let along = (k * 12) % 1000;
+        let x = if along < 500 { along } else { 1000 - along } as f64 - 250.0;
+        let wobble = ((k * 7919) % 11) as f64 - 5.0;
+        fixes.push(FixInput {
+            at_ms: start + k * 10_000 + (k * 37) % 700,
+            lon: lon + (x + wobble) / 100_000.0,
+            lat: lat + (((k as f64) / 9.0).sin() * 30.0 + wobble) / 111_000.0,
+            datum: Datum::Wgs84,
+            accuracy_m: Some(6.0),
+            mock: false,
+        });
+    }
+    for fix in &fixes {
+        first.1.0.store(fix.at_ms, Ordering::Relaxed);
+        first.0.add_fix(&original, fix.clone()).expect("fix");
+    }
+    let camera = dir_a.path().join("IMG_original.jpg");
+    std::fs::write(&camera, crate::photos::jpeg(4242, 320, 240)).expect("camera");
+    first
+        .0
+        .attach_photo(&original, &camera, "河道")
+        .expect("photo");
+    first.0.submit(&original).expect("submit");
+    first.0.sync().await.expect("sync");
+    let first_verdict = verdict(&app, &leader, &original).await;
+    assert!(
+        !first_verdict["flags"]
+            .to_string()
+            .contains("replayed_track"),
+        "{first_verdict}"
+    );
+
+    // The copy: the same fixes a day earlier, each moved a few metres, the same photo file.
+    let day = 86_400_000;
+    second.1.0.store(start - day, Ordering::Relaxed);
+    let copy = second
+        .0
+        .start_patrol(VILLAGE, Method::Routine)
+        .expect("start");
+    for (k, fix) in fixes.iter().enumerate() {
+        let jitter = ((k * 31) % 9) as f64 - 4.0;
+        let moved = FixInput {
+            at_ms: fix.at_ms - day,
+            lon: fix.lon + jitter / 100_000.0,
+            lat: fix.lat - jitter / 111_000.0,
+            ..fix.clone()
+        };
+        second.1.0.store(moved.at_ms, Ordering::Relaxed);
+        second.0.add_fix(&copy, moved).expect("fix");
+    }
+    let reused = dir_b.path().join("IMG_copy.jpg");
+    std::fs::copy(&camera, &reused).expect("copy");
+    second
+        .0
+        .attach_photo(&copy, &reused, "河道")
+        .expect("photo");
+    second.0.submit(&copy).expect("submit");
+    second.0.sync().await.expect("sync");
+    let judged = verdict(&app, &leader, &copy).await;
+    assert_eq!(judged["counted"], false, "{judged}");
+    let flags = judged["flags"].as_array().expect("flags");
+    let flag = |signal: &str| {
+        flags
+            .iter()
+            .find(|f| f["signal"] == signal)
+            .unwrap_or_else(|| panic!("no {signal} in {judged}"))
+    };
+    let replayed = flag("replayed_track");
+    assert_eq!(replayed["hard"], true);
+    assert_eq!(replayed["evidence"]["earlier"]["patrol"], original.as_str());
+    assert!(
+        replayed["evidence"]["matched"].as_u64().expect("matched") >= 200,
+        "{replayed}"
+    );
+    let message = replayed["message"].as_str().expect("message");
+    assert!(
+        message.contains(&original) && message.contains("逐点重合"),
+        "{message}"
+    );
+    let photo = flag("photo_reused");
+    assert_eq!(photo["hard"], true);
+    assert_eq!(photo["evidence"]["earlier"]["patrol"], original.as_str());
+    assert_eq!(photo["evidence"]["earlier"]["identical"], true);
+    // Judged again from scratch, the same.
+    let state = app.state.clone();
+    gridpatrol_server::compliance::judging::recompute_all(&state)
+        .await
+        .expect("recompute");
+    assert_eq!(
+        verdict(&app, &leader, &copy).await["flags"],
+        judged["flags"]
+    );
+    assert!(
+        !verdict(&app, &leader, &original).await["flags"]
+            .to_string()
+            .contains("replayed_track")
+    );
+}
+
 both_backends!(
+    a_replayed_track_and_a_reused_photo_do_not_count,
     patrols_are_judged_as_they_sync_and_again_the_same,
     the_weekly_record_counts_patrols_against_the_duty,
     a_signed_week_is_frozen_and_late_patrols_are_amendments,

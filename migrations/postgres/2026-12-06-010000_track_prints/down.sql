@@ -1,0 +1,2 @@
+DROP TABLE track_cells;
+DROP TABLE patrol_tracks;
