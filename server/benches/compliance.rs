@@ -125,6 +125,7 @@ fn judge_all(
                     rules,
                     photos,
                     received_at_ms: None,
+                    replayed: None,
                 },
             )
             .counted

@@ -135,11 +135,14 @@ pub struct ReplayMatch {
     pub drift: f64,
 }
 
+/// A matched fix: its index in this patrol, its distance to the earlier fix, and the offset.
+type Matched = (usize, f64, (f64, f64));
+
 /// Above this [`ReplayMatch::drift`] the offsets drift as two walks' do, not as a copy's noise.
 const MAX_COPY_DRIFT: f64 = 0.5;
 
 /// Lag-1 correlation of the offset vectors of a run, less their mean.
-fn drift(run: &[(usize, f64, (f64, f64))]) -> f64 {
+fn drift(run: &[Matched]) -> f64 {
     let n = run.len() as f64;
     let mean = run
         .iter()
@@ -244,8 +247,7 @@ fn check_shift(
     for offset in [-1_000, 1_000, 3_000] {
         let shift = bin * 2_000 + offset;
         // (this fix, distance, offset vector) of each matched fix.
-        let mut matched: Vec<(usize, f64, (f64, f64))> = Vec::new();
-        let mut overlapping = 0u32;
+        let mut matched: Vec<Matched> = Vec::new();
         let (first, last) = (
             earlier[0].at_ms + shift,
             earlier[earlier.len() - 1].at_ms + shift,
@@ -255,7 +257,6 @@ fn check_shift(
             if fix.at_ms < first - 1_500 || fix.at_ms > last + 1_500 {
                 continue;
             }
-            overlapping += 1;
             // Earlier fixes within 1.5 s of `want`.
             let from = earlier.partition_point(|f| f.at_ms < want - 1_500);
             let near = (from..earlier.len())
@@ -273,7 +274,7 @@ fn check_shift(
         // The matched fixes in runs (a minute without a match ends one); the best run is judged:
         // its fixes must mostly all match (a route walked again at another pace touches the
         // earlier track here and there, a copy all along), last long enough, and move.
-        let mut runs: Vec<&[(usize, f64, (f64, f64))]> = Vec::new();
+        let mut runs: Vec<&[Matched]> = Vec::new();
         let mut start = 0;
         for k in 1..=matched.len() {
             if k == matched.len()
@@ -283,7 +284,6 @@ fn check_shift(
                 start = k;
             }
         }
-        let _ = overlapping;
         for run in runs {
             let (first_i, last_i) = (run[0].0, run[run.len() - 1].0);
             let span_fixes = (last_i - first_i + 1) as u32;

@@ -827,7 +827,7 @@ async fn a_replayed_track_and_a_reused_photo_do_not_count(backend: Backend) {
     }
     for fix in &fixes {
         first.1.0.store(fix.at_ms, Ordering::Relaxed);
-        first.0.add_fix(&original, fix.clone()).expect("fix");
+        first.0.add_fix(&original, *fix).expect("fix");
     }
     let camera = dir_a.path().join("IMG_original.jpg");
     std::fs::write(&camera, crate::photos::jpeg(4242, 320, 240)).expect("camera");
@@ -858,7 +858,7 @@ async fn a_replayed_track_and_a_reused_photo_do_not_count(backend: Backend) {
             at_ms: fix.at_ms - day,
             lon: fix.lon + jitter / 100_000.0,
             lat: fix.lat - jitter / 111_000.0,
-            ..fix.clone()
+            ..*fix
         };
         second.1.0.store(moved.at_ms, Ordering::Relaxed);
         second.0.add_fix(&copy, moved).expect("fix");
