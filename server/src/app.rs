@@ -55,6 +55,17 @@ pub struct AppState {
     pub wake_judging: tokio::sync::Notify,
     /// Patrols as syncs left them, for the compliance worker.
     pub fresh: crate::compliance::judging::FreshViews,
+    /// What `/readyz` watches.
+    pub readiness: Readiness,
+}
+
+/// What `/readyz` checks besides the database and the photo store: free space on the disks the
+/// server writes to.
+pub struct Readiness {
+    /// Directories whose file systems must keep `min_free_bytes` free: the SQLite file's, the
+    /// local photo store's.
+    pub watched: Vec<std::path::PathBuf>,
+    pub min_free_bytes: u64,
 }
 
 /// Caps on sync requests.
@@ -107,6 +118,7 @@ impl Modify for BearerAuth {
 /// Registers every route; the one place that knows them all.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(healthz)
+        .service(readyz)
         .service(metrics)
         .service(openapi_json)
         .configure(crate::auth::api::configure)
@@ -157,6 +169,16 @@ pub async fn build_state(
             .refresh(conn)
             .map_err(|e| StartupError::Database(e.to_string()))
     })?;
+    // The SQLite file's directory (wherever the URL puts it); PostgreSQL watches its own disk.
+    let sqlite_dir = config.database_url().strip_prefix("sqlite://").map(|path| {
+        std::path::Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(
+                || std::path::PathBuf::from("."),
+                std::path::Path::to_path_buf,
+            )
+    });
     Ok(Arc::new(AppState {
         db,
         index,
@@ -173,6 +195,13 @@ pub async fn build_state(
         sync_settings: SyncSettings {
             max_request_bytes: serve.max_sync_bytes,
             limits: sync_protocol::Limits::default(),
+        },
+        readiness: Readiness {
+            watched: [sqlite_dir, photos.local_dir.clone()]
+                .into_iter()
+                .flatten()
+                .collect(),
+            min_free_bytes: serve.min_free_mb * 1024 * 1024,
         },
         photos,
         wake_judging: tokio::sync::Notify::new(),
@@ -382,6 +411,78 @@ async fn healthz(state: web::Data<AppState>) -> Result<web::Json<Health>, ApiErr
         .into(),
         grids: state.index.current().len(),
     }))
+}
+
+/// Readiness: one check each.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// All checks passed: send traffic.
+    pub ready: bool,
+    /// The database answers and takes a write transaction.
+    pub database: bool,
+    /// The photo store answers.
+    pub photo_store: bool,
+    /// Every watched disk has at least `min_free_bytes` free.
+    pub disk: bool,
+    /// Free bytes of each watched directory's file system.
+    pub free_bytes: Vec<FreeSpace>,
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct FreeSpace {
+    pub path: String,
+    pub free_bytes: u64,
+}
+
+/// Free bytes (for unprivileged writers) of the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = rustix::fs::statvfs(path).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Readiness, for a load balancer: 200 when the database takes a write transaction, the photo
+/// store answers and the watched disks have the configured free space (`GRIDPATROL_MIN_FREE_MB`);
+/// 503 with the failing checks otherwise. Liveness is `/healthz`, which stays 200 while the
+/// process runs and its database answers: a full disk is no reason to restart it.
+#[utoipa::path(tag = "ops", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
+#[get("/readyz")]
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = state.db.write(|_conn| Ok::<_, ApiError>(())).await.is_ok();
+    let photo_store = state.photos.check().await.is_ok();
+    let free: Vec<FreeSpace> = state
+        .readiness
+        .watched
+        .iter()
+        .map(|path| FreeSpace {
+            path: path.display().to_string(),
+            free_bytes: free_bytes(path).unwrap_or(u64::MAX),
+        })
+        .collect();
+    let min = state.readiness.min_free_bytes;
+    let disk = free.iter().all(|f| f.free_bytes >= min);
+    let ready = Ready {
+        ready: database && photo_store && disk,
+        database,
+        photo_store,
+        disk,
+        free_bytes: free,
+        min_free_bytes: min,
+    };
+    if ready.ready {
+        HttpResponse::Ok().json(ready)
+    } else {
+        tracing::warn!(?ready, "not ready");
+        HttpResponse::ServiceUnavailable().json(ready)
+    }
 }
 
 /// Prometheus metrics in the text exposition format.

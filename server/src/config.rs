@@ -116,6 +116,11 @@ pub struct ServeConfig {
     /// Hours an unfinished upload is kept after its last piece.
     #[arg(long, env = "GRIDPATROL_UPLOAD_TTL_HOURS", default_value_t = 24)]
     pub upload_ttl_hours: u64,
+
+    /// `/readyz` answers not ready when the disk of the SQLite file or of the photo directory has
+    /// less than this many MiB free, so that a load balancer stops sending before writes fail.
+    #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
+    pub min_free_mb: u64,
 }
 
 impl ServeConfig {
@@ -202,6 +207,7 @@ impl Default for ServeConfig {
             max_photo_bytes: 20 * 1024 * 1024,
             max_photo_pixels: 50_000_000,
             upload_ttl_hours: 24,
+            min_free_mb: 256,
         }
     }
 }

@@ -41,6 +41,8 @@ pub enum Kind {
         retry_after_secs: u64,
     },
     Unavailable,
+    /// 507: the disk (the database's or the photo store's) is full.
+    InsufficientStorage,
     Internal,
 }
 
@@ -95,6 +97,16 @@ impl ApiError {
             "the server failed to handle this request; it has been logged",
         )
     }
+    /// The disk is full: nothing was stored, and the client may try again later (a load
+    /// balancer should have stopped sending: `/readyz` says not ready below the free-space floor).
+    pub fn insufficient_storage() -> Self {
+        tracing::error!("out of disk space: a request was refused with 507");
+        Self::new(
+            Kind::InsufficientStorage,
+            "insufficient_storage",
+            "the server's disk is full; nothing was stored: try again later",
+        )
+    }
     pub fn outside_subtree() -> Self {
         Self::forbidden(
             "outside_subtree",
@@ -119,6 +131,7 @@ impl ResponseError for ApiError {
             Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -164,9 +177,20 @@ impl From<diesel::result::Error> for ApiError {
                     "the connection to the database was lost; try again shortly",
                 )
             }
+            other if out_of_space(&other.to_string()) => ApiError::insufficient_storage(),
             other => ApiError::internal(format!("database: {other}")),
         }
     }
+}
+
+/// Whether an error's text says the disk is full: SQLite's `SQLITE_FULL` ("database or disk is
+/// full"), PostgreSQL's `disk_full` ("could not extend file …: No space left on device"), the
+/// kernel's ENOSPC (os error 28) through any IO layer.
+pub fn out_of_space(text: &str) -> bool {
+    text.contains("database or disk is full")
+        || text.contains("No space left on device")
+        || text.contains("os error 28")
+        || text.contains("StorageFull")
 }
 
 impl From<crate::db::DbError> for ApiError {

@@ -71,8 +71,47 @@ impl ServerProcess {
         env: &[(&str, &str)],
     ) -> ServerProcess {
         let mut command = std::process::Command::new(bin);
+        command.args(["serve", "--demo"]);
+        Self::launch(command, dir, port, env).await
+    }
+
+    /// [`ServerProcess::start`] on a disk of `size_mib`: a tmpfs mounted on `dir` in a mount
+    /// namespace of the server's own (`unshare -m`), invisible to the rest of the machine and
+    /// gone with the process. The test reaches it through `/proc/<pid>/root` ([`Self::disk`]).
+    pub async fn start_on_small_disk(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        size_mib: u32,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut command = std::process::Command::new("unshare");
+        command.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o "size=$0m" tmpfs "$1" && exec "$2" serve --demo"#,
+        ]);
+        command.arg(size_mib.to_string()).arg(dir).arg(bin);
+        Self::launch(command, dir, port, env).await
+    }
+
+    /// `dir` as the server process sees it (inside its mount namespace).
+    pub fn disk(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let relative = dir.strip_prefix("/").unwrap_or(dir);
+        std::path::PathBuf::from(format!("/proc/{}/root", self.child.id())).join(relative)
+    }
+
+    async fn launch(
+        mut command: std::process::Command,
+        dir: &std::path::Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         command
-            .args(["serve", "--demo"])
             .env("GRIDPATROL_DATA_DIR", dir)
             .env("GRIDPATROL_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")

@@ -38,6 +38,8 @@ pub const PREVIEW_EDGE: u32 = 1280;
 /// Where photos live and how they are checked.
 pub struct Photos {
     pub store: Arc<dyn ObjectStore>,
+    /// The directory of a local store (its free space is watched by `/readyz`).
+    pub local_dir: Option<std::path::PathBuf>,
     pub limits: Limits,
     /// How long an unfinished upload lives after its last piece.
     pub upload_ttl: chrono::Duration,
@@ -66,7 +68,9 @@ impl Photos {
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| StartupError::Config(format!("photo directory {}: {e}", dir.display())))?
             .with_fsync(true);
-        Ok(Self::with_store(Arc::new(store), limits, upload_ttl))
+        let mut photos = Self::with_store(Arc::new(store), limits, upload_ttl);
+        photos.local_dir = Some(dir.to_path_buf());
+        Ok(photos)
     }
 
     /// Photos in an S3-compatible bucket.
@@ -116,6 +120,7 @@ impl Photos {
     pub fn with_store(store: Arc<dyn ObjectStore>, limits: Limits, upload_ttl: Duration) -> Photos {
         Photos {
             store,
+            local_dir: None,
             limits,
             upload_ttl: chrono::Duration::from_std(upload_ttl)
                 .unwrap_or(chrono::Duration::hours(24)),
@@ -206,7 +211,23 @@ pub fn refusal(error: &PhotoError) -> ApiError {
 }
 
 fn storage(error: object_store::Error) -> ApiError {
-    ApiError::internal(format!("photo store: {error}"))
+    io_or_store(&error)
+}
+
+/// A photo store failure: a full disk is `507 insufficient_storage`, the rest internal.
+fn io_or_store(error: &dyn std::error::Error) -> ApiError {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if crate::error::out_of_space(&text) {
+        ApiError::insufficient_storage()
+    } else {
+        ApiError::internal(format!("photo store: {text}"))
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -543,7 +564,7 @@ pub async fn receive(
     }
     tokio::io::AsyncWriteExt::shutdown(&mut writer)
         .await
-        .map_err(|e| ApiError::internal(format!("photo store: {e}")))?;
+        .map_err(|e| io_or_store(&e))?;
     let (id, stop, ttl, object_name) = (
         upload.id.clone(),
         offset + got as i64,

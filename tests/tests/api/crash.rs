@@ -212,3 +212,164 @@ fn sqlite_counts(path: &std::path::Path, sha: &str) -> (i64, i64, i64) {
         .expect("pieces");
     (held, finished, pieces)
 }
+
+/// Fills a disk through `path` until it refuses (ENOSPC); returns the filler's path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler");
+    let block = vec![0x5au8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+/// Issue 21: on a full disk every failing request was `500 internal_error`, `/healthz` kept
+/// answering ok, and a photo could be lost. Now: `507 insufficient_storage`, nothing
+/// acknowledged that was not stored, `/readyz` not ready while `/healthz` stays live, and once
+/// space is back the same process takes the photo, with no restart.
+#[tokio::test]
+async fn a_full_disk_answers_507_and_recovers_without_a_restart() {
+    let bin = test_server_binary();
+    let base_dir = tempfile::tempdir().expect("tmp");
+    let data = base_dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mount point");
+    let port = free_port();
+    let server = ServerProcess::start_on_small_disk(
+        &bin,
+        &data,
+        48,
+        port,
+        &[("GRIDPATROL_MIN_FREE_MB", "2")],
+    )
+    .await;
+    let base = server.base.clone();
+    let client = http_client();
+    let ready = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready(client.clone(), base.clone()).await, 200);
+
+    let phone_dir = tempfile::tempdir().expect("tmp");
+    let (phone, bytes) = recorded_phone(&phone_dir, &base);
+    phone
+        .enroll(&enrollment_code(&base).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let (_patrol, sha) = walk_and_attach(&phone_dir, &phone, &bytes);
+    // A second device for probing the upload endpoints by hand.
+    let probe: serde_json::Value = client
+        .post(format!("{base}/v1/devices/enroll"))
+        .json(
+            &serde_json::json!({"code": enrollment_code(&base).await.as_str(),
+            "device_name": "probe", "actor_id": "0123456789abcdef0123456789abcdef"}),
+        )
+        .send()
+        .await
+        .expect("enroll")
+        .json()
+        .await
+        .expect("json");
+    let token = probe["access_token"].as_str().expect("token").to_string();
+
+    let filler = fill(&server.disk(&data));
+    assert_eq!(
+        ready(client.clone(), base.clone()).await,
+        503,
+        "not ready on a full disk"
+    );
+    let health = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(
+        health.status().as_u16(),
+        200,
+        "but alive: no reason to restart it"
+    );
+
+    // The phone syncs: whatever fails says why, and the photo is not taken for uploaded.
+    let outcome = phone.sync().await;
+    assert!(!phone_says_uploaded(&phone), "{outcome:?}");
+    if let Err(error) = &outcome {
+        let text = format!("{error:?}");
+        assert!(
+            text.contains("507") || text.contains("insufficient_storage"),
+            "{text}"
+        );
+        assert!(!text.contains("internal_error"), "{text}");
+    }
+    // A sign-in writes a session: refused with 507 too, not 500.
+    let login = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin-522632", "password": gridpatrol_tests::PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status().as_u16(), 507);
+    // Straight through HTTP: a new upload's piece is refused with 507, its code and a message.
+    {
+        let other = noise_jpeg(8, 640, 480);
+        use base64::Engine;
+        let meta = format!(
+            "sha256 {}",
+            base64::engine::general_purpose::STANDARD.encode(sha256_hex(&other))
+        );
+        let created = client
+            .post(format!("{base}/v1/photos/uploads"))
+            .bearer_auth(&token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", other.len().to_string())
+            .header("upload-metadata", meta)
+            .send()
+            .await
+            .expect("create");
+        let status = created.status().as_u16();
+        if status == 201 {
+            let location = created.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_string();
+            let patched = client
+                .patch(format!("{base}{location}"))
+                .bearer_auth(&token)
+                .header("tus-resumable", "1.0.0")
+                .header("upload-offset", "0")
+                .header("content-type", "application/offset+octet-stream")
+                .body(other.clone())
+                .send()
+                .await
+                .expect("patch");
+            assert_eq!(patched.status().as_u16(), 507);
+            assert!(patched.headers().get("photo-stored").is_none());
+            let body: serde_json::Value = patched.json().await.expect("json");
+            assert_eq!(body["error"], "insufficient_storage");
+        } else {
+            assert_eq!(status, 507, "creating the upload on a full disk");
+        }
+    }
+
+    // Space comes back: ready again, and the same process takes the photo.
+    std::fs::remove_file(&filler).expect("free the disk");
+    assert_eq!(ready(client.clone(), base.clone()).await, 200);
+    let mut uploaded = false;
+    for _ in 0..5 {
+        if phone.sync().await.is_ok() && phone_says_uploaded(&phone) {
+            uploaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(uploaded, "the photo uploads once space is back");
+    assert_eq!(
+        server_copy(&base, &sha).await.as_deref(),
+        Some(sha.as_str())
+    );
+}
