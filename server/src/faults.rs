@@ -16,6 +16,8 @@ pub const POINTS: &[&str] = &[
     "photo.complete.after_original",
     "photo.complete.before_commit",
     "photo.complete.after_commit",
+    "compliance.judge.after_claim",
+    "compliance.judge.before_write",
 ];
 
 #[cfg(feature = "fault-injection")]

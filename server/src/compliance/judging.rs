@@ -272,7 +272,7 @@ async fn judge(state: &Arc<AppState>, others: Others) -> ApiResult<(usize, bool)
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut judged = 0;
     loop {
-        let stuck = now() - chrono::Duration::minutes(10);
+        let stuck = now() - chrono::Duration::from_std(CLAIM_LEASE).unwrap_or_default();
         let mine = state.fresh.ids();
         let (claimed, left): (Vec<(String, i64, i64)>, bool) = state
             .db
@@ -343,6 +343,40 @@ async fn judge(state: &Arc<AppState>, others: Others) -> ApiResult<(usize, bool)
         }
         let short = (claimed.len() as i64) < CLAIM;
         judged += claimed.len();
+        // The claim is a lease: renewed while this batch is judged, so that a process that dies
+        // holding it (SIGKILL, a lost machine) leaves its patrols to the others, or to itself
+        // restarted, within CLAIM_LEASE and a worker's wake, not minutes.
+        let renewal = {
+            let state = state.clone();
+            let ids: Vec<String> = claimed.iter().map(|(id, _, _)| id.clone()).collect();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CLAIM_LEASE / 4).await;
+                    let ids = ids.clone();
+                    let renewed = state
+                        .db
+                        .write(move |conn| -> ApiResult<usize> {
+                            let mut n = 0;
+                            for chunk in ids.chunks(500) {
+                                n += diesel::update(
+                                    patrol_verdicts::table
+                                        .filter(patrol_verdicts::patrol_id.eq_any(chunk))
+                                        .filter(patrol_verdicts::claimed_at.is_not_null()),
+                                )
+                                .set(patrol_verdicts::claimed_at.eq(Some(now())))
+                                .execute(conn)?;
+                            }
+                            Ok(n)
+                        })
+                        .await;
+                    if let Err(error) = renewed {
+                        tracing::warn!(%error, "could not renew a judging lease");
+                    }
+                }
+            })
+        };
+        let _stop_renewing = AbortOnDrop(renewal);
+        crate::faults::point("compliance.judge.after_claim")?;
         let per_lane = claimed.len().div_ceil(cores);
         let mut claimed = claimed.into_iter();
         let lanes: Vec<Vec<(String, i64, i64)>> = std::iter::from_fn(|| {
@@ -380,6 +414,7 @@ async fn judge(state: &Arc<AppState>, others: Others) -> ApiResult<(usize, bool)
                 }
             }
         }
+        crate::faults::point("compliance.judge.before_write")?;
         state
             .db
             .write(move |conn| -> ApiResult<()> {
@@ -1027,10 +1062,23 @@ pub fn spawn_worker(state: Arc<AppState>) {
                     // write transactions per sync competing with the syncs for SQLite's writer.
                     tokio::time::sleep(GATHER).await;
                 }
-                _ = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(15))) => {}
+                // Also looks every few seconds for leases a dead process left to expire.
+                _ = tokio::time::sleep(retry.unwrap_or(CLAIM_LEASE / 4)) => {}
             }
         }
     });
+}
+
+/// How long a claim on patrols to judge lasts without renewal (see [`judge`]).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(20);
+
+/// Aborts a task when dropped (a lease's renewal ends with the batch, however the batch ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How long the worker waits after a wake before judging: well under what a supervisor notices,

@@ -977,7 +977,9 @@ pub async fn sweep(state: &Arc<AppState>) -> ApiResult<usize> {
 pub async fn derive_pending(state: &Arc<AppState>) -> ApiResult<usize> {
     let mut made = 0;
     loop {
-        let stale = now() - chrono::Duration::minutes(10);
+        // A claim on one photo's images is a lease of a minute (making them takes about a
+        // second): a process killed while making them leaves the photo to the others soon.
+        let stale = now() - chrono::Duration::minutes(1);
         let claimed = state
             .db
             .write(move |conn| -> ApiResult<Option<String>> {
@@ -1084,7 +1086,7 @@ pub fn spawn_workers(state: Arc<AppState>) {
             }
             tokio::select! {
                 _ = worker.photos.wake_worker.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
             }
         }
     });

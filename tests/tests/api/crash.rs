@@ -373,3 +373,55 @@ async fn a_full_disk_answers_507_and_recovers_without_a_restart() {
         Some(sha.as_str())
     );
 }
+
+/// Issue 21: patrols claimed for judging by a process that was killed stayed "判定计算中" for the
+/// claim's ten minutes. Claims are leases now: the restarted process judges them within the
+/// lease (20 s) and a wake of its worker.
+#[tokio::test]
+async fn a_patrol_claimed_by_a_killed_process_is_judged_soon_after() {
+    let bin = test_server_binary();
+    for point in [
+        "compliance.judge.after_claim",
+        "compliance.judge.before_write",
+    ] {
+        let data = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let mut server =
+            ServerProcess::start(&bin, data.path(), port, &[("GRIDPATROL_FAULT", point)]).await;
+        let base = server.base.clone();
+        let phone_dir = tempfile::tempdir().expect("tmp");
+        let (phone, bytes) = recorded_phone(&phone_dir, &base);
+        phone
+            .enroll(&enrollment_code(&base).await, "红米 Note 12")
+            .await
+            .expect("enroll");
+        let (patrol, _) = walk_and_attach(&phone_dir, &phone, &bytes);
+        let _ = phone.sync().await;
+        let status = server
+            .exited(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{point}: the worker did not reach its crash point"));
+        assert!(!status.success());
+        drop(server);
+        let server = ServerProcess::start(&bin, data.path(), port, &[]).await;
+        let _ = phone.sync().await; // the photo, if the crash came before it
+        let admin = demo_admin_token(&server.base).await;
+        let started = std::time::Instant::now();
+        let mut judged = None;
+        while started.elapsed() < Duration::from_secs(90) {
+            let reply = http_client()
+                .get(format!("{}/v1/patrols/{patrol}/verdict", server.base))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .expect("verdict");
+            if reply.status().as_u16() == 200 {
+                judged = Some(started.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let judged = judged.unwrap_or_else(|| panic!("{point}: never judged"));
+        eprintln!("{point}: judged {judged:?} after the restart");
+    }
+}
