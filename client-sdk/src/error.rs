@@ -30,6 +30,8 @@ pub enum SdkError {
         status: u16,
         code: String,
         message: String,
+        /// The server's `Retry-After` (503 `server_busy`, 429, 507): wait at least this long.
+        retry_after_secs: Option<u64>,
     },
     /// The local store failed (disk full, corrupted file …).
     #[error("storage: {message}")]

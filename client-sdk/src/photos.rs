@@ -263,6 +263,7 @@ impl Client {
                     status,
                     code,
                     message,
+                    ..
                 }) if (400..500).contains(&status) && code.starts_with("photo_") => {
                     queued.upload = Upload::Refused { code, message };
                     self.save_queued(&sha, &queued)?;

@@ -106,19 +106,26 @@ async fn send_twice(request: reqwest::RequestBuilder) -> Result<reqwest::Respons
     }
 }
 
-async fn error_of(response: reqwest::Response) -> SdkError {
+pub(crate) async fn error_of(response: reqwest::Response) -> SdkError {
     let status = response.status().as_u16();
+    let retry_after_secs = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let text = response.text().await.unwrap_or_default();
     match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => SdkError::Server {
             status,
             code: body.error,
             message: body.message,
+            retry_after_secs,
         },
         Err(_) => SdkError::Server {
             status,
             code: "unexpected".into(),
             message: text.chars().take(200).collect(),
+            retry_after_secs,
         },
     }
 }
@@ -192,6 +199,7 @@ impl Client {
                     status: 400 | 403 | 409,
                     code,
                     message,
+                    ..
                 } => SdkError::Enrollment { code, message },
                 other => other,
             });
@@ -290,6 +298,7 @@ impl Client {
                     status: 401,
                     code,
                     message,
+                    ..
                 } => SdkError::SignedOut { code, message },
                 other => other,
             });
@@ -472,9 +481,20 @@ impl Client {
                 Ok(report) => return Ok(report),
                 Err(error) if error.is_transient() && attempt + 1 < attempts => {
                     // Jitter from the monotonic clock's low bits: no RNG dependency, and phones
-                    // that failed together do not retry together.
+                    // that failed together do not retry together. A busy server's Retry-After
+                    // is a floor: the phone waits at least that long (plus up to half again,
+                    // so that the phones it turned away do not all come back at once).
                     let unit = (self.clock.monotonic_ms().rem_euclid(1000)) as f64 / 1000.0;
-                    tokio::time::sleep(backoff.delay(attempt, unit)).await;
+                    let mut delay = backoff.delay(attempt, unit);
+                    if let SdkError::Server {
+                        retry_after_secs: Some(secs),
+                        ..
+                    } = &error
+                    {
+                        let floor = Duration::from_secs(*secs).mul_f64(1.0 + unit / 2.0);
+                        delay = delay.max(floor);
+                    }
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 Err(error) => return Err(error),

@@ -72,6 +72,13 @@ pub struct Readiness {
 pub struct SyncSettings {
     pub max_request_bytes: usize,
     pub limits: sync_protocol::Limits,
+    /// Admission control: at most this many syncs read, merge and store at once in this
+    /// process; the rest wait up to `admission_wait` for a turn, then get `503 server_busy`
+    /// with `Retry-After` (which the SDK honours). Bounds memory and threads under a burst.
+    pub admission: tokio::sync::Semaphore,
+    pub admission_wait: Duration,
+    /// What `Retry-After` says to a phone turned away, seconds.
+    pub retry_after_secs: u64,
 }
 
 #[derive(OpenApi)]
@@ -195,6 +202,9 @@ pub async fn build_state(
         sync_settings: SyncSettings {
             max_request_bytes: serve.max_sync_bytes,
             limits: sync_protocol::Limits::default(),
+            admission: tokio::sync::Semaphore::new(serve.max_concurrent_syncs()),
+            admission_wait: Duration::from_millis(serve.sync_queue_ms),
+            retry_after_secs: 3,
         },
         readiness: Readiness {
             watched: [sqlite_dir, photos.local_dir.clone()]

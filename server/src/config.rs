@@ -117,6 +117,15 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_UPLOAD_TTL_HOURS", default_value_t = 24)]
     pub upload_ttl_hours: u64,
 
+    /// Syncs that read, merge and store at once in this process (default: four per core, at
+    /// least 8); more wait for a turn (`GRIDPATROL_SYNC_QUEUE_MS`), then get 503 `server_busy`.
+    #[arg(long, env = "GRIDPATROL_MAX_CONCURRENT_SYNCS")]
+    pub max_concurrent_syncs: Option<usize>,
+
+    /// How long a sync waits for a turn before it is told to come back (503 with Retry-After).
+    #[arg(long, env = "GRIDPATROL_SYNC_QUEUE_MS", default_value_t = 2_000)]
+    pub sync_queue_ms: u64,
+
     /// `/readyz` answers not ready when the disk of the SQLite file or of the photo directory has
     /// less than this many MiB free, so that a load balancer stops sending before writes fail.
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
@@ -124,6 +133,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// [`ServeConfig::max_concurrent_syncs`], with its default.
+    pub fn max_concurrent_syncs(&self) -> usize {
+        self.max_concurrent_syncs.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (4 * cores).max(8)
+        })
+    }
+
     /// The photo store and checks these settings describe.
     pub fn photos(
         &self,
@@ -208,6 +225,8 @@ impl Default for ServeConfig {
             max_photo_pixels: 50_000_000,
             upload_ttl_hours: 24,
             min_free_mb: 256,
+            max_concurrent_syncs: None,
+            sync_queue_ms: 2_000,
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum Kind {
         retry_after_secs: u64,
     },
     Unavailable,
+    /// 503 with `Retry-After`: too busy for this request now; come back then.
+    Busy {
+        retry_after_secs: u64,
+    },
     /// 507: the disk (the database's or the photo store's) is full.
     InsufficientStorage,
     Internal,
@@ -130,7 +134,7 @@ impl ResponseError for ApiError {
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Unavailable | Kind::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Kind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -138,7 +142,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let Kind::TooManyRequests { retry_after_secs } = self.kind {
+        if let Kind::TooManyRequests { retry_after_secs } | Kind::Busy { retry_after_secs } =
+            self.kind
+        {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         if self.kind == Kind::Unauthorized {

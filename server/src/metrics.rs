@@ -43,6 +43,8 @@ pub struct Metrics {
     /// Patrols the compliance worker judged, by where it read them from.
     pub judged: Family<JudgedLabels, Counter>,
     snapshots_owed: Gauge,
+    /// Syncs turned away with 503 `server_busy` (admission control).
+    pub sync_busy: Counter,
 }
 
 impl Default for Metrics {
@@ -76,7 +78,14 @@ impl Default for Metrics {
             "Document snapshots owed by patrols judged from views, written when syncs pause",
             snapshots_owed.clone(),
         );
+        let sync_busy = Counter::default();
+        registry.register(
+            "syncs_turned_away",
+            "Syncs answered 503 server_busy by admission control (the phone comes back after Retry-After)",
+            sync_busy.clone(),
+        );
         Metrics {
+            sync_busy,
             registry: Mutex::new(registry),
             requests,
             latency,

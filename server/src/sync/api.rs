@@ -63,6 +63,8 @@ async fn read_limited(mut payload: web::Payload, limit: usize) -> ApiResult<web:
         (status = 403, description = "`device_required`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 503, description = "`server_busy` (with `Retry-After`: wait that long, then sync again), `database_unavailable`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the server's disk is full, nothing was stored", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -78,6 +80,24 @@ async fn sync(
             "device_required",
             "sync is for enrolled devices; sign in on a phone enrolled with a code",
         ));
+    };
+    // Admission: a turn before the body is read, so that a burst of phones costs a queue, not
+    // memory and threads for every one of them at once.
+    let settings = &state.sync_settings;
+    let _turn = match tokio::time::timeout(settings.admission_wait, settings.admission.acquire())
+        .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            state.metrics.sync_busy.inc();
+            return Err(ApiError::new(
+                Kind::Busy {
+                    retry_after_secs: settings.retry_after_secs,
+                },
+                "server_busy",
+                "the server is busy with other phones' syncs; nothing was stored: try again after Retry-After seconds",
+            ));
+        }
     };
     let content_type = req
         .headers()
