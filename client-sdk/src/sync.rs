@@ -113,7 +113,19 @@ pub(crate) async fn error_of(response: reqwest::Response) -> SdkError {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let text = response.text().await.unwrap_or_default();
+    // An error answer to a request that asked for `deflate` itself (the sync) comes compressed
+    // by the server's HTTP layer, zlib-framed as HTTP's deflate is; the SDK undoes it here.
+    let deflated = response
+        .headers()
+        .get(reqwest::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"deflate"));
+    let bytes = response.bytes().await.unwrap_or_default();
+    let bytes = if deflated {
+        inflate_any(&bytes).unwrap_or_else(|| bytes.to_vec())
+    } else {
+        bytes.to_vec()
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => SdkError::Server {
             status,
@@ -128,6 +140,21 @@ pub(crate) async fn error_of(response: reqwest::Response) -> SdkError {
             retry_after_secs,
         },
     }
+}
+
+/// A `deflate` body as HTTP means it (zlib-framed), or raw DEFLATE as the sync protocol's own
+/// bodies are; at most 1 MiB (an error's JSON is a few hundred bytes).
+fn inflate_any(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if flate2::read::ZlibDecoder::new(bytes)
+        .take(1 << 20)
+        .read_to_end(&mut out)
+        .is_ok()
+    {
+        return Some(out);
+    }
+    wire::inflate(bytes, 1 << 20)
 }
 
 /// The server's `device_revoked` as its own kind of error: the app tells the inspector, and

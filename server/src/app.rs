@@ -248,6 +248,11 @@ pub fn launch(
         app.configure(crate::console::configure)
             .wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
             .wrap(from_fn(crate::metrics::record))
+            // gzip or deflate as the client's Accept-Encoding asks (JSON, CSV, pages, the
+            // feed): a list of a township's people is a tenth of its size on a 2G link. Images
+            // are left alone (already compressed), and so are answers that carry their own
+            // Content-Encoding (the sync's DEFLATE, the console's event stream).
+            .wrap(actix_web::middleware::Compress::default())
             .wrap(from_fn(request_id_header))
             .wrap(TracingLogger::default())
     })

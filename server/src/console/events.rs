@@ -126,6 +126,8 @@ pub async fn events(
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
+        // Not compressed: a compressor would hold events back until its buffer fills.
+        .insert_header(actix_web::http::header::ContentEncoding::Identity)
         .insert_header(("cache-control", "no-store"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(stream)

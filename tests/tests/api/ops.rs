@@ -54,7 +54,51 @@ async fn health_metrics_and_unknown_routes(backend: Backend) {
     );
 }
 
-both_backends!(health_metrics_and_unknown_routes);
+/// Issue 21: `GET /v1/users?role=inspector` was 231 KB and never compressed (enrolling four
+/// phones over 40 kbit/s took 73 s). Answers are gzip or deflate as `Accept-Encoding` asks;
+/// images and the sync's own DEFLATE are left alone. Readiness is apart from liveness.
+async fn answers_are_compressed_and_readiness_is_its_own(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    // A client that shows the bytes as they travel (no decompression of its own).
+    let raw = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("client");
+    let get = |encoding: &'static str| {
+        raw.get(format!("{}/v1/users?role=inspector", app.base))
+            .bearer_auth(&admin)
+            .header("accept-encoding", encoding)
+            .send()
+    };
+    let plain = get("identity").await.expect("plain");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain_bytes = plain.bytes().await.expect("bytes").len();
+    for encoding in ["gzip", "deflate"] {
+        let packed = get(encoding).await.expect("packed");
+        assert_eq!(
+            packed
+                .headers()
+                .get("content-encoding")
+                .and_then(|v| v.to_str().ok()),
+            Some(encoding)
+        );
+        let bytes = packed.bytes().await.expect("bytes").len();
+        assert!(
+            bytes * 5 < plain_bytes,
+            "{encoding}: {bytes} of {plain_bytes} bytes"
+        );
+    }
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["ready"], true);
+    assert_eq!(ready.body["disk"], true);
+}
+
+both_backends!(
+    health_metrics_and_unknown_routes,
+    answers_are_compressed_and_readiness_is_its_own,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_openapi_equals_the_committed_file() {
