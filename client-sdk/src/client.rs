@@ -196,6 +196,8 @@ pub(crate) struct Inner {
     pub grids: Vec<GridInfo>,
     pub key_points: Vec<KeyPoint>,
     pub skew: Option<Skew>,
+    /// The jurisdiction's photo size (from `/v1/me`), until the app's own choice overrides it.
+    pub photo_policy: Option<crate::photos::PhotoPolicy>,
 }
 
 type Callback = Arc<dyn Fn(&str) + Send + Sync>;
@@ -257,6 +259,7 @@ pub(crate) const META_VERIFY: &str = "syncs_since_verify";
 pub(crate) const META_GRIDS: &str = "grids";
 pub(crate) const META_KEY_POINTS: &str = "key_points";
 pub(crate) const META_SKEW: &str = "clock_skew";
+pub(crate) const META_PHOTO_POLICY: &str = "photo_policy";
 pub(crate) const META_ACTOR: &str = "actor";
 /// `photo:<sha256>`: a photo attached here, waiting for its upload.
 pub(crate) const META_PHOTO_PREFIX: &str = "photo:";
@@ -307,6 +310,7 @@ impl Inner {
             grids: Vec::new(),
             key_points: Vec::new(),
             skew: None,
+            photo_policy: None,
         };
         if let Some(bytes) = snapshot.meta.get(META_SESSION) {
             inner.session = Some(store::decode(bytes)?);
@@ -342,6 +346,9 @@ impl Inner {
         }
         if let Some(bytes) = snapshot.meta.get(META_SKEW) {
             inner.skew = Some(store::decode(bytes)?);
+        }
+        if let Some(bytes) = snapshot.meta.get(META_PHOTO_POLICY) {
+            inner.photo_policy = Some(store::decode(bytes)?);
         }
         for (id, stored) in snapshot.docs {
             let kind = DocKind::parse(&stored.kind).ok_or_else(|| SdkError::Storage {
@@ -697,7 +704,8 @@ impl Client {
             let inner = self.inner();
             Self::recording(&inner, patrol)?;
         }
-        let kept = crate::photos::keep(&self.photo_options, path)?;
+        let policy = self.inner().photo_policy;
+        let kept = crate::photos::keep(&self.photo_options, policy.as_ref(), path)?;
         let inner = self.inner();
         Self::recording(&inner, patrol)?;
         let position = Self::patrol_view(&inner, patrol)?

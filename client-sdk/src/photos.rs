@@ -22,10 +22,20 @@ pub struct PhotoOptions {
     /// Where attached photos are copied (created if missing). `None`: photos stay where the
     /// camera wrote them, and the app must keep them until they are uploaded.
     pub dir: Option<PathBuf>,
-    /// Downscale JPEGs to this long edge before keeping them (EXIF kept). `None`: as taken.
+    /// Downscale JPEGs to this long edge before keeping them (EXIF kept). `None`: as the
+    /// jurisdiction's photo policy says (from the server at enrollment: by default a long edge
+    /// of 2048 px at JPEG quality 85), or as taken when it asks for originals.
     pub long_edge: Option<u32>,
     /// Delete the SDK's copy once the server has the photo.
     pub delete_after_upload: bool,
+}
+
+/// The size photos travel at, as the jurisdiction's policy sets it (`GET /v1/me`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PhotoPolicy {
+    pub long_edge: u32,
+    pub jpeg_quality: u8,
+    pub originals: bool,
 }
 
 /// Where a queued photo stands.
@@ -100,7 +110,11 @@ fn storage(e: impl std::fmt::Display) -> SdkError {
 /// Reads the camera's file, downscales it if asked, and copies it into the photo directory
 /// (written to a temporary name, synced, then renamed: a killed app leaves a whole file or
 /// none). Returns what the queue needs.
-pub(crate) fn keep(options: &PhotoOptions, path: &Path) -> Result<Kept, SdkError> {
+pub(crate) fn keep(
+    options: &PhotoOptions,
+    policy: Option<&PhotoPolicy>,
+    path: &Path,
+) -> Result<Kept, SdkError> {
     let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
     if bytes.is_empty() {
         return Err(SdkError::invalid(format!("{} is empty", path.display())));
@@ -108,11 +122,18 @@ pub(crate) fn keep(options: &PhotoOptions, path: &Path) -> Result<Kept, SdkError
     let format = gridpatrol_photo::sniff(&bytes).map_err(|e| SdkError::Invalid {
         message: format!("{}: {e}", path.display()),
     })?;
-    let bytes = match options.long_edge {
-        Some(edge) => gridpatrol_photo::downscale_keeping_exif(
+    // The app's choice first, then the jurisdiction's; a phone enrolled before the server said
+    // keeps photos as taken (the next refresh of its grids brings the policy).
+    let size = match (options.long_edge, policy) {
+        (Some(edge), policy) => Some((edge, policy.map_or(85, |p| p.jpeg_quality))),
+        (None, Some(policy)) if !policy.originals => Some((policy.long_edge, policy.jpeg_quality)),
+        _ => None,
+    };
+    let bytes = match size {
+        Some((edge, quality)) => gridpatrol_photo::downscale_keeping_exif(
             &bytes,
             edge,
-            85,
+            quality,
             &gridpatrol_photo::Limits::default(),
         )
         .map_err(|e| SdkError::Invalid {

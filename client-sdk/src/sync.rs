@@ -66,6 +66,8 @@ struct GridSummary {
 #[derive(Deserialize)]
 struct Me {
     roles: Vec<Role>,
+    /// Absent from servers before 2026-12-06.
+    photo_policy: Option<crate::photos::PhotoPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +255,7 @@ impl Client {
     pub async fn refresh_grids(&self) -> Result<(), SdkError> {
         let response = self.authorized_get("/v1/me").await?;
         let me: Me = response.json().await.map_err(network)?;
+        let photo_policy = me.photo_policy;
         let grids: Vec<GridInfo> = me
             .roles
             .into_iter()
@@ -279,7 +282,7 @@ impl Client {
                 bbox: p.bbox.to_vec(),
             })
             .collect();
-        self.store.write(&Batch(vec![
+        let mut writes = vec![
             Write::Meta {
                 key: META_GRIDS.into(),
                 value: store::encode(&grids),
@@ -288,10 +291,20 @@ impl Client {
                 key: META_KEY_POINTS.into(),
                 value: store::encode(&key_points),
             },
-        ]))?;
+        ];
+        if let Some(policy) = &photo_policy {
+            writes.push(Write::Meta {
+                key: crate::client::META_PHOTO_POLICY.into(),
+                value: store::encode(policy),
+            });
+        }
+        self.store.write(&Batch(writes))?;
         let mut inner = self.inner();
         inner.grids = grids;
         inner.key_points = key_points;
+        if photo_policy.is_some() {
+            inner.photo_policy = photo_policy;
+        }
         Ok(())
     }
 

@@ -47,6 +47,35 @@ pub struct Policy {
     /// Compliance rules, each set from its `from_week` on (the latest that has begun applies).
     #[serde(default)]
     pub compliance: Vec<ComplianceRules>,
+    /// The size photos travel at from this jurisdiction's phones.
+    #[serde(default)]
+    pub photos: PhotoPolicy,
+}
+
+/// The size photos travel at: what a phone keeps and uploads of each photo (`GET /v1/me` gives
+/// it to the phone; the SDK applies it when a photo is attached). A 12-megapixel photo at the
+/// defaults is about 0.4–0.8 MB instead of 3–5 MB: minutes less on a 2G link each.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhotoPolicy {
+    /// Long edge in pixels photos are downscaled to (EXIF kept); smaller photos are left as
+    /// they are.
+    pub long_edge: u32,
+    /// JPEG quality of a downscaled photo, 1–100.
+    pub jpeg_quality: u8,
+    /// Upload photos as the camera took them (no downscaling): for jurisdictions that need the
+    /// originals, at the cost of the bytes.
+    pub originals: bool,
+}
+
+impl Default for PhotoPolicy {
+    fn default() -> Self {
+        PhotoPolicy {
+            long_edge: 2048,
+            jpeg_quality: 85,
+            originals: false,
+        }
+    }
 }
 
 /// The compliance rules of a jurisdiction from a given ISO week on.

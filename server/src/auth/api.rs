@@ -269,6 +269,9 @@ pub struct Me {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<i64>,
     pub roles: Vec<RoleView>,
+    /// The size this user's phone uploads photos at: the policy of the jurisdiction of the
+    /// user's first grid (GridPatrol's defaults where none applies).
+    pub photo_policy: crate::policy::PhotoPolicy,
 }
 
 pub fn role_views(conn: &mut crate::db::DbConnection, user_id: i64) -> QueryResult<Vec<RoleView>> {
@@ -314,6 +317,7 @@ pub fn role_views(conn: &mut crate::db::DbConnection, user_id: i64) -> QueryResu
 )]
 #[get("/v1/me")]
 async fn me(state: web::Data<AppState>, authed: Authed) -> ApiResult<web::Json<Me>> {
+    let st = state.clone();
     let me = state
         .db
         .run(move |conn| {
@@ -321,13 +325,20 @@ async fn me(state: web::Data<AppState>, authed: Authed) -> ApiResult<web::Json<M
                 .find(authed.user_id)
                 .select((users::username, users::display_name))
                 .first(conn)?;
+            let roles = role_views(conn, authed.user_id)?;
+            let photo_policy = roles
+                .first()
+                .and_then(|r| crate::compliance::judging::policy_of(&st, r.grid_id).0)
+                .map(|p| p.photos)
+                .unwrap_or_default();
             Ok::<_, ApiError>(Me {
                 user_id: authed.user_id,
                 username,
                 display_name,
                 is_superuser: authed.is_superuser,
                 device_id: authed.device_id,
-                roles: role_views(conn, authed.user_id)?,
+                roles,
+                photo_policy,
             })
         })
         .await?;

@@ -385,7 +385,56 @@ async fn a_reused_photo_is_shown_as_a_near_duplicate(backend: Backend) {
     }
 }
 
+/// Issue 21: photos went at camera size unless the app asked (a 4 MB photo is ~13 minutes at
+/// 40 kbit/s). The jurisdiction's policy (榕江's preset: long edge 2048 px, quality 85, EXIF
+/// kept) reaches the phone at enrollment and sizes what it keeps and uploads.
+async fn a_camera_photo_travels_at_the_jurisdictions_size(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let inspector = phone(&dir, &app.base, photo_dir(&dir));
+    inspector
+        .enroll(&code_for(&app, INSPECTOR).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let me = app
+        .get("/v1/me", Some(&app.token("leader-522632100").await))
+        .await;
+    assert_eq!(
+        me.body["photo_policy"],
+        serde_json::json!({"long_edge": 2048, "jpeg_quality": 85, "originals": false})
+    );
+    let patrol = inspector
+        .start_patrol(VILLAGE, Method::Routine)
+        .expect("start");
+    walk(&inspector, &patrol);
+    let camera = dir.path().join("IMG_camera.jpg");
+    let original = jpeg(31, 2600, 1950);
+    std::fs::write(&camera, &original).expect("camera");
+    let sha = inspector
+        .attach_photo(&patrol, &camera, "")
+        .expect("attach");
+    let kept = &inspector.photos().expect("photos")[0];
+    assert!(
+        kept.size < original.len() as u64,
+        "{} of {}",
+        kept.size,
+        original.len()
+    );
+    inspector.sync().await.expect("sync");
+    let info = app
+        .get(
+            &format!("/v1/photos/{sha}/info"),
+            Some(&app.token("leader-522632100").await),
+        )
+        .await;
+    assert_eq!(
+        (info.body["width"].as_i64(), info.body["height"].as_i64()),
+        (Some(2048), Some(1536))
+    );
+}
+
 both_backends!(
+    a_camera_photo_travels_at_the_jurisdictions_size,
     a_photo_is_downscaled_on_the_phone_when_asked,
     a_reused_photo_is_shown_as_a_near_duplicate,
     a_photo_attached_offline_is_uploaded_after_its_patrol,
