@@ -9,6 +9,20 @@ use crate::error::ApiResult;
 
 /// Every crash point, so that the fault suite can check it tries them all.
 pub const POINTS: &[&str] = &[
+    "auth.login.before_commit",
+    "people.code.before_commit",
+    "auth.enroll.before_commit",
+    "sync.admitted",
+    "sync.premerged",
+    "sync.write.before_append",
+    "sync.write.before_commit",
+    "projection.before_rows",
+    "projection.after_prints",
+    "sync.committed",
+    "sync.before_response",
+    "photo.create.before_commit",
+    "photo.create.after_commit",
+    "photo.head.answer",
     "photo.piece.before_commit",
     "photo.piece.after_commit",
     "photo.complete.start",
@@ -18,6 +32,13 @@ pub const POINTS: &[&str] = &[
     "photo.complete.after_commit",
     "compliance.judge.after_claim",
     "compliance.judge.before_write",
+    "compliance.judge.after_write",
+    "photo.derive.after_claim",
+    "photo.derive.before_done",
+    "snapshot.compact.before_write",
+    "snapshot.compact.after_write",
+    "signoff.before_commit",
+    "signoff.after_commit",
 ];
 
 #[cfg(feature = "fault-injection")]

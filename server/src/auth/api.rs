@@ -53,7 +53,9 @@ async fn login(
         username.trim().to_string(),
         password,
         move |conn, user_id| {
-            tokens::start_session(conn, &st.keys, &st.token_settings, user_id, None)
+            let pair = tokens::start_session(conn, &st.keys, &st.token_settings, user_id, None)?;
+            crate::faults::point("auth.login.before_commit")?;
+            Ok(pair)
         },
     )
     .await?;
@@ -240,7 +242,10 @@ async fn enroll(
                     .on(user_id)
                     .with(serde_json::json!({"device_id": device_id, "device_name": device_name, "code_id": code_id})),
             )?;
-            tokens::start_session(conn, &st.keys, &st.token_settings, user_id, Some(device_id))
+            let pair =
+                tokens::start_session(conn, &st.keys, &st.token_settings, user_id, Some(device_id))?;
+            crate::faults::point("auth.enroll.before_commit")?;
+            Ok(pair)
         })
         .await?;
     Ok(web::Json(pair))

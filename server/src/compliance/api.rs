@@ -126,9 +126,12 @@ async fn sign_week(
         .db
         .write(move |conn| {
             let live = live_record(&state2, conn, root, &week)?;
-            super::signoff::sign(conn, live, user)
+            let signed = super::signoff::sign(conn, live, user)?;
+            crate::faults::point("signoff.before_commit")?;
+            Ok::<_, ApiError>(signed)
         })
         .await?;
+    crate::faults::point("signoff.after_commit")?;
     Ok(web::Json(record))
 }
 

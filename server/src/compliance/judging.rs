@@ -424,6 +424,7 @@ async fn judge(state: &Arc<AppState>, others: Others) -> ApiResult<(usize, bool)
                 crate::sync::stored::write(conn, &snapshots)
             })
             .await?;
+        crate::faults::point("compliance.judge.after_write")?;
         if short {
             return Ok((judged, left));
         }
@@ -1000,10 +1001,12 @@ pub async fn compact_owed(state: &Arc<AppState>) -> ApiResult<Option<Duration>> 
             .map_err(|_| ApiError::internal("compaction was cancelled"))??
         };
         if !snapshots.is_empty() {
+            crate::faults::point("snapshot.compact.before_write")?;
             state
                 .db
                 .write(move |conn| crate::sync::stored::write(conn, &snapshots))
                 .await?;
+            crate::faults::point("snapshot.compact.after_write")?;
         }
     }
 }

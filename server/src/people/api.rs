@@ -401,6 +401,7 @@ async fn new_enrollment_code(
                     .on(id)
                     .with(serde_json::json!({"expires_at": expires_at.and_utc()})),
             )?;
+            crate::faults::point("people.code.before_commit")?;
             Ok::<_, ApiError>(EnrollmentCode {
                 user_id: id,
                 code,

@@ -280,8 +280,13 @@ async fn create_inner(
     let ttl = state.photos.upload_ttl;
     let (upload, stale) = state
         .db
-        .write(move |conn| create_upload(conn, new, ttl))
+        .write(move |conn| {
+            let created = create_upload(conn, new, ttl)?;
+            crate::faults::point("photo.create.before_commit")?;
+            Ok::<_, ApiError>(created)
+        })
         .await?;
+    crate::faults::point("photo.create.after_commit")?;
     delete_objects(state.photos.store.as_ref(), stale).await;
     // This device's earlier upload of the photo may be whole with its completion cut short.
     let upload = if upload.is_whole() {
@@ -330,6 +335,7 @@ async fn status(
             .run(move |conn| load_upload(conn, &id, device_id))
             .await?;
         let upload = settle(&state.clone().into_inner(), upload).await?;
+        crate::faults::point("photo.head.answer")?;
         let mut response = HttpResponse::Ok();
         upload_headers(&mut response, &upload);
         Ok(response.finish())

@@ -1007,7 +1007,9 @@ pub async fn derive_pending(state: &Arc<AppState>) -> ApiResult<usize> {
         let Some(sha) = claimed else {
             return Ok(made);
         };
+        crate::faults::point("photo.derive.after_claim")?;
         let outcome = derive_one(state, &sha).await;
+        crate::faults::point("photo.derive.before_done")?;
         let (state_text, phash) = match &outcome {
             Ok(phash) => ("done", Some(*phash as i64)),
             Err(error) => {

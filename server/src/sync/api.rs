@@ -99,6 +99,7 @@ async fn sync(
             ));
         }
     };
+    crate::faults::point("sync.admitted")?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -171,16 +172,20 @@ async fn sync(
                 Ok::<_, ApiError>((request, authority, premerged))
             })
             .await?;
+    crate::faults::point("sync.premerged")?;
     let (request, authority, mut handled, newest) = state
         .db
         .write(move |conn| {
             let mut store = DbStore::new(conn, &authority);
             let handled = server::handle(&request, &authority, &mut store, &limits, premerged)?;
+            crate::faults::point("sync.write.before_append")?;
             store.append()?;
             let newest = store.newest()?;
+            crate::faults::point("sync.write.before_commit")?;
             Ok::<_, ApiError>((request, authority, handled, newest))
         })
         .await?;
+    crate::faults::point("sync.committed")?;
     // Committed: the compliance worker judges the patrols that changed, from their views as
     // merged here when nothing changed them since.
     state.fresh.keep(handled.take_views());
@@ -202,6 +207,7 @@ async fn sync(
             tracing::info!(doc = %result.id, code = %error.code, "document not merged");
         }
     }
+    crate::faults::point("sync.before_response")?;
     let encoded = wire::encode(&response);
     let mut reply = HttpResponse::Ok();
     reply.content_type(CONTENT_TYPE);

@@ -521,9 +521,11 @@ pub fn write_projections(conn: &mut DbConnection, projections: &[Projection]) ->
             Projection::Problem(row) => problem_rows.push(row),
         }
     }
+    crate::faults::point("projection.before_rows")?;
     crate::compliance::judging::mark_stale(conn, &stale)?;
     crate::photos::project_patrol_photos(conn, &photos, timestamp)?;
     write_prints(conn, &prints)?;
+    crate::faults::point("projection.after_prints")?;
     // 18 values a patrol row, 11 a problem row: 500 rows stay under SQLite's 32,766 parameters.
     for rows in patrol_rows.chunks(500) {
         on_each_backend!(conn, |c| diesel::insert_into(patrols::table)

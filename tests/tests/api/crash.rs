@@ -48,6 +48,46 @@ async fn enrollment_code(base: &str) -> String {
     code["code"].as_str().expect("code").to_string()
 }
 
+/// [`enrollment_code`] that says `None` when the server fails or dies on the way.
+async fn try_enrollment_code(base: &str) -> Option<String> {
+    let client = http_client();
+    let login: serde_json::Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin-522632", "password": gridpatrol_tests::PASSWORD}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let admin = login["access_token"].as_str()?.to_string();
+    let users: serde_json::Value = client
+        .get(format!("{base}/v1/users?role=inspector"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let id = users
+        .as_array()?
+        .iter()
+        .find(|u| u["username"] == INSPECTOR)?["id"]
+        .as_i64()?;
+    let code: serde_json::Value = client
+        .post(format!("{base}/v1/users/{id}/enrollment-codes"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    code["code"].as_str().map(str::to_string)
+}
+
 /// What the server holds of a photo: its bytes' SHA-256 as the county admin downloads them.
 async fn server_copy(base: &str, sha: &str) -> Option<String> {
     let admin = demo_admin_token(base).await;
@@ -424,4 +464,226 @@ async fn a_patrol_claimed_by_a_killed_process_is_judged_soon_after() {
         let judged = judged.unwrap_or_else(|| panic!("{point}: never judged"));
         eprintln!("{point}: judged {judged:?} after the restart");
     }
+}
+
+/// Restarts the server without faults if it has died; returns whether it had.
+async fn revive(
+    server: &mut ServerProcess,
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    port: u16,
+) -> bool {
+    match server.child.try_wait() {
+        Ok(Some(_)) => {
+            *server = ServerProcess::start(bin, data, port, &[]).await;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The week (ISO, China time) of the fixed times `walk_and_attach` records at.
+fn patrol_week() -> String {
+    chrono::DateTime::from_timestamp_millis(1_795_000_000_000)
+        .expect("time")
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("zone"))
+        .format("%G-W%V")
+        .to_string()
+}
+
+/// Issue 21: at least 30 named crash points in sign-in, sync, projection, upload, completion,
+/// derived images, judging, snapshots and sign-off, and a run through each. The server aborts at
+/// the point (as SIGKILL would) while an inspector's day goes on: enrolling, a patrol synced fix
+/// by fix (a long enough log for its snapshot to be owed), a photo, the verdict, the township's
+/// sign-off. The server is restarted without the fault and the day carries on. Afterwards the
+/// patrol, its photo (byte for byte) and the sign-off are on the server exactly once, and the
+/// verdict is computed. `GRIDPATROL_FAULT_ONLY=<point>` runs one point.
+#[tokio::test]
+async fn every_crash_point_loses_nothing_and_duplicates_nothing() {
+    let bin = test_server_binary();
+    let only = std::env::var("GRIDPATROL_FAULT_ONLY").ok();
+    let points: Vec<&str> = gridpatrol_server::faults::POINTS
+        .iter()
+        .copied()
+        .filter(|p| only.as_deref().is_none_or(|o| o == *p))
+        .collect();
+    assert!(
+        only.is_some() || points.len() >= 30,
+        "{} points",
+        points.len()
+    );
+    let mut unreached = Vec::new();
+    for point in points {
+        let data_dir = tempfile::tempdir().expect("tmp");
+        let data = data_dir.path().to_path_buf();
+        let port = free_port();
+        let mut server =
+            ServerProcess::start(&bin, &data, port, &[("GRIDPATROL_FAULT", point)]).await;
+        let base = server.base.clone();
+        let mut crashed = false;
+        let phone_dir = tempfile::tempdir().expect("tmp");
+        let (phone, bytes) = recorded_phone(&phone_dir, &base);
+
+        // Enrolling (the admin's sign-in, the code, the enrollment).
+        let mut enrolled = false;
+        for _ in 0..4 {
+            let code = tokio::time::timeout(Duration::from_secs(20), try_enrollment_code(&base))
+                .await
+                .ok()
+                .flatten();
+            if let Some(code) = code
+                && phone.enroll(&code, "红米 Note 12").await.is_ok()
+            {
+                enrolled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            crashed |= revive(&mut server, &bin, &data, port).await;
+        }
+        assert!(enrolled, "{point}: could not enroll");
+
+        // A patrol synced fix by fix, then a photo, submitted.
+        let patrol = phone.start_patrol(VILLAGE, Method::Routine).expect("start");
+        let start = 1_795_000_000_000;
+        for i in 0..12 {
+            phone
+                .add_fix(
+                    &patrol,
+                    FixInput {
+                        at_ms: start + 150_000 * i,
+                        lon: 108.52 + 0.0004 * i as f64,
+                        lat: 25.93,
+                        datum: Datum::Wgs84,
+                        accuracy_m: Some(5.0),
+                        mock: false,
+                    },
+                )
+                .expect("fix");
+            let _ = phone.sync().await;
+            crashed |= revive(&mut server, &bin, &data, port).await;
+        }
+        let camera = phone_dir.path().join("IMG_0001.jpg");
+        std::fs::write(&camera, &bytes).expect("camera");
+        let sha = phone
+            .attach_photo(&patrol, &camera, "排污口")
+            .expect("attach");
+        phone.submit(&patrol).expect("submit");
+        let mut durable = false;
+        for _ in 0..8 {
+            if phone.sync().await.is_ok()
+                && phone_says_uploaded(&phone)
+                && phone.patrols()[0].sync == gridpatrol_sdk::SyncState::Durable
+            {
+                durable = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            crashed |= revive(&mut server, &bin, &data, port).await;
+        }
+        assert!(
+            durable,
+            "{point}: the patrol and its photo never reached the server"
+        );
+
+        // The verdict, background work (images, snapshots), the township's sign-off.
+        let week = patrol_week();
+        let mut verdict = false;
+        let mut signed = false;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(120) && !(verdict && signed) {
+            crashed |= revive(&mut server, &bin, &data, port).await;
+            let base = server.base.clone();
+            let login = http_client()
+                .post(format!("{base}/v1/auth/login"))
+                .json(&serde_json::json!({"username": "leader-522632100", "password": gridpatrol_tests::PASSWORD}))
+                .send()
+                .await;
+            let Some(token) = (match login {
+                Ok(r) if r.status().is_success() => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["access_token"].as_str().map(str::to_string)),
+                _ => None,
+            }) else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            if !verdict {
+                verdict = http_client()
+                    .get(format!("{base}/v1/patrols/{patrol}/verdict"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200);
+            }
+            if verdict && !signed {
+                // Let the background work run (images, owed snapshots) before signing.
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                if revive(&mut server, &bin, &data, port).await {
+                    crashed = true;
+                    continue;
+                }
+                let answer = http_client()
+                    .post(format!(
+                        "{base}/v1/compliance/weeks/{week}/signoff?grid=522632100"
+                    ))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await;
+                signed = answer.is_ok_and(|r| matches!(r.status().as_u16(), 200 | 409));
+            }
+            if !(verdict && signed) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        // A crash in background work after the sign-off still counts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        crashed |= revive(&mut server, &bin, &data, port).await;
+        assert!(verdict, "{point}: no verdict");
+        assert!(signed, "{point}: not signed");
+        if !crashed {
+            unreached.push(point);
+        }
+        // Exactly once: one patrol with its twelve fixes, one photo, one sign-off.
+        assert_eq!(
+            server_copy(&server.base, &sha).await.as_deref(),
+            Some(sha.as_str()),
+            "{point}"
+        );
+        let db = data.join("gridpatrol.sqlite3");
+        let (held, finished, _) = sqlite_counts(&db, &sha);
+        assert_eq!(
+            (held, finished),
+            (1, 1),
+            "{point}: photos, finished uploads"
+        );
+        let (patrols, fixes, signoffs) = {
+            use diesel::prelude::*;
+            use gridpatrol_server::schema::{patrols, week_signoffs};
+            let mut conn = diesel::SqliteConnection::establish(&db.to_string_lossy()).expect("db");
+            let rows: Vec<i32> = patrols::table
+                .filter(patrols::id.eq(&patrol))
+                .select(patrols::fix_count)
+                .load(&mut conn)
+                .expect("patrols");
+            let signoffs: i64 = week_signoffs::table
+                .filter(week_signoffs::week.eq(&week))
+                .count()
+                .get_result(&mut conn)
+                .expect("signoffs");
+            (rows.len(), rows.first().copied(), signoffs)
+        };
+        assert_eq!(
+            (patrols, fixes, signoffs),
+            (1, Some(12), 1),
+            "{point}: patrol rows, its fixes, sign-offs"
+        );
+        drop(server);
+    }
+    assert!(
+        unreached.is_empty(),
+        "crash points never reached by the day: {unreached:?}"
+    );
 }
