@@ -150,6 +150,55 @@ async fn enrollment_code(
         .ok_or_else(|| format!("no enrollment code for user {user_id}: {body}"))
 }
 
+/// Tries `attempt` up to eight times, waiting 0.5 s, 1 s, 2 s … (at most 4 s) between tries: the
+/// simulator's own calls (the admin's sign-in, enrollment codes) cross the same bad links as the
+/// phones' syncs do.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut wait = std::time::Duration::from_millis(500);
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if tries >= 7 => return Err(error),
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(4));
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// The admin's token and the inspectors' user ids, fetched the first time a phone needs an
+/// enrollment code.
+struct Admin {
+    token: String,
+    users: serde_json::Value,
+}
+
+async fn admin(http: &reqwest::Client, args: &Args) -> Result<Admin, String> {
+    retrying(|| async {
+        let token = admin_token(http, args).await?;
+        let users: serde_json::Value = http
+            .get(format!("{}/v1/users?role=inspector", args.server))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .error_for_status()
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Admin { token, users })
+    })
+    .await
+}
+
 async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Inspector>, String> {
     let grids = track::load_grids(include_str!(
         "../../server/demo/rongjiang_522632_grids.geojson"
@@ -162,32 +211,10 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
     // reqwest comes with rustls but no crypto provider (the SDK configures its own): ring it is.
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let token = admin_token(&http, args).await?;
-    let users: serde_json::Value = http
-        .get(format!("{}/v1/users?role=inspector", args.server))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let user_id = |username: &str| {
-        users
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|u| u["username"] == username)
-            .and_then(|u| u["id"].as_i64())
-    };
+    let mut admin_session: Option<Admin> = None;
     let mut inspectors = Vec::new();
     for grid in villages {
         let username = format!("inspector-{}-1", grid.code);
-        let Some(id) = user_id(&username) else {
-            return Err(format!(
-                "no inspector {username} on the server (run serve --demo)"
-            ));
-        };
         let store: Arc<dyn Store> = match &args.store_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -223,11 +250,39 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
         )
         .map_err(|e| e.to_string())?;
         if !phone.is_enrolled() {
-            let code = enrollment_code(&http, args, &token, id).await?;
-            phone
-                .enroll(&code, &format!("{username} 的手机"))
-                .await
-                .map_err(|e| format!("{username}: {e}"))?;
+            if admin_session.is_none() {
+                admin_session = Some(admin(&http, args).await?);
+            }
+            let Some(session) = &admin_session else {
+                unreachable!("signed in just above");
+            };
+            let id = session
+                .users
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|u| u["username"] == username)
+                .and_then(|u| u["id"].as_i64())
+                .ok_or_else(|| {
+                    format!("no inspector {username} on the server (run serve --demo)")
+                })?;
+            // A new code each try: one whose enrollment went through but whose answer was lost
+            // is spent.
+            retrying(|| async {
+                if phone.is_enrolled() {
+                    // Enrolled, but fetching its grids failed: only that is left to do.
+                    return phone
+                        .refresh_grids()
+                        .await
+                        .map_err(|e| format!("{username}: {e}"));
+                }
+                let code = enrollment_code(&http, args, &session.token, id).await?;
+                phone
+                    .enroll(&code, &format!("{username} 的手机"))
+                    .await
+                    .map_err(|e| format!("{username}: {e}"))
+            })
+            .await?;
         }
         inspectors.push(Inspector {
             username,
@@ -356,12 +411,12 @@ fn patrol(
 /// Syncs one phone; returns the documents it made durable and the photos it uploaded.
 async fn sync(inspector: &Inspector) -> Result<(usize, usize), String> {
     let backoff = gridpatrol_sdk::Backoff {
-        base: std::time::Duration::from_millis(200),
-        cap: std::time::Duration::from_secs(3),
+        base: std::time::Duration::from_millis(250),
+        cap: std::time::Duration::from_secs(4),
     };
     let report = inspector
         .phone
-        .sync_with_retry(5, backoff)
+        .sync_with_retry(8, backoff)
         .await
         .map_err(|e| format!("{}: {e}", inspector.username))?;
     Ok((report.durable as usize, report.photos_uploaded as usize))
@@ -390,8 +445,12 @@ async fn run(args: Args) -> Result<(), String> {
             fixes += patrol(&args, inspector, day_start, &mut rng)?;
             patrols += 1;
             if !rng.random_bool(args.offline) {
-                let (docs, sent) = sync(inspector).await?;
-                (synced, photos) = (synced + docs, photos + sent);
+                // A sync that fails (the network, the server) is as good as a day offline: the
+                // records stay on the phone for the next one.
+                match sync(inspector).await {
+                    Ok((docs, sent)) => (synced, photos) = (synced + docs, photos + sent),
+                    Err(error) => eprintln!("patrol-sim: will sync later: {error}"),
+                }
             }
         }
         println!("day {}: {patrols} patrols, {fixes} fixes so far", day + 1);

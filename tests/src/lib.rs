@@ -437,6 +437,7 @@ impl TestApp {
 }
 
 pub mod link;
+pub mod link2g;
 pub mod phone;
 pub mod process;
 pub mod tls;
