@@ -899,10 +899,29 @@ fn photo_evidence(
             .select(patrols::first_received_at)
             .first(conn)
             .optional()?;
-        let identical: Option<String> = match this_received {
-            None => None,
-            Some(received) => patrol_photos::table
+        // Within the jurisdiction (the patrol's top-level grid), as for look-alikes: the flag
+        // names the other inspector, whom people outside it have no business seeing.
+        let root: Option<String> = patrols::table
+            .inner_join(
+                crate::schema::grids::table.on(crate::schema::grids::id.eq(patrols::grid_id)),
+            )
+            .filter(patrols::id.eq(patrol))
+            .select(crate::schema::grids::path)
+            .first::<String>(conn)
+            .optional()?
+            .and_then(|path| {
+                crate::grids::path_ids(&path)
+                    .first()
+                    .map(|root| format!("/{root}/"))
+            });
+        let identical: Option<String> = match (this_received, root) {
+            (Some(received), Some(root)) => patrol_photos::table
                 .inner_join(patrols::table.on(patrols::id.eq(patrol_photos::patrol_id)))
+                .inner_join(
+                    crate::schema::grids::table
+                        .on(crate::schema::grids::id.eq(patrol_photos::grid_id)),
+                )
+                .filter(crate::schema::grids::path.like(format!("{root}%")))
                 .filter(patrol_photos::sha256.eq(&sha256))
                 .filter(patrol_photos::patrol_id.ne(patrol))
                 // Received earlier; of two received in one sync, the smaller id is the earlier.
@@ -917,6 +936,7 @@ fn photo_evidence(
                 .select(patrol_photos::patrol_id)
                 .first(conn)
                 .optional()?,
+            _ => None,
         };
         let earlier = match identical {
             Some(other) => Some((other, 0, true)),
