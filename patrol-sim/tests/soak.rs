@@ -65,15 +65,18 @@ fn profile() -> Soak {
     }
 }
 
+/// One server behind the link: its process, data directory, port and environment.
+type Entry = (
+    ServerProcess,
+    std::path::PathBuf,
+    u16,
+    Vec<(String, String)>,
+);
+
 /// The servers behind the link, restarted where killed, and where they keep their data.
 struct Servers {
     bin: std::path::PathBuf,
-    processes: Vec<(
-        ServerProcess,
-        std::path::PathBuf,
-        u16,
-        Vec<(String, String)>,
-    )>,
+    processes: Vec<Entry>,
     database_url: String,
     photos: std::path::PathBuf,
 }
@@ -105,6 +108,9 @@ fn simulator(server: &str, dir: &std::path::Path, soak: &Soak, days: u32, seed: 
         .stderr(Stdio::piped());
     command
 }
+
+/// A count to read from the server's database.
+type Count = Box<dyn FnOnce(&mut gridpatrol_server::db::DbConnection) -> QueryResult<i64>>;
 
 async fn soak(servers: &mut Servers, database: &str) {
     let soak = profile();
@@ -169,7 +175,7 @@ async fn soak(servers: &mut Servers, database: &str) {
             next_kill = tokio::time::Instant::now()
                 + Duration::from_secs(rng.random_range(soak.kill_every.0..=soak.kill_every.1));
         }
-        if std::env::var_os("SOAK_DEBUG").is_some() && runs % 10 == 0 {
+        if std::env::var_os("SOAK_DEBUG").is_some() && runs.is_multiple_of(10) {
             let direct = gridpatrol_tests::http_client()
                 .get(format!("{}/healthz", servers.processes[0].0.base))
                 .send()
@@ -226,11 +232,10 @@ async fn soak(servers: &mut Servers, database: &str) {
     // What the server holds: the same patrols once each, with the same fixes, photos and
     // problems; every photo whole; every verdict computed.
     let db = gridpatrol_server::db::Db::open(&servers.database_url, 2).expect("database");
-    let query =
-        |f: Box<dyn FnOnce(&mut gridpatrol_server::db::DbConnection) -> QueryResult<i64>>| {
-            db.run_blocking(|conn| f(conn).map_err(gridpatrol_server::error::ApiError::from))
-                .expect("query")
-        };
+    let query = |f: Count| {
+        db.run_blocking(|conn| f(conn).map_err(gridpatrol_server::error::ApiError::from))
+            .expect("query")
+    };
     let rows: Vec<(String, i32, i32, i32)> = db
         .run_blocking(|conn| {
             use gridpatrol_server::schema::patrols;
