@@ -399,7 +399,8 @@ pub struct Health {
     pub grids: usize,
 }
 
-/// Liveness and readiness: answers 200 when the database answers, 503 otherwise.
+/// Liveness: 200 while the process runs and its database answers, 503 otherwise. Readiness for
+/// a load balancer (a full disk, an unreachable photo store) is `/readyz`.
 #[utoipa::path(tag = "ops", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 #[get("/healthz")]
 async fn healthz(state: web::Data<AppState>) -> Result<web::Json<Health>, ApiError> {

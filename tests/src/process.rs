@@ -136,7 +136,9 @@ impl ServerProcess {
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("gridpatrol exited at start: {status}");
+                panic!(
+                    "gridpatrol exited at start: {status} (its stderr is above; a fault test needs the binary built with the fault-injection feature, as `cargo test --workspace` builds it)"
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
