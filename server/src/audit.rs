@@ -1,6 +1,6 @@
-//! The security audit log: sign-ins and their failures, lockouts and throttling, users created,
-//! roles granted and revoked, enrollment codes, devices enrolled and revoked. Each is a row of
-//! `security_events` (who did it, to whom, in which grid, from where), written in the same
+//! The security audit log: users created, roles granted and revoked, enrollment codes, devices
+//! enrolled and revoked. Each is a row of `security_events` (who did it, to whom, in which grid),
+//! written in the same
 //! transaction as what it records, and readable by admins through `GET /v1/security-events`
 //! (docs/SECURITY.md). Structured log lines go out beside them (`target: "security"`).
 
@@ -20,10 +20,6 @@ use crate::schema::{grid_roles, grids, security_events};
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    SignIn,
-    SignInFailed,
-    LockedOut,
-    Throttled,
     UserCreated,
     RoleGranted,
     RoleRevoked,
@@ -35,10 +31,6 @@ pub enum Kind {
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::SignIn => "sign_in",
-            Kind::SignInFailed => "sign_in_failed",
-            Kind::LockedOut => "locked_out",
-            Kind::Throttled => "throttled",
             Kind::UserCreated => "user_created",
             Kind::RoleGranted => "role_granted",
             Kind::RoleRevoked => "role_revoked",
@@ -50,23 +42,21 @@ impl Kind {
 }
 
 /// One event to record.
-pub struct Event<'a> {
+pub struct Event {
     pub kind: Kind,
     pub actor: Option<i64>,
     pub target: Option<i64>,
     pub grid: Option<i64>,
-    pub client: Option<&'a str>,
     pub detail: serde_json::Value,
 }
 
-impl<'a> Event<'a> {
-    pub fn new(kind: Kind) -> Event<'a> {
+impl Event {
+    pub fn new(kind: Kind) -> Event {
         Event {
             kind,
             actor: None,
             target: None,
             grid: None,
-            client: None,
             detail: serde_json::Value::Object(Default::default()),
         }
     }
@@ -82,10 +72,6 @@ impl<'a> Event<'a> {
         self.grid = Some(grid);
         self
     }
-    pub fn from_client(mut self, client: Option<&'a str>) -> Self {
-        self.client = client;
-        self
-    }
     pub fn with(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
         self
@@ -94,14 +80,13 @@ impl<'a> Event<'a> {
 
 /// Writes one event (in the caller's transaction, so that it stands or falls with what it
 /// records) and logs it.
-pub fn record(conn: &mut DbConnection, event: Event<'_>) -> QueryResult<()> {
+pub fn record(conn: &mut DbConnection, event: Event) -> QueryResult<()> {
     tracing::info!(
         target: "security",
         event = event.kind.as_str(),
         actor = event.actor,
         target_user = event.target,
         grid = event.grid,
-        client = event.client,
         detail = %event.detail,
         "security event"
     );
@@ -112,7 +97,6 @@ pub fn record(conn: &mut DbConnection, event: Event<'_>) -> QueryResult<()> {
             security_events::actor_id.eq(event.actor),
             security_events::target_user_id.eq(event.target),
             security_events::grid_id.eq(event.grid),
-            security_events::client.eq(event.client),
             security_events::detail.eq(event.detail.to_string()),
         ))
         .execute(conn)?;
@@ -129,15 +113,16 @@ pub struct SecurityEvent {
     pub id: i64,
     /// UTC.
     pub at: chrono::DateTime<chrono::Utc>,
-    /// `sign_in`, `sign_in_failed`, `locked_out`, `throttled`, `user_created`, `role_granted`,
-    /// `role_revoked`, `enrollment_code_created`, `device_enrolled`, `device_revoked`.
+    /// `user_created`, `role_granted`, `role_revoked`, `enrollment_code_created`,
+    /// `device_enrolled`, `device_revoked`.
     pub kind: String,
     /// Who did it (absent: anonymous, or the operator's command line).
     pub actor_id: Option<i64>,
     /// Whom it concerns.
     pub target_user_id: Option<i64>,
     pub grid_id: Option<i64>,
-    /// The client's address, as the server saw it.
+    /// The client's address, for events that have one (none of the kinds recorded yet does:
+    /// it is for sign-ins, issue 22).
     pub client: Option<String>,
     pub detail: serde_json::Value,
 }

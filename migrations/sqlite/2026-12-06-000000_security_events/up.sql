@@ -1,5 +1,5 @@
--- Who did it: every grant, revocation, enrollment code, user created, sign-in and lockout is a
--- security event (docs/SECURITY.md), readable by admins through GET /v1/security-events.
+-- Who did it: every grant, revocation, enrollment code, user created and device enrolled or
+-- revoked is a security event (docs/SECURITY.md), readable by admins through GET /v1/security-events.
 -- grid_roles.granted_by names who granted a role (NULL: the operator's command line or the demo).
 
 ALTER TABLE grid_roles ADD COLUMN granted_by BIGINT;
@@ -7,8 +7,8 @@ ALTER TABLE grid_roles ADD COLUMN granted_by BIGINT;
 CREATE TABLE security_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TIMESTAMP NOT NULL,
-    -- sign_in, sign_in_failed, locked_out, throttled, user_created, role_granted, role_revoked,
-    -- enrollment_code_created, device_enrolled, device_revoked, signing_key_rotated
+    -- user_created, role_granted, role_revoked, enrollment_code_created, device_enrolled,
+    -- device_revoked (sign-ins and lockouts are to come, with issue 22)
     kind TEXT NOT NULL,
     -- who did it (NULL: anonymous or the operator's command line)
     actor_id BIGINT,

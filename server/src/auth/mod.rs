@@ -100,42 +100,36 @@ pub struct Authed {
 }
 
 impl Authed {
-    fn holds(&self, path: &str, accept: impl Fn(Role) -> bool) -> bool {
+    /// Whether the operator is asking, or a role of the caller at the grid `path` or above it
+    /// is one that `accept` takes.
+    fn holds(&self, path: &str, accept: impl Fn(&RoleGrant) -> bool) -> bool {
         self.is_superuser
             || self
                 .roles
                 .iter()
-                .any(|g| accept(g.role) && crate::grids::in_subtree(path, &g.grid_path))
+                .any(|g| crate::grids::in_subtree(path, &g.grid_path) && accept(g))
     }
     /// Any role at the grid or above it lets one see the grid.
     pub fn can_see(&self, path: &str) -> bool {
         self.holds(path, |_| true)
     }
     pub fn can_manage(&self, path: &str) -> bool {
-        self.holds(path, Role::manages)
+        self.holds(path, |g| g.role.manages())
     }
     /// Whether this caller has power over a role `role` held at the grid `path`: a managing role
     /// at a grid above it, or at the same grid with a higher rank ([`Role::rank`]). Nobody
     /// manages an equal or higher role at or above their own grid.
     pub fn outranks(&self, path: &str, role: Role) -> bool {
-        self.is_superuser
-            || self.roles.iter().any(|g| {
-                g.role.manages()
-                    && crate::grids::in_subtree(path, &g.grid_path)
-                    && (path != g.grid_path || g.role.rank() > role.rank())
-            })
+        self.holds(path, |g| {
+            g.role.manages() && (path != g.grid_path || g.role.rank() > role.rank())
+        })
     }
     /// Whether this caller holds a managing role at a grid strictly above `path`.
     pub fn manages_above(&self, path: &str) -> bool {
-        self.is_superuser
-            || self.roles.iter().any(|g| {
-                g.role.manages()
-                    && path != g.grid_path
-                    && crate::grids::in_subtree(path, &g.grid_path)
-            })
+        self.holds(path, |g| g.role.manages() && path != g.grid_path)
     }
     pub fn is_admin_of(&self, path: &str) -> bool {
-        self.holds(path, |r| r == Role::Admin)
+        self.holds(path, |g| g.role == Role::Admin)
     }
     pub fn require_see(&self, path: &str) -> ApiResult<()> {
         if self.can_see(path) {

@@ -735,17 +735,9 @@ fn find_replay(
     rules: &PatrolRules,
     tz: chrono_tz::Tz,
 ) -> ApiResult<Option<verdict::Replayed>> {
-    use super::replay::{self, PrintFix, Tolerance};
+    use super::replay::{self, Tolerance};
     use crate::schema::{patrol_tracks, track_cells};
-    let print = replay::thin(view.track.iter().filter_map(|f| {
-        let (lon, lat) = super::coords::to_wgs84(f.lon, f.lat, f.datum)?;
-        Some(PrintFix {
-            at_ms: f.at_ms,
-            lon,
-            lat,
-            accuracy_m: f.accuracy_m.map_or(0.0, f64::from),
-        })
-    }));
+    let print = replay::print_of(&view.track);
     if print.len() < rules.replay_min_fixes as usize {
         return Ok(None);
     }
@@ -820,25 +812,39 @@ fn find_replay(
     let Some((other, found)) = best else {
         return Ok(None);
     };
-    let (inspector, started): (String, NaiveDateTime) = patrols::table
-        .inner_join(users::table.on(users::id.eq(patrols::inspector_id)))
-        .filter(patrols::id.eq(&other))
-        .select((users::display_name, patrols::started_at))
-        .first(conn)?;
     Ok(Some(verdict::Replayed {
-        earlier: verdict::Reuse {
-            patrol: other,
-            inspector,
-            date: started
-                .and_utc()
-                .with_timezone(&tz)
-                .format("%Y-%m-%d")
-                .to_string(),
-            distance: 0,
-            identical: false,
-        },
+        earlier: earlier_patrol(conn, other, tz, 0, false)?,
         found,
     }))
+}
+
+/// An earlier patrol as a reuse or replay flag names it: its id, its inspector and its day in the
+/// jurisdiction's zone.
+fn earlier_patrol(
+    conn: &mut DbConnection,
+    patrol: String,
+    tz: chrono_tz::Tz,
+    distance: u32,
+    identical: bool,
+) -> ApiResult<verdict::Reuse> {
+    let found: Option<(String, NaiveDateTime)> = patrols::table
+        .inner_join(users::table.on(users::id.eq(patrols::inspector_id)))
+        .filter(patrols::id.eq(&patrol))
+        .select((users::display_name, patrols::started_at))
+        .first(conn)
+        .optional()?;
+    let (inspector, started) = found.unwrap_or_default();
+    Ok(verdict::Reuse {
+        patrol,
+        inspector,
+        date: started
+            .and_utc()
+            .with_timezone(&tz)
+            .format("%Y-%m-%d")
+            .to_string(),
+        distance,
+        identical,
+    })
 }
 
 /// What the server knows of a patrol's photos: arrived or not, EXIF time and place, reuse.
@@ -854,6 +860,26 @@ fn photo_evidence(
         .order(patrol_photos::sha256.asc())
         .select((patrol_photos::sha256, photos::exif.nullable()))
         .load(conn)?;
+    // When the patrol reached the server and its jurisdiction, for telling an earlier patrol with
+    // the same photo file: one look for all its photos.
+    let this_received: Option<NaiveDateTime> = patrols::table
+        .find(patrol)
+        .select(patrols::first_received_at)
+        .first(conn)
+        .optional()?;
+    // Within the jurisdiction (the patrol's top-level grid), as for look-alikes: the flag names
+    // the other inspector, whom people outside it have no business seeing.
+    let root: Option<String> = patrols::table
+        .inner_join(crate::schema::grids::table.on(crate::schema::grids::id.eq(patrols::grid_id)))
+        .filter(patrols::id.eq(patrol))
+        .select(crate::schema::grids::path)
+        .first::<String>(conn)
+        .optional()?
+        .and_then(|path| {
+            crate::grids::path_ids(&path)
+                .first()
+                .map(|root| format!("/{root}/"))
+        });
     let mut evidence = Vec::new();
     for (sha256, exif) in rows {
         let Some(exif) = exif else {
@@ -894,27 +920,7 @@ fn photo_evidence(
         };
         // The very same file in an earlier patrol (by the server's receive time), any
         // inspector's; else the nearest earlier look-alike.
-        let this_received: Option<NaiveDateTime> = patrols::table
-            .find(patrol)
-            .select(patrols::first_received_at)
-            .first(conn)
-            .optional()?;
-        // Within the jurisdiction (the patrol's top-level grid), as for look-alikes: the flag
-        // names the other inspector, whom people outside it have no business seeing.
-        let root: Option<String> = patrols::table
-            .inner_join(
-                crate::schema::grids::table.on(crate::schema::grids::id.eq(patrols::grid_id)),
-            )
-            .filter(patrols::id.eq(patrol))
-            .select(crate::schema::grids::path)
-            .first::<String>(conn)
-            .optional()?
-            .and_then(|path| {
-                crate::grids::path_ids(&path)
-                    .first()
-                    .map(|root| format!("/{root}/"))
-            });
-        let identical: Option<String> = match (this_received, root) {
+        let identical: Option<String> = match (this_received, &root) {
             (Some(received), Some(root)) => patrol_photos::table
                 .inner_join(patrols::table.on(patrols::id.eq(patrol_photos::patrol_id)))
                 .inner_join(
@@ -952,24 +958,7 @@ fn photo_evidence(
         let reused_from = match earlier {
             None => None,
             Some((other, distance, identical)) => {
-                let found: Option<(String, NaiveDateTime)> = patrols::table
-                    .inner_join(users::table.on(users::id.eq(patrols::inspector_id)))
-                    .filter(patrols::id.eq(&other))
-                    .select((users::display_name, patrols::started_at))
-                    .first(conn)
-                    .optional()?;
-                let (inspector, started) = found.unwrap_or_default();
-                Some(super::verdict::Reuse {
-                    patrol: other,
-                    inspector,
-                    date: started
-                        .and_utc()
-                        .with_timezone(&tz)
-                        .format("%Y-%m-%d")
-                        .to_string(),
-                    distance,
-                    identical,
-                })
+                Some(earlier_patrol(conn, other, tz, distance, identical)?)
             }
         };
         evidence.push(PhotoEvidence {

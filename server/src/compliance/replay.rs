@@ -60,6 +60,19 @@ pub fn thin(fixes: impl IntoIterator<Item = PrintFix>) -> Vec<PrintFix> {
     kept
 }
 
+/// The print of a track: its fixes in WGS-84 (those that convert), [`thin`]ned.
+pub fn print_of(track: &[sync_protocol::schema::Fix]) -> Vec<PrintFix> {
+    thin(track.iter().filter_map(|f| {
+        let (lon, lat) = super::coords::to_wgs84(f.lon, f.lat, f.datum)?;
+        Some(PrintFix {
+            at_ms: f.at_ms,
+            lon,
+            lat,
+            accuracy_m: f.accuracy_m.map_or(0.0, f64::from),
+        })
+    }))
+}
+
 /// 16 bytes a fix: time (ms, i64), lon and lat (1e-6 degrees, i32 each); accuracy is not kept
 /// (the comparison allows each stored fix 5 m).
 pub fn encode(fixes: &[PrintFix]) -> Vec<u8> {

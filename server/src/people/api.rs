@@ -232,14 +232,6 @@ async fn create(
             )?;
             for grant in &body.roles {
                 grant_role(conn, id, grant.grid_id, grant.role, grant.employment, Some(authed.user_id))?;
-                audit::record(
-                    conn,
-                    Event::new(Audit::RoleGranted)
-                        .by(authed.user_id)
-                        .on(id)
-                        .in_grid(grant.grid_id)
-                        .with(serde_json::json!({"role": grant.role.as_str()})),
-                )?;
             }
             user_view(conn, &authed, id)
         })
@@ -307,14 +299,6 @@ async fn add_role(
                 grant.role,
                 grant.employment,
                 Some(authed.user_id),
-            )?;
-            audit::record(
-                conn,
-                Event::new(Audit::RoleGranted)
-                    .by(authed.user_id)
-                    .on(id)
-                    .in_grid(grant.grid_id)
-                    .with(serde_json::json!({"role": grant.role.as_str()})),
             )?;
             user_view(conn, &authed, id)
         })

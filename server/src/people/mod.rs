@@ -91,7 +91,8 @@ pub fn create_user(conn: &mut DbConnection, new: &NewUser<'_>) -> ApiResult<i64>
     Ok(id)
 }
 
-/// Gives a user a role in a grid; holding the same role there already is `role_exists`.
+/// Gives a user a role in a grid; holding the same role there already is `role_exists`. A grant
+/// by someone (`granted_by`, not the operator's command line or the demo) is a security event.
 pub fn grant_role(
     conn: &mut DbConnection,
     user_id: i64,
@@ -129,6 +130,16 @@ pub fn grant_role(
         ))
         .returning(grid_roles::id)
         .get_result(conn)?;
+    if let Some(by) = granted_by {
+        crate::audit::record(
+            conn,
+            crate::audit::Event::new(crate::audit::Kind::RoleGranted)
+                .by(by)
+                .on(user_id)
+                .in_grid(grid_id)
+                .with(serde_json::json!({"role": role.as_str()})),
+        )?;
+    }
     Ok(id)
 }
 

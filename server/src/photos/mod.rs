@@ -410,13 +410,17 @@ pub async fn delete_objects(store: &dyn ObjectStore, objects: Vec<String>) {
 }
 
 /// Loads an upload for the device continuing it.
-pub fn load_upload(conn: &mut DbConnection, id: &str, device_id: i64) -> ApiResult<UploadRow> {
-    let upload: UploadRow = photo_uploads::table
+/// An upload as committed, if it exists.
+fn upload_row(conn: &mut DbConnection, id: &str) -> QueryResult<Option<UploadRow>> {
+    photo_uploads::table
         .find(id)
         .select(UploadRow::as_select())
         .first(conn)
-        .optional()?
-        .ok_or_else(|| {
+        .optional()
+}
+
+pub fn load_upload(conn: &mut DbConnection, id: &str, device_id: i64) -> ApiResult<UploadRow> {
+    let upload: UploadRow = upload_row(conn, id)?.ok_or_else(|| {
             ApiError::not_found(
                 "upload_not_found",
                 "no such upload: it finished long ago, expired and was cleaned up, or never existed; create it again",
@@ -667,11 +671,7 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
     let (current, held, pieces) = state
         .db
         .run(move |conn| -> ApiResult<_> {
-            let current: Option<UploadRow> = photo_uploads::table
-                .find(&id)
-                .select(UploadRow::as_select())
-                .first(conn)
-                .optional()?;
+            let current = upload_row(conn, &id)?;
             let held: bool = match &current {
                 Some(u) => {
                     photos::table
@@ -694,16 +694,17 @@ async fn complete(state: &Arc<AppState>, upload: UploadRow) -> ApiResult<UploadR
             Ok((current, held, pieces))
         })
         .await?;
-    let Some(current) = current else {
+    // From here on the upload as committed, not as the caller last saw it.
+    let Some(upload) = current else {
         return Err(gone_meanwhile());
     };
-    if current.is_stored() {
-        return Ok(current);
+    if upload.is_stored() {
+        return Ok(upload);
     }
     if held {
         // The photo is stored already (this upload's completion before a crash, or another
         // device's): this upload is finished too.
-        return mark_finished(state, &current, None).await;
+        return mark_finished(state, &upload, None).await;
     }
     let mut bytes = BytesMut::with_capacity(upload.length as usize);
     for (start, stop, object) in &pieces {
@@ -817,15 +818,9 @@ async fn mark_finished(
 /// was discarded. Says which.
 async fn finished_meanwhile(state: &Arc<AppState>, id: &str) -> ApiResult<UploadRow> {
     let id = id.to_string();
-    let current: Option<UploadRow> = state
+    let current = state
         .db
-        .run(move |conn| -> ApiResult<_> {
-            Ok(photo_uploads::table
-                .find(&id)
-                .select(UploadRow::as_select())
-                .first(conn)
-                .optional()?)
-        })
+        .run(move |conn| -> ApiResult<_> { Ok(upload_row(conn, &id)?) })
         .await?;
     match current {
         Some(upload) if upload.is_stored() => Ok(upload),
@@ -1076,12 +1071,6 @@ async fn derive_one(state: &Arc<AppState>, sha: &str) -> ApiResult<u64> {
 pub fn spawn_workers(state: Arc<AppState>) {
     let worker = state.clone();
     tokio::spawn(async move {
-        // Completions a crash cut short are finished first, before the first sweep.
-        match complete_whole(&worker).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(completed = n, "completed whole uploads left by a crash"),
-            Err(error) => tracing::warn!(%error, "completing whole uploads at start"),
-        }
         loop {
             if let Err(error) = derive_pending(&worker).await {
                 tracing::warn!(%error, "derived-image worker");
@@ -1092,6 +1081,8 @@ pub fn spawn_workers(state: Arc<AppState>) {
             }
         }
     });
+    // The first tick is at once: completions a crash cut short are finished at start (the
+    // sweep begins with them), then every ten minutes with the sweep.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {

@@ -462,18 +462,8 @@ pub fn projection(
                     updated_at: received.1,
                 },
                 photos: view.photos.clone(),
-                print: (view.status == schema::PatrolStatus::Submitted).then(|| {
-                    crate::compliance::replay::thin(view.track.iter().filter_map(|f| {
-                        let (lon, lat) =
-                            crate::compliance::coords::to_wgs84(f.lon, f.lat, f.datum)?;
-                        Some(crate::compliance::replay::PrintFix {
-                            at_ms: f.at_ms,
-                            lon,
-                            lat,
-                            accuracy_m: f.accuracy_m.map_or(0.0, f64::from),
-                        })
-                    }))
-                }),
+                print: (view.status == schema::PatrolStatus::Submitted)
+                    .then(|| crate::compliance::replay::print_of(&view.track)),
             }
         }
         View::Problem(view) => {
