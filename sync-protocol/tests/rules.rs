@@ -124,7 +124,15 @@ fn the_honest_path_is_accepted() {
     };
     schema::add_fixes(&mut doc, &[fix]).expect("fix");
     let stored = push(&stored, &mut doc, &inspector()).expect("fix accepted");
-    // The supervisor reviews on its own copy.
+    let (stored, review) = returned_by_the_supervisor(&stored);
+    assert_eq!(
+        schema::read_patrol(&stored).expect("read").review,
+        Some(review)
+    );
+}
+
+/// The supervisor returns the patrol, reviewing on its own copy; the review is accepted.
+fn returned_by_the_supervisor(stored: &Automerge) -> (Automerge, Review) {
     let sup = supervisor();
     let mut copy = AutoCommit::load(&stored.save())
         .expect("load")
@@ -136,11 +144,8 @@ fn the_honest_path_is_accepted() {
         at_ms: 1_795_100_000_000,
     };
     schema::set_review(&mut copy, &review).expect("review");
-    let stored = push(&stored, &mut copy, &sup).expect("review accepted");
-    assert_eq!(
-        schema::read_patrol(&stored).expect("read").review,
-        Some(review)
-    );
+    let stored = push(stored, &mut copy, &sup).expect("review accepted");
+    (stored, review)
 }
 
 #[test]
@@ -366,18 +371,7 @@ fn a_submitted_patrol_keeps_its_evidence() {
         "patrol_not_returned"
     );
     // A supervisor returns it; the inspector reopens, adds a fix, submits again.
-    let sup = supervisor();
-    let mut copy = AutoCommit::load(&stored.save())
-        .expect("load")
-        .with_actor(sup.actor.clone());
-    let review = Review {
-        state: ReviewState::Returned,
-        comment: "轨迹太短".into(),
-        reviewer: 2,
-        at_ms: 1_795_100_000_000,
-    };
-    schema::set_review(&mut copy, &review).expect("review");
-    let stored = push(&stored, &mut copy, &sup).expect("review accepted");
+    let (stored, _) = returned_by_the_supervisor(&stored);
     let mut again = AutoCommit::load(&stored.save())
         .expect("load")
         .with_actor(inspector().actor);

@@ -114,6 +114,22 @@ async fn record(
     id
 }
 
+/// The week's record as CSV, as `token` downloads it.
+async fn csv_export(app: &TestApp, token: &str, week: &str) -> String {
+    app.client
+        .get(format!(
+            "{}/v1/compliance/weeks/{week}/export?format=csv",
+            app.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// Asks for a verdict until the worker has made it.
 async fn verdict(app: &TestApp, token: &str, patrol: &str) -> Value {
     for _ in 0..400 {
@@ -389,19 +405,7 @@ async fn the_weekly_record_counts_patrols_against_the_duty(backend: Backend) {
     let this_month =
         u32::from((started.year(), started.month()) == (thursday.year(), thursday.month()));
     assert_eq!(cell(&sheet, mine, 11), format!("村口砂石场 {this_month}/2"));
-    let csv = app
-        .client
-        .get(format!(
-            "{}/v1/compliance/weeks/{week}/export?format=csv",
-            app.base
-        ))
-        .bearer_auth(&leader)
-        .send()
-        .await
-        .expect("csv")
-        .text()
-        .await
-        .expect("text");
+    let csv = csv_export(&app, &leader, &week).await;
     assert!(
         csv.starts_with("\u{feff}乡镇,网格编码,网格名称"),
         "{}",
@@ -929,19 +933,7 @@ async fn a_formula_in_a_name_is_text_in_the_csv(backend: Backend) {
         .await;
     assert_eq!(created.status, 201, "{}", created.text);
     let week = chrono::Utc::now().format("%G-W%V").to_string();
-    let csv = app
-        .client
-        .get(format!(
-            "{}/v1/compliance/weeks/{week}/export?format=csv",
-            app.base
-        ))
-        .bearer_auth(&leader)
-        .send()
-        .await
-        .expect("csv")
-        .text()
-        .await
-        .expect("text");
+    let csv = csv_export(&app, &leader, &week).await;
     // The inspector's cell is "<display name>（<user name>）", quoted for its commas and quotes.
     let quoted = format!(",\"'{}（formula）\",", name.replace('"', "\"\""));
     assert!(csv.contains(&quoted), "{csv}");

@@ -17,35 +17,9 @@ const INSPECTOR: &str = "inspector-522632100001-1";
 
 /// An enrollment code for the demo inspector, from the county admin over HTTP.
 async fn enrollment_code(base: &str) -> String {
-    let admin = demo_admin_token(base).await;
-    let client = http_client();
-    let users: serde_json::Value = client
-        .get(format!("{base}/v1/users?role=inspector"))
-        .bearer_auth(&admin)
-        .send()
+    try_enrollment_code(base)
         .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    let id = users
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|u| u["username"] == INSPECTOR)
-        .and_then(|u| u["id"].as_i64())
-        .expect("inspector");
-    let code: serde_json::Value = client
-        .post(format!("{base}/v1/users/{id}/enrollment-codes"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("code")
-        .json()
-        .await
-        .expect("json");
-    code["code"].as_str().expect("code").to_string()
+        .expect("an enrollment code from the county admin")
 }
 
 /// [`enrollment_code`] that says `None` when the server fails or dies on the way.
@@ -149,6 +123,50 @@ fn walk_and_attach(dir: &tempfile::TempDir, phone: &Client, bytes: &[u8]) -> (St
     (patrol, sha)
 }
 
+/// What [`sync_into_crash`] leaves: the server's data and port, and the phone.
+struct Crashed {
+    data: tempfile::TempDir,
+    port: u16,
+    phone_dir: tempfile::TempDir,
+    phone: Client,
+    patrol: String,
+    sha: String,
+    outcome: Result<gridpatrol_sdk::SyncReport, gridpatrol_sdk::SdkError>,
+}
+
+/// Starts the server with the crash point `point` armed; a phone enrolls, records a patrol with
+/// a photo and syncs it (what that sync answered is kept); the server must have died at the
+/// point, abnormally, within 30 s.
+async fn sync_into_crash(bin: &std::path::Path, point: &str) -> Crashed {
+    let data = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let mut server =
+        ServerProcess::start(bin, data.path(), port, &[("GRIDPATROL_FAULT", point)]).await;
+    let base = server.base.clone();
+    let phone_dir = tempfile::tempdir().expect("tmp");
+    let (phone, bytes) = recorded_phone(&phone_dir, &base);
+    phone
+        .enroll(&enrollment_code(&base).await, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let (patrol, sha) = walk_and_attach(&phone_dir, &phone, &bytes);
+    let outcome = phone.sync().await;
+    let status = server
+        .exited(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("{point}: the server did not stop at its crash point"));
+    assert!(!status.success(), "{point}: {status}");
+    Crashed {
+        data,
+        port,
+        phone_dir,
+        phone,
+        patrol,
+        sha,
+        outcome,
+    }
+}
+
 fn phone_says_uploaded(phone: &Client) -> bool {
     phone.photos().expect("photos")[0].state == "uploaded"
 }
@@ -166,24 +184,15 @@ async fn a_photo_survives_a_crash_at_every_point_of_its_upload() {
         .collect();
     assert!(points.len() >= 7, "{points:?}");
     for point in points {
-        let data = tempfile::tempdir().expect("tmp");
-        let port = free_port();
-        let mut server =
-            ServerProcess::start(&bin, data.path(), port, &[("GRIDPATROL_FAULT", point)]).await;
-        let base = server.base.clone();
-        let phone_dir = tempfile::tempdir().expect("tmp");
-        let (phone, bytes) = recorded_phone(&phone_dir, &base);
-        phone
-            .enroll(&enrollment_code(&base).await, "红米 Note 12")
-            .await
-            .expect("enroll");
-        let (_patrol, sha) = walk_and_attach(&phone_dir, &phone, &bytes);
-        let outcome = phone.sync().await;
-        let status = server
-            .exited(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("{point}: the server did not stop at its crash point"));
-        assert!(!status.success(), "{point}: {status}");
+        let Crashed {
+            data,
+            port,
+            phone_dir: _phone_dir,
+            phone,
+            patrol: _,
+            sha,
+            outcome,
+        } = sync_into_crash(&bin, point).await;
         assert!(
             outcome.is_err() || !phone_says_uploaded(&phone),
             "{point}: the phone believes the photo uploaded from a server that died: {outcome:?}"
@@ -191,7 +200,6 @@ async fn a_photo_survives_a_crash_at_every_point_of_its_upload() {
         assert!(!phone_says_uploaded(&phone), "{point}");
         let own_copy = std::path::PathBuf::from(&phone.photos().expect("photos")[0].path);
         assert!(own_copy.exists(), "{point}: the phone kept its copy");
-        drop(server);
 
         // A new process on the same data: what the crash left is completed or resumed.
         let server = ServerProcess::start(&bin, data.path(), port, &[]).await;
@@ -426,25 +434,14 @@ async fn a_patrol_claimed_by_a_killed_process_is_judged_soon_after() {
         "compliance.judge.after_claim",
         "compliance.judge.before_write",
     ] {
-        let data = tempfile::tempdir().expect("tmp");
-        let port = free_port();
-        let mut server =
-            ServerProcess::start(&bin, data.path(), port, &[("GRIDPATROL_FAULT", point)]).await;
-        let base = server.base.clone();
-        let phone_dir = tempfile::tempdir().expect("tmp");
-        let (phone, bytes) = recorded_phone(&phone_dir, &base);
-        phone
-            .enroll(&enrollment_code(&base).await, "红米 Note 12")
-            .await
-            .expect("enroll");
-        let (patrol, _) = walk_and_attach(&phone_dir, &phone, &bytes);
-        let _ = phone.sync().await;
-        let status = server
-            .exited(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("{point}: the worker did not reach its crash point"));
-        assert!(!status.success());
-        drop(server);
+        let Crashed {
+            data,
+            port,
+            phone_dir: _phone_dir,
+            phone,
+            patrol,
+            ..
+        } = sync_into_crash(&bin, point).await;
         let server = ServerProcess::start(&bin, data.path(), port, &[]).await;
         let _ = phone.sync().await; // the photo, if the crash came before it
         let admin = demo_admin_token(&server.base).await;

@@ -637,6 +637,47 @@ async fn expired_uploads_and_stray_pieces_are_swept(backend: Backend) {
     assert_eq!(done.offset(), photo.len() as i64);
 }
 
+/// Leaves an upload as a crash after its last piece's commit would: the bytes from `from` on
+/// stored as a piece and committed (the upload's offset at its length), not completed; and, if
+/// given, its expiry moved.
+async fn left_whole_by_a_crash(
+    app: &TestApp,
+    location: &str,
+    photo: &[u8],
+    from: usize,
+    expires_at: Option<chrono::NaiveDateTime>,
+) {
+    let id = location.rsplit('/').next().expect("id").to_string();
+    let object = format!("uploads/{id}/{from:012}-crash");
+    std::fs::write(
+        app.db.dir.path().join("photos").join(&object),
+        &photo[from..],
+    )
+    .expect("piece");
+    let (start, length) = (from as i64, photo.len() as i64);
+    app.with_conn(move |conn| {
+        use gridpatrol_server::schema::photo_upload_chunks;
+        diesel::insert_into(photo_upload_chunks::table)
+            .values((
+                photo_upload_chunks::upload_id.eq(&id),
+                photo_upload_chunks::start.eq(start),
+                photo_upload_chunks::stop.eq(length),
+                photo_upload_chunks::object.eq(&object),
+            ))
+            .execute(conn)?;
+        diesel::update(photo_uploads::table.find(&id))
+            .set(photo_uploads::received.eq(length))
+            .execute(conn)?;
+        if let Some(at) = expires_at {
+            diesel::update(photo_uploads::table.find(&id))
+                .set(photo_uploads::expires_at.eq(at))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// Issue 21: a crash between the last piece's commit and the photo's completion left an upload
 /// with every byte and no photo; HEAD answered `Upload-Offset = Upload-Length`, the phone took it
 /// for done, and the sweep deleted the upload a day later. Now such an upload is never swept and
@@ -649,32 +690,9 @@ async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
     let location = phone.create(&photo).await.location();
     phone.patch(&location, 0, &photo[..2000]).await;
     // The last piece stored and committed, as a crash would have left it, expired long ago.
-    let id = location.rsplit('/').next().expect("id").to_string();
-    let object = format!("uploads/{id}/000000002000-crash");
-    let path = app.db.dir.path().join("photos").join(&object);
-    std::fs::write(&path, &photo[2000..]).expect("piece");
-    let (length, past) = (
-        photo.len() as i64,
-        gridpatrol_server::db::now() - chrono::Duration::days(2),
-    );
-    app.with_conn(move |conn| {
-        use gridpatrol_server::schema::photo_upload_chunks;
-        diesel::insert_into(photo_upload_chunks::table)
-            .values((
-                photo_upload_chunks::upload_id.eq(&id),
-                photo_upload_chunks::start.eq(2000),
-                photo_upload_chunks::stop.eq(length),
-                photo_upload_chunks::object.eq(&object),
-            ))
-            .execute(conn)?;
-        diesel::update(photo_uploads::table.find(&id))
-            .set((
-                photo_uploads::received.eq(length),
-                photo_uploads::expires_at.eq(past),
-            ))
-            .execute(conn)
-    })
-    .await;
+    let length = photo.len() as i64;
+    let past = gridpatrol_server::db::now() - chrono::Duration::days(2);
+    left_whole_by_a_crash(&app, &location, &photo, 2000, Some(past)).await;
     // The sweep completes it instead of deleting it.
     gridpatrol_server::photos::sweep(&app.state)
         .await
@@ -710,29 +728,8 @@ async fn a_whole_upload_cut_short_is_completed_never_swept(backend: Backend) {
         None,
         "not stored while bytes are missing"
     );
-    let id = location.rsplit('/').next().expect("id").to_string();
-    let object = format!("uploads/{id}/000000001000-crash");
-    std::fs::write(
-        app.db.dir.path().join("photos").join(&object),
-        &photo[1000..],
-    )
-    .expect("piece");
     let length = photo.len() as i64;
-    app.with_conn(move |conn| {
-        use gridpatrol_server::schema::photo_upload_chunks;
-        diesel::insert_into(photo_upload_chunks::table)
-            .values((
-                photo_upload_chunks::upload_id.eq(&id),
-                photo_upload_chunks::start.eq(1000),
-                photo_upload_chunks::stop.eq(length),
-                photo_upload_chunks::object.eq(&object),
-            ))
-            .execute(conn)?;
-        diesel::update(photo_uploads::table.find(&id))
-            .set(photo_uploads::received.eq(length))
-            .execute(conn)
-    })
-    .await;
+    left_whole_by_a_crash(&app, &location, &photo, 1000, None).await;
     let head = phone.head(&location).await;
     assert_eq!(
         (head.offset(), head.header("photo-stored")),
