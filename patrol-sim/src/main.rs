@@ -74,6 +74,11 @@ struct Args {
     problems: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Append the ground truth of every patrol recorded (one JSON object a line: id, inspector,
+    /// grid, start, duration, and what the simulation did: strayed, mock locations, desk patrol,
+    /// photos) to this file, for checking the server's verdicts and weekly records against it.
+    #[arg(long)]
+    truth: Option<PathBuf>,
 }
 
 /// The phone's clocks, moved by the simulation.
@@ -405,6 +410,27 @@ fn patrol(
         }
     }
     phone.submit(&id).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.truth {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "id": id,
+            "inspector": inspector.username,
+            "grid": inspector.grid.code,
+            "started_ms": fixes.first().map_or(started, |f| f.at_ms),
+            "duration_s": options.duration_s,
+            "fixes": fixes.len(),
+            "stray": options.stray_outside,
+            "mock": options.mock_location,
+            "desk": options.desk,
+            "photos": photo_at.len(),
+        });
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "{line}"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(fixes.len())
 }
 

@@ -98,8 +98,13 @@ fn simulator(server: &str, dir: &std::path::Path, soak: &Soak, days: u32, seed: 
         .args(["--inspectors", &soak.inspectors.to_string()])
         .args(["--days", &days.to_string(), "--seed", &seed.to_string()])
         .args(["--offline", "0.2", "--photos", "0.8", "--problems", "0.3"])
+        // Patrols that stray across the border count or not by how far they strayed: the
+        // labelled corpus judges those; here every patrol's fate is known from its making.
+        .args(["--stray", "0"])
         .arg("--store-dir")
         .arg(dir)
+        .arg("--truth")
+        .arg(dir.join(TRUTH))
         .stdout(if std::env::var_os("SOAK_DEBUG").is_some() {
             Stdio::inherit()
         } else {
@@ -107,6 +112,84 @@ fn simulator(server: &str, dir: &std::path::Path, soak: &Soak, days: u32, seed: 
         })
         .stderr(Stdio::piped());
     command
+}
+
+/// The simulation's ground truth, beside the phones' stores.
+const TRUTH: &str = "truth.jsonl";
+
+/// Per (ISO week, inspector): the patrols recorded and those that should count.
+type Tally = BTreeMap<(String, String), (u32, u32)>;
+
+/// The weekly tally the simulation's ground truth gives. A patrol counts when the simulation
+/// walked it honestly (no mock locations, not a desk patrol) for the policy's 20 minutes and
+/// 10 fixes, with at least one photo (榕江's `min_photos`); weeks are ISO weeks in China time
+/// (UTC+8, no daylight saving).
+fn truth_tally(path: &std::path::Path) -> Tally {
+    use chrono::Datelike;
+    let china = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+    let mut tally = Tally::new();
+    let text = std::fs::read_to_string(path).expect("ground truth");
+    for line in text.lines() {
+        let p: serde_json::Value = serde_json::from_str(line).expect("truth line");
+        assert_eq!(
+            p["stray"], false,
+            "the soak walks no border-crossing patrols"
+        );
+        let at = chrono::DateTime::from_timestamp_millis(p["started_ms"].as_i64().expect("start"))
+            .expect("time")
+            .with_timezone(&china)
+            .iso_week();
+        let week = format!("{}-W{:02}", at.year(), at.week());
+        let counts = p["mock"] == false
+            && p["desk"] == false
+            && p["duration_s"].as_u64().expect("duration") >= 20 * 60
+            && p["fixes"].as_u64().expect("fixes") >= 10
+            && p["photos"].as_u64().expect("photos") >= 1;
+        let entry = tally
+            .entry((
+                week,
+                p["inspector"].as_str().expect("inspector").to_string(),
+            ))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += u32::from(counts);
+    }
+    tally
+}
+
+/// The same tally from the server's weekly records (巡查台账) of those weeks, as the county
+/// admin reads them over HTTP.
+async fn record_tally(base: &str, truth: &Tally) -> Tally {
+    let admin = gridpatrol_tests::process::demo_admin_token(base).await;
+    let weeks: BTreeSet<&String> = truth.keys().map(|(week, _)| week).collect();
+    let inspectors: BTreeSet<&String> = truth.keys().map(|(_, who)| who).collect();
+    let mut tally = Tally::new();
+    for week in weeks {
+        let record: serde_json::Value = gridpatrol_tests::http_client()
+            .get(format!("{base}/v1/compliance/weeks/{week}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("week")
+            .json()
+            .await
+            .expect("record");
+        let townships = record["townships"].as_array().expect("townships");
+        for village in townships
+            .iter()
+            .flat_map(|t| t["villages"].as_array().expect("villages"))
+        {
+            for person in village["inspectors"].as_array().expect("inspectors") {
+                let who = person["username"].as_str().expect("username").to_string();
+                let patrols = person["patrols"].as_u64().expect("patrols") as u32;
+                if inspectors.contains(&who) && patrols > 0 {
+                    let counted = person["counted"].as_u64().expect("counted") as u32;
+                    tally.insert((week.clone(), who), (patrols, counted));
+                }
+            }
+        }
+    }
+    tally
 }
 
 /// A count to read from the server's database.
@@ -299,8 +382,20 @@ async fn soak(servers: &mut Servers, database: &str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(pending, 0, "every verdict computed");
+    let truth = truth_tally(&phones_dir.path().join(TRUTH));
+    assert_eq!(
+        truth.values().map(|t| t.0 as usize).sum::<usize>(),
+        on_server.len(),
+        "the ground truth has every patrol"
+    );
+    let records = record_tally(&servers.processes[0].0.base, &truth).await;
+    assert_eq!(
+        records, truth,
+        "the weekly records (patrols, counted per inspector and week) equal the simulation's truth"
+    );
+    let counted: u32 = truth.values().map(|t| t.1).sum();
     eprintln!(
-        "soak ({database}): {} patrols, {} photos, {problems} problems; {kills} kills, {outage_count} outages, {} connections cut, {runs} simulator runs; {} KB up, {} KB down",
+        "soak ({database}): {} patrols ({counted} counted, as the truth says), {} photos, {problems} problems; {kills} kills, {outage_count} outages, {} connections cut, {runs} simulator runs; {} KB up, {} KB down",
         on_server.len(),
         photos_on_server.len(),
         link.cuts.load(Ordering::Relaxed),

@@ -9,16 +9,19 @@ use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, from_fn};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, get, http::StatusCode, web};
+use actix_web::{
+    App, FromRequest, HttpRequest, HttpResponse, HttpServer, get, http::StatusCode, web,
+};
 use tracing_actix_web::{RequestId, TracingLogger};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
+use crate::auth::Authed;
 use crate::auth::tokens::{Keys, TokenSettings};
 use crate::config::{Config, ServeConfig};
 use crate::db::{Backend, Db};
@@ -57,6 +60,10 @@ pub struct AppState {
     pub fresh: crate::compliance::judging::FreshViews,
     /// What `/readyz` watches.
     pub readiness: Readiness,
+    /// The bearer token of a metrics scraper (`GRIDPATROL_METRICS_TOKEN`).
+    pub metrics_token: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-Proto` is believed (`GRIDPATROL_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// What `/readyz` checks besides the database and the photo store: free space on the disks the
@@ -216,6 +223,8 @@ pub async fn build_state(
         photos,
         wake_judging: tokio::sync::Notify::new(),
         fresh: Default::default(),
+        metrics_token: serve.metrics_token.clone().filter(|t| !t.is_empty()),
+        trusted_proxies: serve.trusted_proxies.clone(),
     }))
 }
 
@@ -254,6 +263,17 @@ pub fn launch(
             // Content-Encoding (the sync's DEFLATE, the console's event stream).
             .wrap(actix_web::middleware::Compress::default())
             .wrap(from_fn(request_id_header))
+            // Every answer: no MIME sniffing, no referrer leaving the site, no framing, and not
+            // kept in any cache unless the answer says otherwise (tokens, exports and people's
+            // data must not linger in a shared browser's or proxy's cache; photos, content
+            // addressed, and the console's static assets set their own).
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((header::REFERRER_POLICY, "no-referrer"))
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::CACHE_CONTROL, "no-store")),
+            )
             .wrap(TracingLogger::default())
     })
     .listen(listener)?
@@ -501,17 +521,42 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+/// Prometheus metrics in the text exposition format, for a scraper that sends the configured
+/// `GRIDPATROL_METRICS_TOKEN` as its bearer token, or for a signed-in operator. They describe the
+/// whole installation (counts, timings), so a county admin does not read them.
+#[utoipa::path(
+    tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "`missing_token`, `invalid_token`: neither the scrape token nor a valid access token", body = ErrorBody),
+        (status = 403, description = "`role_required`: only the operator reads metrics", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 #[get("/metrics")]
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let scraper = matches!((bearer, &state.metrics_token), (Some(sent), Some(token)) if crate::console::session::same(sent, token));
+    if !scraper {
+        let authed = Authed::extract(&req).await?;
+        if !authed.is_superuser {
+            return Err(ApiError::forbidden(
+                "role_required",
+                "metrics are for the operator and the metrics scraper",
+            ));
+        }
+    }
+    Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(
             state
                 .metrics
                 .render(state.index.current().len(), state.fresh.owed()),
-        )
+        ))
 }
 
 /// This API's OpenAPI 3.1 document (equal to `openapi.yaml` in the repository).

@@ -130,6 +130,17 @@ pub struct ServeConfig {
     /// less than this many MiB free, so that a load balancer stops sending before writes fail.
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
     pub min_free_mb: u64,
+
+    /// A bearer token that a metrics scraper (Prometheus) sends to read `/metrics`. Without it,
+    /// only a signed-in operator may read them.
+    #[arg(long, env = "GRIDPATROL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Addresses of the reverse proxies in front of this server (comma-separated IPs). Only a
+    /// request from one of them is believed when it says, in `X-Forwarded-Proto` or
+    /// `Forwarded`, that the client came over HTTPS (the console's cookies are then `Secure`).
+    #[arg(long, env = "GRIDPATROL_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl ServeConfig {
@@ -227,6 +238,8 @@ impl Default for ServeConfig {
             min_free_mb: 256,
             max_concurrent_syncs: None,
             sync_queue_ms: 2_000,
+            metrics_token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

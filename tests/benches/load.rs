@@ -234,7 +234,7 @@ async fn burst(servers: &[String], phones: Vec<Phone>) -> (Outcome, f64) {
             let mut cursor = wire::Cursor::default();
             start.wait().await;
             for mut request in phone.requests {
-                request.cursor = cursor.clone();
+                request.cursor = cursor;
                 let body = wire::encode(&request);
                 loop {
                     let sent = Instant::now();
@@ -330,6 +330,7 @@ fn threads(pid: u32) -> usize {
 async fn metric(base: &str, name: &str) -> f64 {
     let text = gridpatrol_tests::http_client()
         .get(format!("{base}/metrics"))
+        .bearer_auth(gridpatrol_tests::METRICS_TOKEN)
         .send()
         .await
         .expect("metrics")

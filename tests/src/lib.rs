@@ -13,6 +13,8 @@ use gridpatrol_server::{AppState, Config, ServeConfig, build_state, demo, launch
 use serde_json::{Value, json};
 
 /// The signing secret of every test server, so tests can forge tokens deliberately.
+/// The scrape token test servers accept at `/metrics` (`GRIDPATROL_METRICS_TOKEN`).
+pub const METRICS_TOKEN: &str = "test-metrics-scraper-token";
 pub const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
 pub const PASSWORD: &str = demo::PASSWORD;
 
@@ -171,6 +173,7 @@ pub async fn s3_serve_config() -> ServeConfig {
 pub fn serve_config() -> ServeConfig {
     ServeConfig {
         jwt_secret: Some(JWT_SECRET.into()),
+        metrics_token: Some(METRICS_TOKEN.into()),
         workers: Some(1),
         ..ServeConfig::default()
     }

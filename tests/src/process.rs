@@ -114,6 +114,7 @@ impl ServerProcess {
         command
             .env("GRIDPATROL_DATA_DIR", dir)
             .env("GRIDPATROL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GRIDPATROL_METRICS_TOKEN", crate::METRICS_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null());
         for (key, value) in env {

@@ -14,7 +14,7 @@ mod events;
 pub mod map;
 mod pages;
 mod review;
-mod session;
+pub(crate) mod session;
 
 use std::sync::LazyLock;
 

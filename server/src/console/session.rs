@@ -32,7 +32,7 @@ fn new_token() -> String {
 }
 
 /// Constant-time comparison of two tokens.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -50,9 +50,24 @@ fn cookie<'a>(
         .path("/console")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(req.connection_info().scheme() == "https")
+        .secure(came_over_https(req))
         .max_age(max_age)
         .finish()
+}
+
+/// Whether the browser reached us over HTTPS: this server's own TLS, or a trusted reverse
+/// proxy's word for it (`X-Forwarded-Proto`, `Forwarded`). A client's own claim is not
+/// believed: anyone can send the header.
+fn came_over_https(req: &HttpRequest) -> bool {
+    let trusted = req.app_data::<web::Data<AppState>>().is_some_and(|state| {
+        req.peer_addr()
+            .is_some_and(|peer| state.trusted_proxies.contains(&peer.ip()))
+    });
+    if trusted {
+        req.connection_info().scheme() == "https"
+    } else {
+        req.app_config().secure()
+    }
 }
 
 /// The signed-in user of a console request, with the CSRF token its forms must carry.

@@ -694,7 +694,10 @@ async fn a_patrol_synced_in_parts_is_judged_whole_from_its_snapshot(backend: Bac
         panic!("no snapshot of the newest change: {:?}", positions().await);
     };
     let newest = caught_up().await;
-    let metrics = app.get("/metrics", None).await.text;
+    let metrics = app
+        .get("/metrics", Some(gridpatrol_tests::METRICS_TOKEN))
+        .await
+        .text;
     assert!(
         metrics.contains("gridpatrol_patrols_judged_total{from=\"view\"} 1"),
         "judged from the sync's view, not loaded: {metrics}"

@@ -25,7 +25,9 @@ async fn health_metrics_and_unknown_routes(backend: Backend) {
     app.get("/v1/grids/locate?lon=108.52&lat=25.93", None)
         .await
         .assert_ok();
-    let metrics = app.get("/metrics", None).await;
+    let metrics = app
+        .get("/metrics", Some(gridpatrol_tests::METRICS_TOKEN))
+        .await;
     assert_eq!(metrics.status, 200);
     assert!(
         metrics.text.contains("gridpatrol_http_requests_total{method=\"GET\",route=\"/v1/grids/locate\",status=\"200\"} 1"),
@@ -95,9 +97,99 @@ async fn answers_are_compressed_and_readiness_is_its_own(backend: Backend) {
     assert_eq!(ready.body["disk"], true);
 }
 
+/// Issue 22, finding 6: no `nosniff`, no `Referrer-Policy`, no `Cache-Control: no-store` on
+/// token answers and exports; `/metrics` public; the console cookie's `Secure` flag following
+/// a client-sent `X-Forwarded-Proto`.
+async fn answers_are_hardened_and_metrics_need_the_scrape_token(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let header = |resp: &gridpatrol_tests::Resp, name: &str| {
+        resp.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let signed_in = app
+        .send(app.client.post(format!("{}/v1/auth/login", app.base)).json(
+            &serde_json::json!({"username": "leader-522632100", "password": gridpatrol_tests::PASSWORD}),
+        ))
+        .await;
+    let token = signed_in.assert_ok()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let week = "2026-W48";
+    let export = app
+        .get(
+            &format!("/v1/compliance/weeks/{week}/export?format=csv"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(export.status, 200, "{}", export.text);
+    for resp in [&signed_in, &export, &app.get("/healthz", None).await] {
+        assert_eq!(
+            header(resp, "x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
+        assert_eq!(
+            header(resp, "referrer-policy").as_deref(),
+            Some("no-referrer")
+        );
+        assert_eq!(header(resp, "x-frame-options").as_deref(), Some("DENY"));
+        assert_eq!(header(resp, "cache-control").as_deref(), Some("no-store"));
+    }
+
+    // Metrics: the scraper's token, or the operator; nobody else.
+    app.get("/metrics", None)
+        .await
+        .assert_error(401, "missing_token");
+    app.get("/metrics", Some("not-the-scrape-token"))
+        .await
+        .assert_error(401, "invalid_token");
+    let admin = app.token("admin-522632").await;
+    app.get("/metrics", Some(&admin))
+        .await
+        .assert_error(403, "role_required");
+    let metrics = app
+        .get("/metrics", Some(gridpatrol_tests::METRICS_TOKEN))
+        .await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.text.contains("gridpatrol_grids 273"));
+
+    // The console's cookies are Secure only when the browser really came over HTTPS: a client
+    // that says so itself is not believed; a configured reverse proxy is.
+    let login_cookie = |app: &TestApp| {
+        let request = app
+            .client
+            .get(format!("{}/console/login", app.base))
+            .header("x-forwarded-proto", "https")
+            .header("forwarded", "proto=https");
+        async move {
+            let resp = request.send().await.expect("login page");
+            assert_eq!(resp.status(), 200);
+            resp.headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().expect("cookie").to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let cookie = login_cookie(&app).await;
+    assert!(!cookie.is_empty() && !cookie.contains("Secure"), "{cookie}");
+    let behind_proxy = app
+        .sharing_database(gridpatrol_server::config::ServeConfig {
+            trusted_proxies: vec!["127.0.0.1".parse().expect("ip")],
+            ..gridpatrol_tests::serve_config()
+        })
+        .await;
+    let cookie = login_cookie(&behind_proxy).await;
+    assert!(cookie.contains("Secure"), "{cookie}");
+}
+
 both_backends!(
     health_metrics_and_unknown_routes,
     answers_are_compressed_and_readiness_is_its_own,
+    answers_are_hardened_and_metrics_need_the_scrape_token,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

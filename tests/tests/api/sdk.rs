@@ -660,6 +660,7 @@ async fn a_busy_server_turns_phones_away_and_they_come_back(backend: Backend) {
     let metrics = app
         .client
         .get(format!("{}/metrics", app.base))
+        .bearer_auth(gridpatrol_tests::METRICS_TOKEN)
         .send()
         .await
         .expect("metrics")
