@@ -9,7 +9,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{
     Employment, NewUser, StaffingReport, check_may_grant, create_user, grant_role, grid_or_404,
-    require_manage_user, require_may_enroll, require_see_user, staffing_report,
+    normalise_username, require_manage_user, require_may_enroll, require_see_user, staffing_report,
 };
 use crate::app::{AppState, Json};
 use crate::audit::{self, Event, Kind as Audit};
@@ -228,7 +228,7 @@ async fn create(
                 Event::new(Audit::UserCreated)
                     .by(authed.user_id)
                     .on(id)
-                    .with(serde_json::json!({"username": body.username.trim(), "password": body.password.is_some()})),
+                    .with(serde_json::json!({"username": normalise_username(&body.username)?, "password": body.password.is_some()})),
             )?;
             for grant in &body.roles {
                 grant_role(conn, id, grant.grid_id, grant.role, grant.employment, Some(authed.user_id))?;

@@ -41,24 +41,29 @@ pub struct NewUser<'a> {
     pub is_superuser: bool,
 }
 
-pub fn validate_username(username: &str) -> ApiResult<()> {
-    let ok = (3..=64).contains(&username.chars().count())
-        && username
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+/// A user name is 3 to 64 characters of ASCII lowercase letters, digits and `_ - . @`, and is
+/// stored as that (trimmed, lowercased: `Leader-X` and `leader-x` are one name). Anything else,
+/// e.g. a Cyrillic `а` that looks like a Latin `a` (`аdmin-522632`), is refused: a look-alike
+/// of someone's name must not become a second account a supervisor mistakes for theirs.
+pub fn normalise_username(username: &str) -> ApiResult<String> {
+    let name = username.trim().to_ascii_lowercase();
+    let ok = (3..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.@".contains(&c));
     if ok {
-        Ok(())
+        Ok(name)
     } else {
         Err(ApiError::unprocessable(
             "invalid_username",
-            "a user name has 3 to 64 letters, digits, or _ - . @",
+            "a user name has 3 to 64 ASCII letters, digits, or _ - . @ (no look-alike letters of other scripts)",
         ))
     }
 }
 
 /// Inserts a user (hashing the password first). A taken user name is `username_taken`.
 pub fn create_user(conn: &mut DbConnection, new: &NewUser<'_>) -> ApiResult<i64> {
-    validate_username(new.username)?;
+    let username = normalise_username(new.username)?;
     let display_name = new.display_name.trim();
     if display_name.is_empty() || display_name.chars().count() > 100 {
         return Err(ApiError::unprocessable(
@@ -68,18 +73,18 @@ pub fn create_user(conn: &mut DbConnection, new: &NewUser<'_>) -> ApiResult<i64>
     }
     let hash = new.password.map(credentials::hash_password).transpose()?;
     let taken: i64 = users::table
-        .filter(users::username.eq(new.username))
+        .filter(users::username.eq(&username))
         .count()
         .get_result(conn)?;
     if taken > 0 {
         return Err(ApiError::conflict(
             "username_taken",
-            format!("user name {} is taken", new.username),
+            format!("user name {username} is taken"),
         ));
     }
     let id = diesel::insert_into(users::table)
         .values((
-            users::username.eq(new.username),
+            users::username.eq(&username),
             users::display_name.eq(display_name),
             users::phone.eq(new.phone),
             users::password_hash.eq(hash),

@@ -177,8 +177,10 @@ async fn discover(state: web::Data<AppState>) -> HttpResponse {
 
 /// Creates the upload of a photo (tus creation). `Upload-Length` is the photo's size;
 /// `Upload-Metadata` carries `sha256` (required, hex), `filetype` (MIME type) and `filename`.
-/// A photo the server already holds answers with a finished upload (`Upload-Offset` =
-/// `Upload-Length`); the same device asking again for the same photo gets its upload back.
+/// A photo this inspector has already stored (from any of their phones) answers with a finished
+/// upload (`Upload-Offset` = `Upload-Length`); anyone else sends the bytes, and learns nothing
+/// from the hash about photos elsewhere. The same device asking again for the same photo gets its
+/// upload back.
 #[utoipa::path(
     tag = "photos",
     responses(

@@ -297,8 +297,12 @@ pub fn create_upload(
     ttl: chrono::Duration,
 ) -> ApiResult<(UploadRow, Vec<String>)> {
     let now = now();
+    // Only the inspector who stored a photo is told it is there already (another of their
+    // phones, a reinstall): anyone else sends the bytes, so that a hash says nothing about
+    // photos elsewhere and a photo is nobody's without its bytes.
     let held: Option<i64> = photos::table
         .find(&new.sha256)
+        .filter(photos::user_id.eq(new.user_id))
         .select(photos::bytes)
         .first(conn)
         .optional()?;

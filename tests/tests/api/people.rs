@@ -30,6 +30,14 @@ async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
     )
     .await
     .assert_error(409, "username_taken");
+    // One name, whatever its case: `Zhang.Wei` is `zhang.wei`.
+    app.post(
+        "/v1/users",
+        Some(&leader),
+        &json!({"username": " Zhang.WEI ", "display_name": "张伟", "roles": [{"grid_id": village, "role": "inspector"}]}),
+    )
+    .await
+    .assert_error(409, "username_taken");
     app.post(
         "/v1/users",
         Some(&leader),
@@ -58,6 +66,21 @@ async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
     )
     .await
     .assert_error(422, "invalid_username");
+    // Issue 22, finding 6: a Cyrillic "а" (U+0430) that looks like the Latin "a" made a second
+    // `admin-522632`; letters of other scripts, and full-width look-alikes, are refused.
+    for look_alike in [
+        "\u{430}dmin-522632",
+        "\u{ff41}dmin-522632",
+        "admin\u{2010}522632",
+    ] {
+        app.post(
+            "/v1/users",
+            Some(&leader),
+            &json!({"username": look_alike, "display_name": "假冒", "roles": [{"grid_id": village, "role": "inspector"}]}),
+        )
+        .await
+        .assert_error(422, "invalid_username");
+    }
     app.post(
         "/v1/users",
         Some(&leader),

@@ -287,15 +287,34 @@ async fn a_photo_arrives_in_pieces_and_is_stored_once(setup: Setup) {
         .expect("bytes");
     assert_eq!(sha256(&kept), sha);
 
-    // Another device with the same photo: finished at once, nothing sent, stored once.
-    let other = device(&app, OTHER_INSPECTOR).await;
-    let again = other.create(&photo).await;
+    // The same inspector's other phone with the same photo: finished at once, nothing sent,
+    // stored once.
+    let second_phone = device(&app, INSPECTOR).await;
+    let again = second_phone.create(&photo).await;
     assert_eq!(again.status, 201);
     assert_eq!(again.offset(), photo.len() as i64);
     assert_eq!(
-        other.head(&again.location()).await.offset(),
+        second_phone.head(&again.location()).await.offset(),
         photo.len() as i64
     );
+    assert_eq!(stored_photos(&app).await, 1);
+
+    // Anybody else learns nothing from a hash (issue 22, finding 6: a 409 named the length of
+    // another township's photo): a wrong length is an upload like any other, which no bytes
+    // will ever complete, and the right one must send the photo to have it.
+    let guesser = device(&app, "inspector-522632100003-1").await;
+    let guessed = guesser
+        .create_with(
+            photo.len() + 1,
+            &[("sha256", &sha), ("filetype", "image/jpeg")],
+        )
+        .await;
+    assert_eq!((guessed.status, guessed.offset()), (201, 0));
+    let other = device(&app, OTHER_INSPECTOR).await;
+    let holding = other.create(&photo).await;
+    assert_eq!((holding.status, holding.offset()), (201, 0));
+    let sent = other.patch(&holding.location(), 0, &photo).await;
+    assert_eq!((sent.status, sent.offset()), (204, photo.len() as i64));
     assert_eq!(stored_photos(&app).await, 1);
 
     // The uploader sees what the server read from it.
