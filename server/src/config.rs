@@ -131,6 +131,12 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
     pub min_free_mb: u64,
 
+    /// Unfinished uploads one device may have open at once, and the MiB they may announce.
+    #[arg(long, env = "GRIDPATROL_MAX_OPEN_UPLOADS", default_value_t = 64)]
+    pub max_open_uploads: i64,
+    #[arg(long, env = "GRIDPATROL_MAX_OPEN_UPLOAD_MB", default_value_t = 1024)]
+    pub max_open_upload_mb: i64,
+
     /// A bearer token that a metrics scraper (Prometheus) sends to read `/metrics`. Without it,
     /// only a signed-in operator may read them.
     #[arg(long, env = "GRIDPATROL_METRICS_TOKEN", hide_env_values = true)]
@@ -163,7 +169,11 @@ impl ServeConfig {
             ..gridpatrol_photo::Limits::default()
         };
         let ttl = std::time::Duration::from_secs(self.upload_ttl_hours * 3600);
-        match &self.photo_store {
+        let cap = crate::photos::OpenUploads {
+            uploads: self.max_open_uploads,
+            bytes: self.max_open_upload_mb * 1024 * 1024,
+        };
+        let mut photos = match &self.photo_store {
             None => crate::photos::Photos::local(&data_dir.join("photos"), limits, ttl),
             Some(spec) => match spec.strip_prefix("s3://") {
                 Some(location) => {
@@ -183,7 +193,9 @@ impl ServeConfig {
                     crate::photos::Photos::local(&dir, limits, ttl)
                 }
             },
-        }
+        }?;
+        photos.open_per_device = cap;
+        Ok(photos)
     }
 }
 
@@ -238,6 +250,8 @@ impl Default for ServeConfig {
             min_free_mb: 256,
             max_concurrent_syncs: None,
             sync_queue_ms: 2_000,
+            max_open_uploads: 64,
+            max_open_upload_mb: 1024,
             metrics_token: None,
             trusted_proxies: Vec::new(),
         }

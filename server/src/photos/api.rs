@@ -191,6 +191,7 @@ async fn discover(state: web::Data<AppState>) -> HttpResponse {
         (status = 412, description = "`tus_version_unsupported`", body = ErrorBody),
         (status = 413, description = "`photo_too_large`", body = ErrorBody),
         (status = 415, description = "`photo_unsupported_format`", body = ErrorBody),
+        (status = 429, description = "`too_many_open_uploads`: the device has too many unfinished uploads, or they announce too many bytes; `Retry-After`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -280,10 +281,11 @@ async fn create_inner(
         user_id: authed.user_id,
     };
     let ttl = state.photos.upload_ttl;
+    let cap = state.photos.open_per_device;
     let (upload, stale) = state
         .db
         .write(move |conn| {
-            let created = create_upload(conn, new, ttl)?;
+            let created = create_upload(conn, new, ttl, cap)?;
             crate::faults::point("photo.create.before_commit")?;
             Ok::<_, ApiError>(created)
         })

@@ -53,6 +53,25 @@ pub struct Photos {
     turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Every hashed photo's perceptual hash, for finding reuse without reading them all.
     pub hashes: HashIndex,
+    /// What one device may have open (created, not finished, not expired) at once.
+    pub open_per_device: OpenUploads,
+}
+
+/// Caps on one device's open uploads: a phone a week offline has a few dozen photos to send;
+/// a device that announces a thousand uploads or gigabytes it never sends is refused more.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenUploads {
+    pub uploads: i64,
+    pub bytes: i64,
+}
+
+impl Default for OpenUploads {
+    fn default() -> Self {
+        OpenUploads {
+            uploads: 64,
+            bytes: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl Photos {
@@ -128,6 +147,7 @@ impl Photos {
             wake_worker: tokio::sync::Notify::new(),
             turns: Default::default(),
             hashes: HashIndex::default(),
+            open_per_device: OpenUploads::default(),
         }
     }
 
@@ -295,6 +315,7 @@ pub fn create_upload(
     conn: &mut DbConnection,
     new: NewUpload,
     ttl: chrono::Duration,
+    cap: OpenUploads,
 ) -> ApiResult<(UploadRow, Vec<String>)> {
     let now = now();
     // Only the inspector who stored a photo is told it is there already (another of their
@@ -352,6 +373,30 @@ pub fn create_upload(
             return Ok((upload, stale));
         }
         stale = drop_upload(conn, &upload.id)?;
+    }
+    if held.is_none() {
+        let open: Vec<i64> = photo_uploads::table
+            .filter(photo_uploads::device_id.eq(new.device_id))
+            .filter(photo_uploads::completed_at.is_null())
+            .filter(photo_uploads::expires_at.gt(now))
+            .select(photo_uploads::length)
+            .load(conn)?;
+        let announced: i64 = open.iter().sum();
+        if open.len() as i64 >= cap.uploads || announced + new.length > cap.bytes {
+            return Err(ApiError::new(
+                Kind::TooManyRequests {
+                    retry_after_secs: 60,
+                },
+                "too_many_open_uploads",
+                format!(
+                    "this phone has {} unfinished uploads announcing {} MiB (at most {} and {} MiB): finish them first",
+                    open.len(),
+                    announced / (1024 * 1024),
+                    cap.uploads,
+                    cap.bytes / (1024 * 1024)
+                ),
+            ));
+        }
     }
     let row = UploadRow {
         id: uuid::Uuid::now_v7().to_string(),

@@ -849,7 +849,55 @@ every_store!(
 );
 
 // The stray piece is planted in the local directory.
+/// Issue 22, finding 6: one device opened 1,000 uploads announcing 20 GB. A device has at most
+/// `GRIDPATROL_MAX_OPEN_UPLOADS` unfinished uploads announcing at most
+/// `GRIDPATROL_MAX_OPEN_UPLOAD_MB`; beyond, 429 `too_many_open_uploads` and nothing kept; a
+/// finished upload frees its place.
+async fn a_device_cannot_hoard_open_uploads(backend: Backend) {
+    let app = TestApp::with_demo_serving(
+        backend,
+        gridpatrol_server::config::ServeConfig {
+            max_open_uploads: 3,
+            max_open_upload_mb: 1,
+            ..serve_config()
+        },
+    )
+    .await;
+    let phone = device(&app, INSPECTOR).await;
+    let photos: Vec<Vec<u8>> = (0..5).map(|k| jpeg(40 + k, 160, 120)).collect();
+    let mut open = Vec::new();
+    for photo in &photos[..3] {
+        let created = phone.create(photo).await;
+        assert_eq!((created.status, created.offset()), (201, 0));
+        open.push(created.location());
+    }
+    let before = app.table_counts().await;
+    let refused = phone.create(&photos[3]).await;
+    assert_eq!(refused.status, 429, "{:?}", refused.body);
+    assert_eq!(refused.code(), "too_many_open_uploads");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(app.table_counts().await, before, "nothing kept");
+    // Another phone is not held back by this one's uploads.
+    let other = device(&app, OTHER_INSPECTOR).await;
+    assert_eq!(other.create(&photos[3]).await.status, 201);
+
+    // Finishing one frees its place.
+    let done = phone.patch(&open[0], 0, &photos[0]).await;
+    assert_eq!(done.status, 204, "{:?}", done.body);
+    assert_eq!(phone.create(&photos[3]).await.status, 201);
+    // Bytes announced count too: 1 MiB in all.
+    let second = device(&app, "inspector-522632100003-1").await;
+    let big = second
+        .create_with(
+            1024 * 1024 + 1,
+            &[("sha256", &sha256(&photos[4])), ("filetype", "image/jpeg")],
+        )
+        .await;
+    assert_eq!((big.status, big.code()), (429, "too_many_open_uploads"));
+}
+
 both_backends!(
+    a_device_cannot_hoard_open_uploads,
     expired_uploads_and_stray_pieces_are_swept,
     a_whole_upload_cut_short_is_completed_never_swept,
 );
