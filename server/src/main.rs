@@ -42,7 +42,7 @@ enum Command {
     /// Run the HTTP server (migrates SQLite on start).
     Serve {
         #[command(flatten)]
-        serve: ServeConfig,
+        serve: Box<ServeConfig>,
         /// On an empty database, load the 榕江县 demo jurisdiction and print its sign-in details.
         #[arg(long)]
         demo: bool,
@@ -162,7 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve,
             demo: with_demo,
             migrate,
-        } => serve_command(config, serve, with_demo, migrate),
+        } => serve_command(config, *serve, with_demo, migrate),
         Command::Migrate => {
             let db = open(&config)?;
             let applied = db.migrate()?;
