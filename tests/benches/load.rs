@@ -16,6 +16,12 @@
 //!                                                                   # also two servers on PostgreSQL
 //!     cargo bench -p gridpatrol-tests --bench load -- 200           # one size only
 //!
+//! The phones' side may be the test build, against the release server named by
+//! `GRIDPATROL_BIN` (spares a second release build of the tests crate; the phones' requests are
+//! built before the burst, so the burst measures the server):
+//!
+//!     GRIDPATROL_BIN=target/release/gridpatrol cargo test -p gridpatrol-tests --bench load -- --bench
+//!
 //! `scripts/test` runs it once in quick mode (40 phones, SQLite, the debug binary), which fails on
 //! any error.
 

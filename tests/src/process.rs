@@ -1,9 +1,13 @@
 //! The `gridpatrol` binary in a process of its own, for benchmarks that measure the server alone
 //! (its CPU time and memory from /proc).
 
-/// The `gridpatrol` binary built beside the running bench (`cargo build --release -p
-/// gridpatrol-server`), if there is one.
+/// The `gridpatrol` binary named by `GRIDPATROL_BIN`, or else the one built beside the running
+/// bench (`cargo build --release -p gridpatrol-server`), if there is one.
 pub fn server_binary() -> Option<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os("GRIDPATROL_BIN") {
+        let bin = std::path::PathBuf::from(bin);
+        return bin.exists().then_some(bin);
+    }
     let exe = std::env::current_exe().ok()?;
     let bin = exe.parent()?.parent()?.join("gridpatrol");
     bin.exists().then_some(bin)

@@ -28,6 +28,12 @@
       });
   }
 
+  // The session ended elsewhere (signed out in another tab, revoked by an admin): stop, and do
+  // not reconnect; the next page load asks to sign in.
+  source.addEventListener("signed-out", function () {
+    source.close();
+  });
+
   source.addEventListener("patrol", function (message) {
     var event = JSON.parse(message.data);
     var empty = list.querySelector(".empty");

@@ -84,23 +84,59 @@ fn changed(
     Ok((events, newest))
 }
 
-/// GET /console/events?after=: `text/event-stream`.
+/// The user's reach now, if the console session still stands: signed out (the console session
+/// gone), the session revoked, the user disabled, or roles taken away all show at the next
+/// poll, not only at the next page load.
+fn reach_now(
+    conn: &mut crate::db::DbConnection,
+    user_id: i64,
+    session_id: i64,
+) -> Result<Option<(Vec<String>, bool)>, ApiError> {
+    use crate::schema::console_sessions;
+    let open: i64 = console_sessions::table
+        .filter(console_sessions::session_id.eq(session_id))
+        .filter(console_sessions::expires_at.gt(crate::db::now()))
+        .count()
+        .get_result(conn)?;
+    if open == 0 {
+        return Ok(None);
+    }
+    Ok(crate::auth::load(conn, user_id, session_id, None)
+        .ok()
+        .map(|authed| (authed.visible_roots(), authed.is_superuser)))
+}
+
+/// GET /console/events?after=: `text/event-stream`. The stream ends (after an `event:
+/// signed-out`) once the session no longer stands.
 pub async fn events(
     state: web::Data<AppState>,
     user: ConsoleUser,
     query: web::Query<EventsQuery>,
 ) -> HttpResponse {
-    let roots = user.authed.visible_roots();
-    let everything = user.authed.is_superuser;
+    let (user_id, session_id) = (user.authed.user_id, user.authed.session_id);
     let after = query.after.unwrap_or(0).max(0);
-    let stream = futures_util::stream::unfold((state, after), move |(state, after)| {
-        let roots = roots.clone();
+    // `None` after: the stream has said it is over.
+    let stream = futures_util::stream::unfold((state, Some(after)), move |(state, after)| {
         async move {
+            let after = after?;
             tokio::time::sleep(POLL).await;
             let found = state
                 .db
-                .run(move |conn| changed(conn, &roots, everything, after))
+                .run(move |conn| {
+                    let Some((roots, everything)) = reach_now(conn, user_id, session_id)? else {
+                        return Ok(None);
+                    };
+                    changed(conn, &roots, everything, after).map(Some)
+                })
                 .await;
+            let found = match found {
+                Ok(None) => {
+                    let end = Bytes::from("event: signed-out\ndata: {}\n\n");
+                    return Some((Ok::<_, actix_web::Error>(end), (state, None)));
+                }
+                Ok(Some(found)) => Ok(found),
+                Err(error) => Err(error),
+            };
             let (text, after) = match found {
                 Ok((events, newest)) if !events.is_empty() => {
                     let mut text = String::new();
@@ -121,7 +157,10 @@ pub async fn events(
                     (": ping\n\n".to_string(), after)
                 }
             };
-            Some((Ok::<_, actix_web::Error>(Bytes::from(text)), (state, after)))
+            Some((
+                Ok::<_, actix_web::Error>(Bytes::from(text)),
+                (state, Some(after)),
+            ))
         }
     });
     HttpResponse::Ok()

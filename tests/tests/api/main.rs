@@ -2,6 +2,7 @@
 
 mod auth;
 mod compliance;
+mod console;
 mod crash;
 mod grids;
 mod import;
