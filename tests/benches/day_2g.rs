@@ -57,24 +57,31 @@ async fn day(
     let app = TestApp::with_demo(Backend::Sqlite).await;
     let link = Arc::new(Link2g::start(std::slice::from_ref(&app.base), profile, seed).await);
     let dir = tempfile::tempdir().expect("tmp");
-    let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
-    let phone = Client::open_with(
-        Arc::new(store),
-        &link.base,
-        Options {
-            photos: PhotoOptions {
-                dir: Some(dir.path().join("photos")),
-                ..PhotoOptions::default()
+    let open = |base: &str| {
+        let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
+        Client::open_with(
+            Arc::new(store),
+            base,
+            Options {
+                photos: PhotoOptions {
+                    dir: Some(dir.path().join("photos")),
+                    ..PhotoOptions::default()
+                },
+                ..Options::default()
             },
-            ..Options::default()
-        },
-    )
-    .expect("open");
+        )
+        .expect("open")
+    };
+    // Enrolled in the township office (not part of the day), then out to the village.
     let leader = app.token("leader-522632100").await;
     let code = app
         .enrollment_code(&leader, app.user_id(INSPECTOR).await)
         .await;
-    phone.enroll(&code, "红米 Note 12").await.expect("enroll");
+    open(&app.base)
+        .enroll(&code, "红米 Note 12")
+        .await
+        .expect("enroll");
+    let phone = open(&link.base);
     // The camera's files, made before the day starts (the bench measures the link, not the
     // JPEG encoder of the test).
     let shots: Vec<std::path::PathBuf> = (0..patrols)
