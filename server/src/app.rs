@@ -286,7 +286,8 @@ pub fn launch(
     let server = server.run();
     crate::photos::spawn_workers(state.clone());
     crate::compliance::judging::spawn_worker(state.clone());
-    // Other server processes on the same database may import grids: notice it.
+    // Other server processes on the same database may import grids, and the operator may rotate
+    // the signing keys: notice both.
     let handle = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -295,6 +296,19 @@ pub fn launch(
             let result = handle.refresh_index().await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "grid index refresh failed");
+            }
+            // Signing keys added or retired by `rotate-signing-key` (in any process).
+            let keys = handle.clone();
+            let reloaded = handle
+                .db
+                .run(move |conn| {
+                    keys.keys
+                        .reload(conn)
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                })
+                .await;
+            if let Err(e) = reloaded {
+                tracing::warn!(error = %e.message, "signing key reload failed");
             }
         }
     });

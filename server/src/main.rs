@@ -303,10 +303,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 Ok::<_, gridpatrol_server::error::ApiError>((kid, retired))
             })?;
-            println!("new signing key {kid}; restart the server processes to sign with it");
+            println!(
+                "new signing key {kid}; running servers sign with it within 10 seconds, no restart needed"
+            );
             if retire_previous {
                 println!(
-                    "{retired} older key(s) retired: their tokens stop working on restart; clients refresh"
+                    "{retired} older key(s) retired: their tokens stop working within 10 seconds; clients refresh"
                 );
             }
             Ok(())

@@ -40,7 +40,15 @@ pub struct Claims {
 }
 
 /// Signing keys by key id; the newest signs, all verify (rotation keeps old tokens valid).
+/// The token signing keys in force, re-read from the database every few seconds
+/// ([`Keys::reload`]): a key added or retired by `gridpatrol rotate-signing-key` takes effect in
+/// every server process without a restart.
 pub struct Keys {
+    set: std::sync::RwLock<std::sync::Arc<KeySet>>,
+    configured: Option<String>,
+}
+
+struct KeySet {
     current: (String, EncodingKey),
     verify: HashMap<String, DecodingKey>,
     validation: Validation,
@@ -60,6 +68,44 @@ impl Keys {
     /// Uses the configured secret, or the newest key in the database (creating one on first start,
     /// so that every server process on one database signs and verifies alike).
     pub fn load(conn: &mut DbConnection, configured: Option<&str>) -> Result<Keys, StartupError> {
+        Ok(Keys {
+            set: std::sync::RwLock::new(std::sync::Arc::new(KeySet::load(conn, configured)?)),
+            configured: configured.map(str::to_string),
+        })
+    }
+
+    /// Reads the keys again: the newest signs from now on, retired ones stop verifying.
+    pub fn reload(&self, conn: &mut DbConnection) -> Result<(), StartupError> {
+        let fresh = std::sync::Arc::new(KeySet::load(conn, self.configured.as_deref())?);
+        *self
+            .set
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    fn set(&self) -> std::sync::Arc<KeySet> {
+        self.set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+        self.set().sign(claims)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.set().verify(token)
+    }
+
+    pub fn current_kid(&self) -> String {
+        self.set().current.0.clone()
+    }
+}
+
+impl KeySet {
+    fn load(conn: &mut DbConnection, configured: Option<&str>) -> Result<KeySet, StartupError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
@@ -90,7 +136,7 @@ impl Keys {
                     // Two processes starting at once may both insert; both then use the newest.
                     let kid = new_signing_key(conn).map_err(db)?;
                     tracing::info!(%kid, "generated a new token signing key");
-                    return Keys::load(conn, None);
+                    return KeySet::load(conn, None);
                 }
             },
         };
@@ -98,20 +144,20 @@ impl Keys {
             .iter()
             .map(|(kid, secret)| (kid.clone(), DecodingKey::from_secret(secret.as_bytes())))
             .collect();
-        Ok(Keys {
+        Ok(KeySet {
             current: (current.0, EncodingKey::from_secret(current.1.as_bytes())),
             verify,
             validation,
         })
     }
 
-    pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+    fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.current.0.clone());
         jsonwebtoken::encode(&header, claims, &self.current.1).map_err(ApiError::internal)
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         let invalid = || ApiError::unauthorized("invalid_token", "the access token is not valid");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let key = header
@@ -130,14 +176,11 @@ impl Keys {
             }
         }
     }
-
-    pub fn current_kid(&self) -> &str {
-        &self.current.0
-    }
 }
 
-/// Adds a signing key; server processes sign with the newest key from their next start on, and
-/// keep verifying tokens signed with the older ones until those are retired.
+/// Adds a signing key; server processes sign with the newest key once they next read the keys
+/// (every 10 seconds), and keep verifying tokens signed with the older ones until those are
+/// retired.
 pub fn new_signing_key(conn: &mut DbConnection) -> QueryResult<String> {
     let kid = format!("k-{}", hex::encode(random_bytes::<6>()));
     diesel::insert_into(signing_keys::table)

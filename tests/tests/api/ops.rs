@@ -186,7 +186,51 @@ async fn answers_are_hardened_and_metrics_need_the_scrape_token(backend: Backend
     assert!(cookie.contains("Secure"), "{cookie}");
 }
 
+/// Issue 22, finding 6: `rotate-signing-key --retire-previous` (after a key leaked) took effect
+/// only when the servers restarted. They read the keys every 10 s: a retired key's tokens stop
+/// working, and the new key signs, without a restart.
+async fn a_retired_signing_key_stops_working_without_a_restart(backend: Backend) {
+    use gridpatrol_server::auth::tokens;
+    let app = TestApp::with_demo_serving(
+        backend,
+        gridpatrol_server::config::ServeConfig {
+            jwt_secret: None,
+            ..gridpatrol_tests::serve_config()
+        },
+    )
+    .await;
+    let old = app.token("leader-522632100").await;
+    app.get("/v1/me", Some(&old)).await.assert_ok();
+    let old_kid = app.state.keys.current_kid();
+    // What the command does, on the database the server uses.
+    let new_kid = app
+        .with_conn(|conn| {
+            let kid = tokens::new_signing_key(conn)?;
+            tokens::retire_signing_keys_except(conn, &kid)?;
+            Ok(kid)
+        })
+        .await;
+    let started = std::time::Instant::now();
+    loop {
+        let me = app.get("/v1/me", Some(&old)).await;
+        if me.status == 401 {
+            me.assert_error(401, "invalid_token");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the leaked key still works"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_ne!(old_kid, new_kid);
+    assert_eq!(app.state.keys.current_kid(), new_kid);
+    let fresh = app.token("leader-522632100").await;
+    app.get("/v1/me", Some(&fresh)).await.assert_ok();
+}
+
 both_backends!(
+    a_retired_signing_key_stops_working_without_a_restart,
     health_metrics_and_unknown_routes,
     answers_are_compressed_and_readiness_is_its_own,
     answers_are_hardened_and_metrics_need_the_scrape_token,
