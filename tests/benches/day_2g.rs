@@ -38,6 +38,8 @@ struct Day {
     camera_bytes: u64,
     photo_bytes: u64,
     outages: u32,
+    /// Seconds the link was down while the day went on.
+    down_s: f64,
     syncs: u32,
 }
 
@@ -99,18 +101,23 @@ async fn day(
     let up0 = link.upstream_bytes.load(Ordering::Relaxed);
     let down0 = link.downstream_bytes.load(Ordering::Relaxed);
     // Outages: up for 1–4 minutes, down for 10–60 s, from the start of the day.
+    let down_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let weather = outages.then(|| {
-        let link = link.clone();
+        let (link, down_ms) = (link.clone(), down_ms.clone());
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed);
-            let mut count = 0u32;
             loop {
                 tokio::time::sleep(Duration::from_secs(rng.random_range(60..=240))).await;
                 link.outage();
-                count += 1;
-                tokio::time::sleep(Duration::from_secs(rng.random_range(10..=60))).await;
+                let began = Instant::now();
+                let length = Duration::from_secs(rng.random_range(10..=60));
+                // Counted as it goes, so that an outage cut short by the day's end counts
+                // what it lasted.
+                while began.elapsed() < length {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    down_ms.fetch_add(100, Ordering::Relaxed);
+                }
                 link.restore();
-                eprintln!("outage {count} over");
             }
         })
     });
@@ -181,6 +188,7 @@ async fn day(
         bytes_up: link.upstream_bytes.load(Ordering::Relaxed) - up0,
         bytes_down: link.downstream_bytes.load(Ordering::Relaxed) - down0,
         wall_s,
+        down_s: down_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         camera_bytes,
         photo_bytes,
         outages,
@@ -191,7 +199,7 @@ async fn day(
 fn row(what: &str, seed: u64, day: &Day, rate: u64) {
     let need = day.bytes() as f64 / rate as f64;
     println!(
-        "| {what} | {seed} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2}× | {} | {} |",
+        "| {what} | {seed} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× | {} | {} |",
         day.camera_bytes as f64 / 1024.0,
         day.photo_bytes as f64 / 1024.0,
         day.bytes_up as f64 / 1024.0,
@@ -199,7 +207,9 @@ fn row(what: &str, seed: u64, day: &Day, rate: u64) {
         day.bytes() as f64 / 1_000_000.0,
         need,
         day.wall_s,
+        day.down_s,
         day.wall_s / need,
+        (day.wall_s - day.down_s) / need,
         day.outages,
         day.syncs,
     );
@@ -210,9 +220,9 @@ async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let asked: Vec<u64> = std::env::args().filter_map(|a| a.parse().ok()).collect();
     println!(
-        "| link | seed | camera files (KiB) | photos as sent (KiB) | up (KiB) | down (KiB) | on the wire (MB) | needed at 40 kbit/s (s) | wall (s) | wall / needed | connections cut | syncs |"
+        "| link | seed | camera files (KiB) | photos as sent (KiB) | up (KiB) | down (KiB) | on the wire (MB) | needed at 40 kbit/s (s) | wall (s) | link down (s) | wall / needed | (wall − down) / needed | connections cut | syncs |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     if quick {
         let fast = Profile {
             bytes_per_second: 2_000_000,
