@@ -313,8 +313,7 @@ async fn reopen_week(
     params(("id" = String, Path)),
     responses(
         (status = 200, body = StoredVerdict),
-        (status = 403, description = "`outside_subtree`", body = ErrorBody),
-        (status = 404, description = "`patrol_not_found`, `verdict_pending`", body = ErrorBody),
+        (status = 404, description = "`patrol_not_found` (none, or one out of the caller's sight: the same answer), `verdict_pending`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -349,7 +348,11 @@ async fn verdict(
         ));
     };
     if !authed.can_see(&path) && inspector != authed.user_id {
-        return Err(ApiError::outside_subtree());
+        // The same answer as for no patrol at all: nothing learnt about patrols elsewhere.
+        return Err(ApiError::not_found(
+            "patrol_not_found",
+            "no such patrol on the server",
+        ));
     }
     match verdict {
         Some(text) if judged == version => Ok(web::Json(

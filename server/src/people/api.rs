@@ -525,7 +525,14 @@ async fn revoke_device(
             let row =
                 row.ok_or_else(|| ApiError::not_found("device_not_found", "no such device"))?;
             if authed.user_id != row.1 {
-                require_manage_user(conn, &authed, row.1)?;
+                // A device of someone out of sight does not exist, as far as the caller knows.
+                require_manage_user(conn, &authed, row.1).map_err(|e| {
+                    if e.code == "user_not_found" {
+                        ApiError::not_found("device_not_found", "no such device")
+                    } else {
+                        e
+                    }
+                })?;
             }
             if row.5.is_some() {
                 return Err(ApiError::conflict(

@@ -214,8 +214,14 @@ pub fn require_see_user(conn: &mut DbConnection, authed: &Authed, user_id: i64) 
     if role_paths(conn, user_id)?.iter().any(|p| authed.can_see(p)) {
         Ok(())
     } else {
-        Err(ApiError::outside_subtree())
+        Err(unknown_user())
     }
+}
+
+/// A person out of the caller's sight is answered as one who does not exist: a 403 would tell
+/// a township leader which user ids are taken elsewhere (issue 22, finding 6).
+fn unknown_user() -> ApiError {
+    ApiError::not_found("user_not_found", "no such user")
 }
 
 /// Who a manager is to a person, as [`require_manage_user`] found it.
@@ -240,8 +246,7 @@ pub fn require_manage_user(
         .select((users::is_superuser, users::password_hash.is_not_null()))
         .first(conn)
         .optional()?;
-    let (superuser, has_password) =
-        target.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    let (superuser, has_password) = target.ok_or_else(unknown_user)?;
     let roles = held_roles(conn, user_id)?;
     let privileged = superuser || has_password || roles.iter().any(|(_, r)| r.manages());
     let managed = Managed { privileged, roles };
@@ -249,7 +254,7 @@ pub fn require_manage_user(
         return Ok(managed);
     }
     if !managed.roles.iter().any(|(p, _)| authed.can_see(p)) && authed.user_id != user_id {
-        return Err(ApiError::outside_subtree());
+        return Err(unknown_user());
     }
     if !managed.roles.iter().any(|(p, _)| authed.can_manage(p)) {
         return Err(ApiError::forbidden(

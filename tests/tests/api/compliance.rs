@@ -195,14 +195,14 @@ async fn patrols_are_judged_as_they_sync_and_again_the_same(backend: Backend) {
     assert_eq!(list[0]["flags"][0]["signal"], "mock_location");
     assert_eq!(list[0]["grid"]["code"], VILLAGE);
 
-    // Another township's leader may not see it.
+    // Another township's leader may not see it, nor learn that it exists.
     let stranger = app.token("leader-522632101").await;
     let refused = app
         .get(&format!("/v1/patrols/{honest}/verdict"), Some(&stranger))
         .await;
     assert_eq!(
         (refused.status, refused.body["error"].as_str()),
-        (403, Some("outside_subtree"))
+        (404, Some("patrol_not_found"))
     );
     let unknown = app.get("/v1/patrols/nope/verdict", Some(&leader)).await;
     assert_eq!(unknown.status, 404);

@@ -174,7 +174,7 @@ async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
     let stranger = app.user_id("inspector-522632101001-1").await;
     app.get(&format!("/v1/users/{stranger}"), Some(&leader))
         .await
-        .assert_error(403, "outside_subtree");
+        .assert_error(404, "user_not_found");
     app.get(&format!("/v1/users?grid_id={other_village}"), Some(&leader))
         .await
         .assert_error(403, "outside_subtree");
@@ -184,7 +184,7 @@ async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
         &json!({}),
     )
     .await
-    .assert_error(403, "outside_subtree");
+    .assert_error(404, "user_not_found");
     app.get("/v1/users/999999", Some(&leader))
         .await
         .assert_error(404, "user_not_found");
@@ -272,7 +272,7 @@ async fn a_revoked_device_is_locked_out_at_once(backend: Backend) {
         &json!({"reason": "x"}),
     )
     .await
-    .assert_error(403, "outside_subtree");
+    .assert_error(404, "device_not_found");
 }
 
 async fn staffing_report_names_grids_below_the_seed_minimum(backend: Backend) {
@@ -380,17 +380,17 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
         &json!({"grid_id": village, "role": "inspector"}),
     )
     .await
-    .assert_error(403, "outside_subtree");
+    .assert_error(404, "user_not_found");
     app.post(
         &format!("/v1/users/{admin_id}/enrollment-codes"),
         Some(&leader),
         &json!({}),
     )
     .await
-    .assert_error(403, "outside_subtree");
+    .assert_error(404, "user_not_found");
     app.get(&format!("/v1/users/{admin_id}/devices"), Some(&leader))
         .await
-        .assert_error(403, "outside_subtree");
+        .assert_error(404, "user_not_found");
     // A deputy and its own leader.
     app.post(
         &format!("/v1/users/{leader_id}/enrollment-codes"),
@@ -459,7 +459,7 @@ async fn nobody_takes_over_an_equal_or_higher_account(backend: Backend) {
         &json!({}),
     )
     .await
-    .assert_error(403, "outside_subtree");
+    .assert_error(404, "user_not_found");
     // An inspector's phone manages nobody.
     let phone = app.enroll_phone(&leader, inspector_id, "vivo").await;
     let phone_token = phone["access_token"].as_str().expect("token").to_string();
