@@ -162,7 +162,10 @@ pub async fn build_state(
     migrate: bool,
 ) -> Result<Arc<AppState>, StartupError> {
     let timezone = config.timezone()?;
-    let db = Db::open(&config.database_url(), config.db_pool_size)?;
+    let mut db = Db::open(&config.database_url(), config.db_pool_size)?;
+    if let Some(jobs) = serve.db_jobs {
+        db = db.with_jobs(jobs);
+    }
     if migrate || db.backend() == Backend::Sqlite {
         let applied = db.migrate()?;
         if !applied.is_empty() {

@@ -131,6 +131,11 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
     pub min_free_mb: u64,
 
+    /// Database jobs in flight at once in this process (default: twice the pool). More wait as
+    /// futures rather than each on a blocking thread of its own.
+    #[arg(long, env = "GRIDPATROL_DB_JOBS")]
+    pub db_jobs: Option<usize>,
+
     /// Unfinished uploads one device may have open at once, and the MiB they may announce.
     #[arg(long, env = "GRIDPATROL_MAX_OPEN_UPLOADS", default_value_t = 64)]
     pub max_open_uploads: i64,
@@ -250,6 +255,7 @@ impl Default for ServeConfig {
             min_free_mb: 256,
             max_concurrent_syncs: None,
             sync_queue_ms: 2_000,
+            db_jobs: None,
             max_open_uploads: 64,
             max_open_upload_mb: 1024,
             metrics_token: None,

@@ -334,6 +334,14 @@ impl Db {
         .map_err(|_| DbError::Canceled)?
     }
 
+    /// At most `jobs` database jobs in flight (`GRIDPATROL_DB_JOBS`), instead of twice the pool.
+    pub fn with_jobs(self, jobs: usize) -> Db {
+        Db {
+            jobs: Arc::new(tokio::sync::Semaphore::new(jobs.max(1))),
+            ..self
+        }
+    }
+
     /// A place among the jobs in flight, held by the blocking job itself (so that a request
     /// given up on still holds it until its job ends).
     async fn turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, DbError> {

@@ -14,6 +14,9 @@
 //!     cargo bench -p gridpatrol-tests --bench day_2g              # seeds 1, 2, 3
 //!     cargo bench -p gridpatrol-tests --bench day_2g -- 7         # one seed
 //!
+//! The server is the `gridpatrol` binary in a process of its own (`cargo build --release -p
+//! gridpatrol-server` first, or name one with `GRIDPATROL_BIN`).
+//!
 //! `scripts/test` runs it once in quick mode (one patrol, a small photo, a fast link, no
 //! outages) as a smoke test.
 
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use gridpatrol_sdk::store::SqliteStore;
 use gridpatrol_sdk::{Backoff, Client, Datum, FixInput, Method, Options, PhotoOptions, SyncState};
 use gridpatrol_tests::link2g::{Link2g, Profile};
-use gridpatrol_tests::{Backend, TestApp};
+use gridpatrol_tests::process::{ServerProcess, server_binary};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -56,8 +59,12 @@ async fn day(
     camera: (u32, u32),
     seed: u64,
 ) -> Day {
-    let app = TestApp::with_demo(Backend::Sqlite).await;
-    let link = Arc::new(Link2g::start(std::slice::from_ref(&app.base), profile, seed).await);
+    // The server in a process of its own (the release binary under `cargo bench`), so that its
+    // work (photo checks, thumbnails) does not hold up the link's timers in this process.
+    let bin = server_binary()
+        .expect("no gridpatrol binary: `cargo build --release -p gridpatrol-server` first");
+    let server = ServerProcess::spawn(&bin).await;
+    let link = Arc::new(Link2g::start(std::slice::from_ref(&server.base), profile, seed).await);
     let dir = tempfile::tempdir().expect("tmp");
     let open = |base: &str| {
         let store = SqliteStore::open(&dir.path().join("phone.sqlite3")).expect("store");
@@ -75,11 +82,8 @@ async fn day(
         .expect("open")
     };
     // Enrolled in the township office (not part of the day), then out to the village.
-    let leader = app.token("leader-522632100").await;
-    let code = app
-        .enrollment_code(&leader, app.user_id(INSPECTOR).await)
-        .await;
-    open(&app.base)
+    let code = enrollment_code(&server.base).await;
+    open(&server.base)
         .enroll(&code, "红米 Note 12")
         .await
         .expect("enroll");
@@ -194,6 +198,37 @@ async fn day(
         outages,
         syncs,
     }
+}
+
+/// A one-time code for the inspector's phone, from the county admin over HTTP.
+async fn enrollment_code(base: &str) -> String {
+    let client = gridpatrol_tests::http_client();
+    let admin = gridpatrol_tests::process::demo_admin_token(base).await;
+    let users: Vec<serde_json::Value> = client
+        .get(format!("{base}/v1/users?role=inspector"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    let id = users
+        .iter()
+        .find(|u| u["username"] == INSPECTOR)
+        .and_then(|u| u["id"].as_i64())
+        .expect("the inspector");
+    let code: serde_json::Value = client
+        .post(format!("{base}/v1/users/{id}/enrollment-codes"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("code")
+        .json()
+        .await
+        .expect("json");
+    code["code"].as_str().expect("code").to_string()
 }
 
 fn row(what: &str, seed: u64, day: &Day, rate: u64) {
