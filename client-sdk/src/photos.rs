@@ -14,10 +14,14 @@ use crate::client::{Client, META_PHOTO_PREFIX};
 use crate::error::SdkError;
 use crate::store::{self, Batch, Write};
 
-/// Bytes a PATCH carries at most: 26 s at 40 kbit/s, well inside the 60 s request timeout, so
-/// that a photo goes over 2G in pieces that each arrive, instead of whole requests that time
-/// out (the server keeps what arrived, but a timeout wastes the round).
+/// The first PATCH of an upload carries at most this: 26 s at 40 kbit/s, well inside the 60 s
+/// request timeout, so that a photo goes over 2G in pieces that each arrive instead of whole
+/// requests that time out (the server keeps what arrived, but a timeout wastes the round).
+/// Each next piece is what the last one's rate carries in [`PIECE_SECONDS`]: on a good link a
+/// photo goes in two requests.
 const PIECE: u64 = 128 * 1024;
+const PIECE_SECONDS: f64 = 20.0;
+const MIN_PIECE: u64 = 32 * 1024;
 
 const TUS_VERSION: &str = "1.0.0";
 
@@ -314,6 +318,7 @@ impl Client {
         // Rounds in a row that moved nothing; a photo of any size goes as long as each round
         // moves it on.
         let mut idle = 0;
+        let mut piece_size = PIECE;
         while idle < 8 {
             let url = match &queued.url {
                 Some(url) => url.clone(),
@@ -370,10 +375,11 @@ impl Client {
             }
             let all = bytes.as_deref().unwrap_or_default();
             // A piece at a time, each well inside the request timeout even at 40 kbit/s.
-            let end = (offset + PIECE).min(queued.size);
+            let end = (offset + piece_size).min(queued.size);
             let piece = all[offset as usize..end as usize].to_vec();
             *sent += piece.len() as u64;
             let full = self.absolute(&url);
+            let began = std::time::Instant::now();
             let result = self
                 .authorized_once(|token| {
                     self.http
@@ -396,6 +402,8 @@ impl Client {
                     if now > offset {
                         idle = 0;
                         known = Some(now);
+                        let rate = (now - offset) as f64 / began.elapsed().as_secs_f64().max(0.001);
+                        piece_size = ((rate * PIECE_SECONDS) as u64).max(MIN_PIECE);
                     } else {
                         idle += 1;
                     }
