@@ -234,7 +234,7 @@ async fn burst(servers: &[String], phones: Vec<Phone>) -> (Outcome, f64) {
             let mut cursor = wire::Cursor::default();
             start.wait().await;
             for mut request in phone.requests {
-                request.cursor = cursor.clone();
+                request.cursor = cursor;
                 let body = wire::encode(&request);
                 loop {
                     let sent = Instant::now();
