@@ -146,12 +146,131 @@ pub fn routes(cfg: &mut ServiceConfig) {
 
 /// The OpenAPI document of [`routes`], as served at `/openapi.json` and written to `openapi.yaml`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = App::new()
+    let (_, mut api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .configure(routes)
         .split_for_parts();
+    document_generic_errors(&mut api);
+    inspectors_only_have_employment(&mut api);
     api
+}
+
+/// `employment` (专职/兼职) goes with the inspector role only (`grant_role` answers 422
+/// `invalid_employment` otherwise): said in the schema of a role grant, which the derive cannot
+/// express.
+fn inspectors_only_have_employment(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Schema, Type};
+    let Some(components) = api.components.as_mut() else {
+        return;
+    };
+    let Some(grant) = components.schemas.remove("RoleGrantRequest") else {
+        return;
+    };
+    let rule = AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .property(
+                    "role",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(["inspector"])),
+                )
+                .required("role"),
+        )
+        .item(
+            ObjectBuilder::new()
+                .property("employment", ObjectBuilder::new().schema_type(Type::Null)),
+        )
+        .description(Some("`employment` is for inspectors only"));
+    let schema = AllOfBuilder::new().item(grant).item(rule).build();
+    components.schemas.insert(
+        "RoleGrantRequest".to_string(),
+        RefOr::T(Schema::AllOf(schema)),
+    );
+}
+
+/// The errors every operation of a kind can answer, whatever its handler does: 401 where a
+/// bearer token is required (the `Authed` extractor), 400 `invalid_query` where there are query
+/// parameters, 404 `not_found` where a path parameter does not parse, and 400 `malformed_json`,
+/// 413, 415 and 422 `invalid_request` where the body is JSON (`json_error`, `query_error`,
+/// `path_error` below). Added to the document after the routes are merged (modifiers of
+/// [`ApiDoc`] run before that); a status an operation already documents keeps its own
+/// description.
+fn document_generic_errors(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Operation, ParameterIn};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+    fn has_param(op: &Operation, place: ParameterIn) -> bool {
+        op.parameters
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == place))
+    }
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let bearer = op.security.iter().flatten().any(|requirement| {
+                serde_json::to_value(requirement).is_ok_and(|v| v != serde_json::json!({}))
+            });
+            let json_body = matches!(&op.request_body, Some(RefOr::T(body)) if body.content.contains_key("application/json"));
+            let mut generic: Vec<(&str, &str)> = Vec::new();
+            if bearer {
+                generic.push((
+                    "401",
+                    "`missing_token`, `invalid_token`, `token_expired`, `session_revoked`, \
+                     `device_revoked`, `user_disabled`: sign in (again)",
+                ));
+            }
+            match (has_param(op, ParameterIn::Query), json_body) {
+                (true, true) => generic.push(("400", "`invalid_query`, `malformed_json`")),
+                (true, false) => generic.push(("400", "`invalid_query`")),
+                (false, true) => generic.push(("400", "`malformed_json`")),
+                (false, false) => {}
+            }
+            if has_param(op, ParameterIn::Path) {
+                generic.push(("404", "`not_found`: the path names no such resource"));
+            }
+            if json_body {
+                generic.push(("413", "`payload_too_large`"));
+                generic.push((
+                    "415",
+                    "`unsupported_media_type`: send `Content-Type: application/json`",
+                ));
+                generic.push((
+                    "422",
+                    "`invalid_request`: the JSON does not fit the request's schema",
+                ));
+            }
+            for (status, description) in generic {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                    });
+            }
+        }
+    }
 }
 
 /// Opens the database, migrates (SQLite always; PostgreSQL only when asked, since many processes
@@ -258,6 +377,7 @@ pub fn launch(
             .split_for_parts();
         // The console's pages are not part of the API (nor of its OpenAPI document).
         app.configure(crate::console::configure)
+            .wrap(from_fn(undeclared_method))
             .wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
             .wrap(from_fn(crate::metrics::record))
             // gzip or deflate as the client's Accept-Encoding asks (JSON, CSV, pages, the
@@ -376,6 +496,85 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         "not_found",
         format!("no route for {} {}", req.method(), req.path()),
     ))
+}
+
+/// A path of the API asked with a method its OpenAPI document does not declare there is 405
+/// with `Allow` and our error body, before routing: otherwise `GET /v1/photos/uploads` would
+/// reach `GET /v1/photos/{sha256}` and `TRACE /healthz` no route (404).
+async fn undeclared_method(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    if let Some(response) = method_not_allowed(req.request()) {
+        let (req, _) = req.into_parts();
+        return Ok(ServiceResponse::new(req, response).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// 405 with `Allow` when `req`'s path is one of the document's and its method is not declared
+/// there; `None` otherwise (other paths, such as the console's, are left to routing).
+fn method_not_allowed(req: &HttpRequest) -> Option<HttpResponse> {
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let allowed = allowed_methods(&state.openapi, req.path())?;
+    if allowed.split(", ").any(|m| m == req.method().as_str()) {
+        return None;
+    }
+    let error = ApiError::new(
+        Kind::MethodNotAllowed,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}: use {allowed}",
+            req.method(),
+            req.path()
+        ),
+    );
+    let mut response = actix_web::ResponseError::error_response(&error);
+    if let Ok(value) = HeaderValue::from_str(&allowed) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    Some(response)
+}
+
+/// The methods the document declares for `path`, as an `Allow` value: of the path templates it
+/// matches (`{id}` matches one non-empty segment), the one with the fewest parameters
+/// (`/v1/grids/import` before `/v1/grids/{id}`). `None` when no template matches.
+fn allowed_methods(api: &utoipa::openapi::OpenApi, path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let is_param = |part: &str| part.starts_with('{') && part.ends_with('}');
+    let (_, item) = api
+        .paths
+        .paths
+        .iter()
+        .filter(|(template, _)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(part, segment)| {
+                    if is_param(part) {
+                        !segment.is_empty()
+                    } else {
+                        part == segment
+                    }
+                })
+        })
+        .min_by_key(|(template, _)| template.split('/').filter(|part| is_param(part)).count())?;
+    let methods = [
+        ("GET", item.get.is_some()),
+        ("HEAD", item.head.is_some()),
+        ("POST", item.post.is_some()),
+        ("PUT", item.put.is_some()),
+        ("PATCH", item.patch.is_some()),
+        ("DELETE", item.delete.is_some()),
+        ("OPTIONS", item.options.is_some()),
+    ];
+    let allowed: Vec<&str> = methods
+        .iter()
+        .filter(|(_, declared)| *declared)
+        .map(|(method, _)| *method)
+        .collect();
+    (!allowed.is_empty()).then(|| allowed.join(", "))
 }
 
 /// Errors raised by actix itself (e.g. 405, payload errors of other extractors) get our body too.
@@ -538,13 +737,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus metrics in the text exposition format, for a scraper that sends the configured
-/// `GRIDPATROL_METRICS_TOKEN` as its bearer token, or for a signed-in operator. They describe the
-/// whole installation (counts, timings), so a county admin does not read them.
+/// Prometheus metrics in the OpenMetrics 1.0 text format, for a scraper that sends the
+/// configured `GRIDPATROL_METRICS_TOKEN` as its bearer token, or for a signed-in operator. They
+/// describe the whole installation (counts, timings), so a county admin does not read them.
 #[utoipa::path(
     tag = "ops",
     responses(
-        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 200, description = "Prometheus metrics in the OpenMetrics 1.0 text format", content_type = "application/openmetrics-text"),
         (status = 401, description = "`missing_token`, `invalid_token`: neither the scrape token nor a valid access token", body = ErrorBody),
         (status = 403, description = "`role_required`: only the operator reads metrics", body = ErrorBody),
     ),

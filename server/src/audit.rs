@@ -133,6 +133,7 @@ pub struct EventsQuery {
     /// Only events with a larger id (page forward from the last id seen).
     pub after: Option<i64>,
     /// At most this many (default 100, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Only this kind.
     pub kind: Option<String>,

@@ -27,6 +27,8 @@ pub enum Kind {
     Unauthorized,
     Forbidden,
     NotFound,
+    /// 405 (with `Allow`): a path of the API asked with a method it does not declare.
+    MethodNotAllowed,
     Conflict,
     /// 410: it existed and is gone for good (an expired upload).
     Gone,
@@ -126,6 +128,7 @@ impl ResponseError for ApiError {
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::Gone => StatusCode::GONE,
             Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,

@@ -22,6 +22,7 @@ pub mod photos;
 pub mod policy;
 pub mod schema;
 pub mod sync;
+pub mod wire;
 
 pub use app::{AppState, build_state, launch, openapi};
 pub use config::{Config, ServeConfig};

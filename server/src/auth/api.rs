@@ -125,9 +125,14 @@ pub struct EnrollRequest {
     /// The one-time code an admin printed (`gridpatrol enroll`) or the console showed; dashes and
     /// case do not matter.
     pub code: String,
-    /// A name for the phone, e.g. "红米 Note 12 张三".
+    /// A name for the phone, e.g. "红米 Note 12 张三": 1 to 100 characters, not blank.
+    #[schema(
+        max_length = 100,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub device_name: String,
     /// The phone's Automerge actor id, hex (4 to 64 bytes). Every change this phone syncs must carry it.
+    #[schema(pattern = r"^([0-9a-fA-F]{2}){4,64}$")]
     pub actor_id: String,
 }
 

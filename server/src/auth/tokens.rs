@@ -215,6 +215,7 @@ pub struct TokenPair {
     pub expires_in: i64,
     /// Opaque; present it once to `POST /v1/auth/refresh` for a new pair.
     pub refresh_token: String,
+    #[serde(with = "crate::wire::utc")]
     pub refresh_expires_at: NaiveDateTime,
     pub user_id: i64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -32,7 +32,7 @@ pub struct WeekQuery {
 /// whole subtree, with the record's deadline. Kept current as patrols sync.
 #[utoipa::path(
     tag = "compliance",
-    params(("week" = String, Path), WeekQuery),
+    params(("week" = String, Path, description = "ISO week, `2026-W48` (`W53` too in years that have one)", pattern = r"^[0-9]{4}-W(0[1-9]|[1-4][0-9]|5[0-2])$"), WeekQuery),
     responses(
         (status = 200, body = WeekRecord),
         (status = 400, description = "`invalid_week`", body = ErrorBody),
@@ -102,11 +102,12 @@ pub(crate) fn live_record(
 /// deadline has passed. Patrols of the week that sync later appear as late amendments.
 #[utoipa::path(
     tag = "compliance",
-    params(("week" = String, Path), WeekQuery),
+    params(("week" = String, Path, description = "ISO week, `2026-W48` (`W53` too in years that have one)", pattern = r"^[0-9]{4}-W(0[1-9]|[1-4][0-9]|5[0-2])$"), WeekQuery),
     responses(
         (status = 200, body = WeekRecord, description = "The signed, frozen record"),
         (status = 400, description = "`invalid_week`", body = ErrorBody),
         (status = 403, description = "`outside_subtree`, `role_required`", body = ErrorBody),
+        (status = 404, description = "`grid_not_found`", body = ErrorBody),
         (status = 409, description = "`already_signed`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -139,7 +140,7 @@ async fn sign_week(
 /// supervisor looks at before signing off.
 #[utoipa::path(
     tag = "compliance",
-    params(("week" = String, Path), WeekQuery),
+    params(("week" = String, Path, description = "ISO week, `2026-W48` (`W53` too in years that have one)", pattern = r"^[0-9]{4}-W(0[1-9]|[1-4][0-9]|5[0-2])$"), WeekQuery),
     responses(
         (status = 200, body = Vec<super::record::FlaggedPatrol>),
         (status = 400, description = "`invalid_week`", body = ErrorBody),
@@ -169,6 +170,7 @@ pub struct ExportQuery {
     /// The code of the subtree's root grid (default: the highest grid the caller may see).
     pub grid: Option<String>,
     /// `xlsx` (default), `csv` or `json`.
+    #[param(pattern = r"^(xlsx|csv|json)$")]
     pub format: Option<String>,
 }
 
@@ -177,9 +179,13 @@ pub struct ExportQuery {
 /// week exports its frozen record.
 #[utoipa::path(
     tag = "compliance",
-    params(("week" = String, Path), ExportQuery),
+    params(("week" = String, Path, description = "ISO week, `2026-W48` (`W53` too in years that have one)", pattern = r"^[0-9]{4}-W(0[1-9]|[1-4][0-9]|5[0-2])$"), ExportQuery),
     responses(
-        (status = 200, description = "The file", content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        (status = 200, description = "The file", content(
+            ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            ("text/csv"),
+            (WeekRecord = "application/json"),
+        )),
         (status = 400, description = "`invalid_week`, `unknown_format`", body = ErrorBody),
         (status = 403, description = "`outside_subtree`", body = ErrorBody),
         (status = 404, description = "`grid_not_found`", body = ErrorBody),
@@ -258,18 +264,21 @@ pub(crate) fn file_response(
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReopenRequest {
-    /// Why the signed record is reopened (kept in the audit log).
+    /// Why the signed record is reopened (kept in the audit log); not blank.
+    #[schema(pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
     pub reason: String,
 }
 
 /// Reopens a signed week (an admin of the grid or above, with a reason kept in the audit log).
 #[utoipa::path(
     tag = "compliance",
-    params(("week" = String, Path), WeekQuery),
+    params(("week" = String, Path, description = "ISO week, `2026-W48` (`W53` too in years that have one)", pattern = r"^[0-9]{4}-W(0[1-9]|[1-4][0-9]|5[0-2])$"), WeekQuery),
     request_body = ReopenRequest,
     responses(
         (status = 200, body = WeekRecord, description = "The live record again"),
+        (status = 400, description = "`invalid_week`, `invalid_query`, `malformed_json`", body = ErrorBody),
         (status = 403, description = "`outside_subtree`, `role_required`", body = ErrorBody),
+        (status = 404, description = "`grid_not_found`", body = ErrorBody),
         (status = 409, description = "`not_signed`", body = ErrorBody),
         (status = 422, description = "`reason_required`", body = ErrorBody),
     ),

@@ -186,6 +186,7 @@ pub struct WeekRecord {
 pub struct Signoff {
     pub signed_by: i64,
     pub signed_by_name: String,
+    #[serde(with = "crate::wire::utc")]
     pub signed_at: chrono::NaiveDateTime,
     /// Signed after the deadline.
     pub late: bool,
@@ -200,6 +201,7 @@ pub struct Amendment {
     pub grid_code: String,
     pub inspector_id: i64,
     pub counted: bool,
+    #[serde(with = "crate::wire::utc")]
     pub received_at: chrono::NaiveDateTime,
 }
 
@@ -207,6 +209,7 @@ pub struct Amendment {
 pub struct AuditEntry {
     /// `signed` or `reopened`.
     pub action: String,
+    #[serde(with = "crate::wire::utc")]
     pub at: chrono::NaiveDateTime,
     pub user_id: i64,
     pub reason: Option<String>,

@@ -65,15 +65,12 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env
 });
 
-/// `{{ at | local_time(record.timezone) }}`: a UTC time as the server stores it
-/// (`2026-11-23T04:25:21.088`), shown in the jurisdiction's zone to the minute. A value that does
-/// not read as such is shown as it is.
+/// `{{ at | local_time(record.timezone) }}`: a UTC time as the API sends it
+/// (`2026-11-23T04:25:21.088Z`, or without the offset as stored), shown in the jurisdiction's
+/// zone to the minute. A value that does not read as such is shown as it is.
 fn local_time(at: String, zone: String) -> String {
     use chrono::TimeZone;
-    let (Ok(utc), Ok(tz)) = (
-        chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%dT%H:%M:%S%.f"),
-        zone.parse::<chrono_tz::Tz>(),
-    ) else {
+    let (Ok(utc), Ok(tz)) = (crate::wire::utc::parse(&at), zone.parse::<chrono_tz::Tz>()) else {
         return at;
     };
     tz.from_utc_datetime(&utc)
@@ -250,6 +247,15 @@ mod tests {
         );
         assert_eq!(
             super::local_time("2026-11-23T21:25:21".into(), "Asia/Shanghai".into()),
+            "2026-11-24 05:25"
+        );
+        // As the record's times are serialized since issue 22 (RFC 3339 with the offset).
+        assert_eq!(
+            super::local_time("2026-11-23T21:25:21.088448Z".into(), "Asia/Shanghai".into()),
+            "2026-11-24 05:25"
+        );
+        assert_eq!(
+            super::local_time("2026-11-24T05:25:21+08:00".into(), "Asia/Shanghai".into()),
             "2026-11-24 05:25"
         );
         assert_eq!(

@@ -25,8 +25,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[into_params(parameter_in = Query)]
 pub struct LocateQuery {
     /// Longitude, WGS-84/CGCS2000 degrees.
+    #[param(minimum = -180.0, maximum = 180.0)]
     pub lon: f64,
     /// Latitude, WGS-84/CGCS2000 degrees.
+    #[param(minimum = -90.0, maximum = 90.0)]
     pub lat: f64,
 }
 
@@ -110,7 +112,7 @@ pub struct ListQuery {
 #[utoipa::path(
     tag = "grids",
     params(ListQuery),
-    responses((status = 200, body = Vec<GridSummary>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Vec<GridSummary>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, description = "`grid_not_found`: no grid `parent_id`", body = ErrorBody)),
     security(("bearer" = []))
 )]
 #[get("/v1/grids")]

@@ -146,6 +146,7 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleGrantRequest {
+    #[serde(deserialize_with = "crate::wire::integer")]
     pub grid_id: i64,
     pub role: Role,
     /// For inspectors: `full_time` (专职) or `part_time` (兼职).
@@ -155,12 +156,22 @@ pub struct RoleGrantRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
+    /// 3 to 64 letters, digits, or `_ - . @`.
+    #[schema(pattern = r"^[A-Za-z0-9_.@-]{3,64}$")]
     pub username: String,
+    /// 1 to 100 characters, not blank.
+    #[schema(
+        max_length = 100,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub display_name: String,
     pub phone: Option<String>,
     /// Only for people who sign in on the web (supervisors, admins); inspectors enroll phones.
+    /// At least 8 characters.
+    #[schema(min_length = 8)]
     pub password: Option<String>,
     /// At least one role, each in a grid the caller manages.
+    #[schema(min_items = 1)]
     pub roles: Vec<RoleGrantRequest>,
 }
 
@@ -171,8 +182,10 @@ pub struct CreateUserRequest {
     responses(
         (status = 201, body = UserView),
         (status = 403, description = "`outside_subtree`, `role_required`", body = ErrorBody),
+        (status = 400, description = "`weak_password`, `malformed_json`", body = ErrorBody),
+        (status = 404, description = "`grid_not_found`: a role's grid", body = ErrorBody),
         (status = 409, description = "`username_taken`", body = ErrorBody),
-        (status = 422, description = "`invalid_username`, `weak_password`, `roles_required`, …", body = ErrorBody),
+        (status = 422, description = "`invalid_username`, `invalid_display_name`, `roles_required`, `invalid_employment`, `invalid_request`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -211,7 +224,7 @@ async fn create(
             let id = create_user(
                 conn,
                 &NewUser {
-                    username: body.username.trim(),
+                    username: &body.username,
                     display_name: &body.display_name,
                     phone: body.phone.as_deref(),
                     password: None,
@@ -355,6 +368,7 @@ pub struct EnrollmentCode {
     pub user_id: i64,
     /// Shown once; type it into the app or show it as a QR code. Valid 24 h, for one phone.
     pub code: String,
+    #[serde(with = "crate::wire::utc")]
     pub expires_at: NaiveDateTime,
 }
 
@@ -403,7 +417,9 @@ pub struct DeviceView {
     pub name: String,
     /// The Automerge actor id bound to this device (hex).
     pub actor_id: String,
+    #[serde(with = "crate::wire::utc")]
     pub enrolled_at: NaiveDateTime,
+    #[serde(default, with = "crate::wire::utc::option")]
     pub revoked_at: Option<NaiveDateTime>,
     pub revoked_reason: Option<String>,
 }
@@ -482,7 +498,8 @@ async fn list_devices(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
-    /// Why, for the audit trail (e.g. "phone lost").
+    /// Why, for the audit trail (e.g. "phone lost"); not blank.
+    #[schema(pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
     pub reason: String,
 }
 

@@ -41,12 +41,12 @@ pub struct NewUser<'a> {
     pub is_superuser: bool,
 }
 
-/// A user name is 3 to 64 characters of ASCII lowercase letters, digits and `_ - . @`, and is
-/// stored as that (trimmed, lowercased: `Leader-X` and `leader-x` are one name). Anything else,
+/// A user name is 3 to 64 characters of ASCII letters, digits and `_ - . @`, and is stored
+/// lowercased (`Leader-X` and `leader-x` are one name). Anything else,
 /// e.g. a Cyrillic `а` that looks like a Latin `a` (`аdmin-522632`), is refused: a look-alike
 /// of someone's name must not become a second account a supervisor mistakes for theirs.
 pub fn normalise_username(username: &str) -> ApiResult<String> {
-    let name = username.trim().to_ascii_lowercase();
+    let name = username.to_ascii_lowercase();
     let ok = (3..=64).contains(&name.len())
         && name
             .bytes()

@@ -183,6 +183,11 @@ async fn discover(state: web::Data<AppState>) -> HttpResponse {
 /// upload back.
 #[utoipa::path(
     tag = "photos",
+    params(
+        ("Tus-Resumable" = String, Header, description = "The tus version the client speaks: `1.0.0` (else 412 `tus_version_unsupported`)", pattern = r"^1\.0\.0$"),
+        ("Upload-Length" = u64, Header, description = "The photo's size in bytes"),
+        ("Upload-Metadata" = Option<String>, Header, description = "tus metadata: comma-separated `key base64(value)` pairs; `sha256` is required"),
+    ),
     responses(
         (status = 201, description = "`Location` of the upload; `Upload-Offset`, `Upload-Expires`"),
         (status = 400, description = "`upload_length_required`, `malformed_metadata`, `photo_hash_required`, `photo_empty`, `defer_length_unsupported`", body = ErrorBody),
@@ -209,8 +214,9 @@ async fn create_inner(
     authed: Result<Authed, ApiError>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    require_tus(&req)?;
+    // Who asks comes first (401), then whether it speaks our tus (412).
     let authed = authed?;
+    require_tus(&req)?;
     let device_id = device(&authed)?;
     let headers = req.headers();
     if headers.contains_key("upload-defer-length") {
@@ -313,12 +319,13 @@ async fn create_inner(
 /// durably; continue from there.
 #[utoipa::path(
     tag = "photos",
-    params(("id" = String, Path)),
+    params(("id" = String, Path), ("Tus-Resumable" = String, Header, description = "The tus version the client speaks: `1.0.0` (else 412 `tus_version_unsupported`)", pattern = r"^1\.0\.0$")),
     responses(
         (status = 200, description = "`Upload-Offset`, `Upload-Length`, `Upload-Expires` (unfinished); `Photo-Stored: true` once the photo is stored for good. An upload whose bytes are all there is completed before this answers: `Upload-Offset` reaches `Upload-Length` only together with `Photo-Stored`"),
         (status = 403, description = "`upload_of_another_device`, `device_required`"),
         (status = 404, description = "`upload_not_found`"),
         (status = 410, description = "`upload_expired`"),
+        (status = 412, description = "`tus_version_unsupported`"),
     ),
     security(("bearer" = []))
 )]
@@ -330,8 +337,9 @@ async fn status(
     id: web::Path<String>,
 ) -> HttpResponse {
     tus(async {
+        let authed = authed?;
         require_tus(&req)?;
-        let device_id = device(&authed?)?;
+        let device_id = device(&authed)?;
         let id = id.into_inner();
         let _turn = state.photos.turn(&id).await;
         let upload = state
@@ -354,7 +362,11 @@ async fn status(
 /// upload is discarded and the answer says why.
 #[utoipa::path(
     tag = "photos",
-    params(("id" = String, Path)),
+    params(
+        ("id" = String, Path),
+        ("Tus-Resumable" = String, Header, description = "The tus version the client speaks: `1.0.0` (else 412 `tus_version_unsupported`)", pattern = r"^1\.0\.0$"),
+        ("Upload-Offset" = u64, Header, description = "Where these bytes start: the offset the server holds"),
+    ),
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "`Upload-Offset`: the new offset; `Upload-Offset` = `Upload-Length` comes only with `Photo-Stored: true`, once the photo is stored for good"),
@@ -363,6 +375,7 @@ async fn status(
         (status = 404, description = "`upload_not_found`", body = ErrorBody),
         (status = 409, description = "`offset_mismatch` (with the actual `Upload-Offset`)", body = ErrorBody),
         (status = 410, description = "`upload_expired`", body = ErrorBody),
+        (status = 412, description = "`tus_version_unsupported`", body = ErrorBody),
         (status = 413, description = "`upload_past_length`, `photo_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`, `photo_unsupported_format`", body = ErrorBody),
         (status = 422, description = "`photo_hash_mismatch`, `photo_truncated`, `photo_corrupt`, `photo_too_many_pixels`, `photo_type_mismatch`", body = ErrorBody),
@@ -388,8 +401,9 @@ async fn append_inner(
     id: String,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    let authed = authed?;
     require_tus(&req)?;
-    let device_id = device(&authed?)?;
+    let device_id = device(&authed)?;
     let headers = req.headers();
     if headers
         .get(header::CONTENT_TYPE)
@@ -523,6 +537,7 @@ pub struct PhotoInfo {
     pub exif: serde_json::Value,
     /// `pending`, `working`, `done` or `failed`: the thumbnail and preview.
     pub derived: String,
+    #[serde(with = "crate::wire::utc")]
     pub received_at: chrono::NaiveDateTime,
     /// The patrols that reference this photo and that the caller may see.
     pub patrols: Vec<String>,
@@ -538,6 +553,7 @@ pub struct NearDuplicateView {
     pub sha256: String,
     /// Differing bits of the two 64-bit perceptual hashes (0: the same picture).
     pub distance: u32,
+    #[serde(with = "crate::wire::utc")]
     pub received_at: chrono::NaiveDateTime,
     /// The patrols that used it, among those the caller may see.
     pub patrols: Vec<String>,
@@ -626,8 +642,9 @@ async fn authorize(
 /// A photo's metadata: format, size, EXIF, the patrols that reference it.
 #[utoipa::path(
     tag = "photos",
-    params(("sha256" = String, Path)),
+    params(("sha256" = String, Path, description = "The photo's SHA-256, 64 hex digits", pattern = r"^[0-9a-fA-F]{64}$")),
     responses(
+        (status = 400, description = "`invalid_photo_id`", body = ErrorBody),
         (status = 200, body = PhotoInfo),
         (status = 404, description = "`photo_not_found`, `photo_not_uploaded`", body = ErrorBody),
     ),
@@ -721,9 +738,10 @@ async fn serve_object(
 /// The photo as the phone took it.
 #[utoipa::path(
     tag = "photos",
-    params(("sha256" = String, Path)),
+    params(("sha256" = String, Path, description = "The photo's SHA-256, 64 hex digits", pattern = r"^[0-9a-fA-F]{64}$")),
     responses(
-        (status = 200, description = "The photo's bytes", content_type = "image/jpeg"),
+        (status = 400, description = "`invalid_photo_id`", body = ErrorBody),
+        (status = 200, description = "The photo's bytes", content(("image/jpeg"), ("image/png"), ("image/webp"))),
         (status = 404, description = "`photo_not_found`, `photo_not_uploaded`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -760,8 +778,9 @@ pub(crate) async fn derived(
 /// The thumbnail (long edge 320 px, EXIF orientation applied), as JPEG.
 #[utoipa::path(
     tag = "photos",
-    params(("sha256" = String, Path)),
+    params(("sha256" = String, Path, description = "The photo's SHA-256, 64 hex digits", pattern = r"^[0-9a-fA-F]{64}$")),
     responses(
+        (status = 400, description = "`invalid_photo_id`", body = ErrorBody),
         (status = 200, content_type = "image/jpeg"),
         (status = 404, description = "`photo_not_found`, `photo_not_uploaded`, `derived_not_ready`", body = ErrorBody),
     ),
@@ -780,8 +799,9 @@ async fn thumbnail(
 /// The preview (long edge 1280 px, EXIF orientation applied), as JPEG.
 #[utoipa::path(
     tag = "photos",
-    params(("sha256" = String, Path)),
+    params(("sha256" = String, Path, description = "The photo's SHA-256, 64 hex digits", pattern = r"^[0-9a-fA-F]{64}$")),
     responses(
+        (status = 400, description = "`invalid_photo_id`", body = ErrorBody),
         (status = 200, content_type = "image/jpeg"),
         (status = 404, description = "`photo_not_found`, `photo_not_uploaded`, `derived_not_ready`", body = ErrorBody),
     ),

@@ -223,8 +223,10 @@ async fn sync(
 pub struct FeedQuery {
     /// Return events after this cursor (0 for the beginning).
     #[serde(default)]
+    #[param(minimum = 0)]
     pub after: i64,
     /// At most this many events (default 200, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -244,6 +246,7 @@ pub struct FeedEvent {
     /// How many changes the sync stored.
     pub changes: i32,
     /// When the server stored them (UTC): the trusted time.
+    #[serde(with = "crate::wire::utc")]
     pub received_at: NaiveDateTime,
 }
 

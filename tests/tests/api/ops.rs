@@ -43,16 +43,120 @@ async fn health_metrics_and_unknown_routes(backend: Backend) {
     app.get("/v1/no-such-thing", None)
         .await
         .assert_error(404, "not_found");
-    let wrong_method = app.delete("/v1/grids/locate", None).await;
-    assert!(
-        matches!(wrong_method.status, 404 | 405),
-        "{}",
-        wrong_method.text
+    app.delete("/v1/grids/locate", None)
+        .await
+        .assert_error(405, "method_not_allowed");
+}
+
+/// Issue 22, finding 7: a path of the API asked with a method its OpenAPI document does not
+/// declare was 404; it is 405 with `Allow` and the usual error body. Paths that are not the
+/// API's stay 404.
+async fn undeclared_methods_are_405_with_allow(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let client = gridpatrol_tests::http_client();
+    let admin = app.token("admin-522632").await;
+    for (method, path, allow) in [
+        ("TRACE", "/healthz", "GET"),
+        ("HEAD", "/metrics", "GET"),
+        ("DELETE", "/v1/grids/locate", "GET"),
+        ("PUT", "/v1/users/7", "GET"),
+        ("GET", "/v1/auth/login", "POST"),
+        ("PATCH", "/v1/users", "GET, POST"),
+        ("DELETE", "/v1/photos/uploads", "POST, OPTIONS"),
+        ("GET", "/v1/compliance/weeks/2026-W48/signoff", "POST"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        // With and without a token: the answer does not depend on who asks.
+        for token in [None, Some(admin.as_str())] {
+            let mut request = client.request(method.clone(), format!("{}{path}", app.base));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let reply = app.send(request).await;
+            assert_eq!(reply.status, 405, "{method} {path}: {}", reply.text);
+            if method != reqwest::Method::HEAD {
+                reply.assert_error(405, "method_not_allowed");
+            }
+            assert_eq!(
+                reply.headers.get("allow").and_then(|v| v.to_str().ok()),
+                Some(allow),
+                "{method} {path}"
+            );
+        }
+    }
+    for path in ["/v1/no-such-thing", "/v1/users/7/nothing", "/v2/users"] {
+        let reply = app
+            .send(client.request(reqwest::Method::TRACE, format!("{}{path}", app.base)))
+            .await;
+        reply.assert_error(404, "not_found");
+        assert!(reply.headers.get("allow").is_none(), "{path}");
+    }
+}
+
+/// Issue 22, finding 7: the times the OpenAPI document calls `date-time` were sent without an
+/// offset (`2026-12-07T09:38:09.304865`), which RFC 3339 requires; they are UTC with `Z`.
+async fn times_carry_their_offset(backend: Backend) {
+    let app = TestApp::with_demo(backend).await;
+    let admin = app.token("admin-522632").await;
+    let inspector = app.user_id("inspector-522632100001-1").await;
+    // RFC 3339, UTC, and the right instant: `after` from now, give or take five minutes.
+    let utc = |value: &serde_json::Value, what: &str, after: chrono::Duration| {
+        let text = value.as_str().unwrap_or_else(|| panic!("{what}: {value}"));
+        let at = chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("{what}: {text} is not RFC 3339: {e}"));
+        assert!(text.ends_with('Z'), "{what}: {text} is not UTC");
+        let expected = chrono::Utc::now() + after;
+        assert!(
+            (at.to_utc() - expected).num_minutes().abs() <= 5,
+            "{what}: {text}, expected about {expected}"
+        );
+    };
+    let now = chrono::Duration::zero();
+    let refresh = chrono::Duration::days(gridpatrol_tests::serve_config().refresh_token_days);
+    let code = app
+        .post(
+            &format!("/v1/users/{inspector}/enrollment-codes"),
+            Some(&admin),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code.status, 201, "{}", code.text);
+    utc(
+        &code.body["expires_at"],
+        "EnrollmentCode.expires_at",
+        chrono::Duration::hours(24),
     );
-    assert!(
-        wrong_method.body["error"].is_string(),
-        "{}",
-        wrong_method.text
+    let pair = app.enroll_phone(&admin, inspector, "红米 Note 12").await;
+    utc(
+        &pair["refresh_expires_at"],
+        "TokenPair.refresh_expires_at",
+        refresh,
+    );
+    let device = pair["device_id"].as_i64().expect("device id");
+    let revoked = app
+        .post(
+            &format!("/v1/devices/{device}/revoke"),
+            Some(&admin),
+            &serde_json::json!({"reason": "phone lost"}),
+        )
+        .await;
+    let revoked = revoked.assert_ok();
+    utc(&revoked["enrolled_at"], "DeviceView.enrolled_at", now);
+    utc(&revoked["revoked_at"], "DeviceView.revoked_at", now);
+    let devices = app
+        .get(&format!("/v1/users/{inspector}/devices"), Some(&admin))
+        .await;
+    let devices = devices.assert_ok();
+    let listed = devices
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["id"] == device))
+        .expect("the revoked device is listed");
+    assert_eq!(listed["revoked_at"], revoked["revoked_at"]);
+    let login = app.login("admin-522632", "gridpatrol-demo").await;
+    utc(
+        &login["refresh_expires_at"],
+        "TokenPair.refresh_expires_at",
+        refresh,
     );
 }
 
@@ -234,6 +338,8 @@ both_backends!(
     health_metrics_and_unknown_routes,
     answers_are_compressed_and_readiness_is_its_own,
     answers_are_hardened_and_metrics_need_the_scrape_token,
+    undeclared_methods_are_405_with_allow,
+    times_carry_their_offset,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

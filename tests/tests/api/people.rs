@@ -34,7 +34,7 @@ async fn a_leader_manages_people_only_in_its_township(backend: Backend) {
     app.post(
         "/v1/users",
         Some(&leader),
-        &json!({"username": " Zhang.WEI ", "display_name": "张伟", "roles": [{"grid_id": village, "role": "inspector"}]}),
+        &json!({"username": "Zhang.WEI", "display_name": "张伟", "roles": [{"grid_id": village, "role": "inspector"}]}),
     )
     .await
     .assert_error(409, "username_taken");

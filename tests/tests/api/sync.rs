@@ -107,6 +107,12 @@ async fn offline_patrols_arrive_in_one_round_trip(backend: Backend) {
             .find(|e| e["doc_id"] == push.id.as_str())
             .expect("an event per patrol");
         assert_eq!(event["changes"], push.changes.len(), "{event}");
+        // RFC 3339 with its offset, as the document's `date-time` says (issue 22).
+        let received = event["received_at"].as_str().expect("received_at");
+        assert!(
+            received.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(received).is_ok(),
+            "{event}"
+        );
     }
     let next = feed.body["next"].as_i64().expect("next");
     let after = app
