@@ -1218,7 +1218,8 @@ fn sustained_kmh(fixes: &[Fix]) -> f64 {
     fastest
 }
 
-/// The farthest fix from the track's centre over the desk radius (max(30 m, median accuracy)).
+/// The farthest fix from the track's centre over the desk radius (max(30 m, 2.5 median
+/// accuracies)).
 fn desk_ratio(fixes: &[Fix]) -> f64 {
     let origin = fixes[0];
     let points: Vec<(f64, f64)> = fixes.iter().map(|f| xy(&origin, f)).collect();
@@ -1233,7 +1234,7 @@ fn desk_ratio(fixes: &[Fix]) -> f64 {
         .fold(0.0, f64::max);
     let mut accuracies: Vec<f64> = fixes.iter().map(|f| f64::from(f.accuracy_m)).collect();
     accuracies.sort_by(f64::total_cmp);
-    farthest / accuracies[accuracies.len() / 2].max(30.0)
+    farthest / (2.5 * accuracies[accuracies.len() / 2]).max(30.0)
 }
 
 /// Minutes between the patrol's span of fixes and its photo nearest to it (0 when inside).
@@ -1424,7 +1425,7 @@ fn margins(corpus: &[Planned]) -> Vec<Margin> {
     );
     out.push(Margin {
         signal: "desk_patrol",
-        quantity: "farthest fix from the centre ÷ max(30 m, median accuracy)",
+        quantity: "farthest fix from the centre ÷ max(30 m, 2.5 × median accuracy)",
         fires: "≤ 1",
         threshold: 1.0,
         fires_below: true,
