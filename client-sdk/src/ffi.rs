@@ -43,6 +43,30 @@ impl OpenOptions {
     }
 }
 
+/// The phone's clocks, supplied by the app: a test that sets the time (a phone hours off, a
+/// patrol across midnight), or an app with a time source of its own. The SDK stamps patrols,
+/// notes, photos and problems with `now_ms`, and measures this clock's error against the
+/// server's at every sync (`clock_skew_ms`). Both are called from the SDK's threads.
+#[uniffi::export(foreign)]
+pub trait DeviceClock: Send + Sync {
+    /// The device's wall clock, milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+    /// A clock that only moves forward (e.g. milliseconds since boot).
+    fn monotonic_ms(&self) -> i64;
+}
+
+/// The app's [`DeviceClock`] as the SDK's [`crate::clock::Clock`].
+struct AppClock(Arc<dyn DeviceClock>);
+
+impl crate::clock::Clock for AppClock {
+    fn now_ms(&self) -> i64 {
+        self.0.now_ms()
+    }
+    fn monotonic_ms(&self) -> i64 {
+        self.0.monotonic_ms()
+    }
+}
+
 /// Told of every patrol or problem that changed (recorded, received, acknowledged, refused).
 #[uniffi::export(foreign)]
 pub trait PatrolObserver: Send + Sync {
@@ -76,6 +100,18 @@ pub struct GridPatrol {
     syncing: Arc<std::sync::atomic::AtomicBool>,
     /// What the last background sync came to, for `last_background_sync`.
     last_background: Arc<Mutex<Option<Result<SyncReport, SdkError>>>>,
+}
+
+/// A fresh directory under the system's temporary directory, for an in-memory SDK's photos.
+fn temporary_photo_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "gridpatrol-sdk-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SdkError> {
@@ -113,23 +149,46 @@ impl GridPatrol {
         Self::with_store(store, &server_url, options.into_options(photos))
     }
 
+    /// As `open_with`, reading time from the app's `clock` instead of the system's.
+    #[uniffi::constructor]
+    pub fn open_with_clock(
+        db_path: String,
+        server_url: String,
+        options: OpenOptions,
+        clock: Arc<dyn DeviceClock>,
+    ) -> Result<Arc<GridPatrol>, SdkError> {
+        let path = std::path::Path::new(&db_path);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+        let photos = PathBuf::from(format!("{db_path}.photos"));
+        let options = Options {
+            clock: Arc::new(AppClock(clock)),
+            ..options.into_options(photos)
+        };
+        Self::with_store(store, &server_url, options)
+    }
+
     /// An SDK that keeps nothing between runs (tests, demos); photos are copied to a fresh
     /// directory under the system's temporary directory.
     #[uniffi::constructor]
     pub fn in_memory(server_url: String) -> Result<Arc<GridPatrol>, SdkError> {
-        let photos = std::env::temp_dir().join(format!(
-            "gridpatrol-sdk-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        ));
         Self::with_store(
             Arc::new(MemoryStore::new()),
             &server_url,
-            OpenOptions::default().into_options(photos),
+            OpenOptions::default().into_options(temporary_photo_dir()),
         )
+    }
+
+    /// As `in_memory`, reading time from the app's `clock`.
+    #[uniffi::constructor]
+    pub fn in_memory_with_clock(
+        server_url: String,
+        clock: Arc<dyn DeviceClock>,
+    ) -> Result<Arc<GridPatrol>, SdkError> {
+        let options = Options {
+            clock: Arc::new(AppClock(clock)),
+            ..OpenOptions::default().into_options(temporary_photo_dir())
+        };
+        Self::with_store(Arc::new(MemoryStore::new()), &server_url, options)
     }
 
     /// Every photo attached on this phone and where its upload stands.

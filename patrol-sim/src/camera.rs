@@ -16,6 +16,22 @@ pub struct Shot {
     pub lon: f64,
     pub lat: f64,
     pub datum: &'static str,
+    /// The phone's time zone, minutes east of UTC: the camera writes local time (China: 480).
+    pub utc_offset_min: i32,
+    /// Whether the camera also writes the zone (`OffsetTimeOriginal`); older camera apps do not.
+    pub writes_offset: bool,
+}
+
+/// How the camera renders: the scene (sky, bank, objects, make and model) comes from `scene`,
+/// the sensor noise from `noise`, so that the same view can be shot again with new noise, or the
+/// very same picture re-encoded.
+pub struct Exposure {
+    pub width: u16,
+    pub height: u16,
+    /// JPEG quality, 1–100 (phones: 85–95).
+    pub quality: u8,
+    pub scene: u64,
+    pub noise: u64,
 }
 
 const PHONES: [(&str, &str); 4] = [
@@ -25,8 +41,25 @@ const PHONES: [(&str, &str); 4] = [
     ("vivo", "V2241A"),
 ];
 
-/// A photo as a phone's camera would write it: `width` × `height`, JPEG quality 85.
+/// A photo as a phone's camera would write it: `width` × `height`, JPEG quality 85, a scene
+/// and noise of its own drawn from `rng`.
 pub fn shoot(shot: &Shot, width: u16, height: u16, rng: &mut impl Rng) -> Result<Vec<u8>, String> {
+    let exposure = Exposure {
+        width,
+        height,
+        quality: 85,
+        scene: rng.random(),
+        noise: rng.random(),
+    };
+    expose(shot, &exposure)
+}
+
+/// A photo of `exposure`'s scene with its noise: the same seeds give the same pixels.
+pub fn expose(shot: &Shot, exposure: &Exposure) -> Result<Vec<u8>, String> {
+    use rand::SeedableRng;
+    let (width, height) = (exposure.width, exposure.height);
+    let rng = &mut rand::rngs::StdRng::seed_from_u64(exposure.scene);
+    let noise = &mut rand::rngs::StdRng::seed_from_u64(exposure.noise);
     let (w, h) = (u32::from(width), u32::from(height));
     // A sky, a river bank and a few objects, with sensor noise: not compressible to nothing.
     let blocks: Vec<(u32, u32, u32, u32, [u8; 3])> = (0..8)
@@ -53,12 +86,12 @@ pub fn shoot(shot: &Shot, width: u16, height: u16, rng: &mut impl Rng) -> Result
                     p = c;
                 }
             }
-            let n: i16 = rng.random_range(-10..=10);
+            let n: i16 = noise.random_range(-10..=10);
             pixels.extend(p.map(|v| (i16::from(v) + n).clamp(0, 255) as u8));
         }
     }
     let mut out = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 85);
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, exposure.quality.clamp(1, 100));
     encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
     let (make, model) = PHONES[rng.random_range(0..PHONES.len())];
     encoder
@@ -105,8 +138,8 @@ fn dms(tag: Tag, degrees: f64) -> Field {
 }
 
 fn exif(shot: &Shot, make: &str, model: &str) -> Result<Vec<u8>, String> {
-    // Phones write local time; in China that is UTC+8 all year.
-    let local = shot.at_ms.div_euclid(1000) + 8 * 3600;
+    // Phones write local time (in China UTC+8 all year), in the zone the phone is set to.
+    let local = shot.at_ms.div_euclid(1000) + i64::from(shot.utc_offset_min) * 60;
     let (days, secs) = (local.div_euclid(86_400), local.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     let taken = format!(
@@ -115,17 +148,25 @@ fn exif(shot: &Shot, make: &str, model: &str) -> Result<Vec<u8>, String> {
         secs / 60 % 60,
         secs % 60
     );
-    let fields = [
+    let zone = format!(
+        "{}{:02}:{:02}",
+        if shot.utc_offset_min < 0 { '-' } else { '+' },
+        shot.utc_offset_min.unsigned_abs() / 60,
+        shot.utc_offset_min.unsigned_abs() % 60
+    );
+    let mut fields = vec![
         ascii(Tag::Make, make),
         ascii(Tag::Model, model),
         ascii(Tag::DateTimeOriginal, &taken),
-        ascii(Tag::OffsetTimeOriginal, "+08:00"),
         ascii(Tag::GPSLatitudeRef, if shot.lat < 0.0 { "S" } else { "N" }),
         dms(Tag::GPSLatitude, shot.lat),
         ascii(Tag::GPSLongitudeRef, if shot.lon < 0.0 { "W" } else { "E" }),
         dms(Tag::GPSLongitude, shot.lon),
         ascii(Tag::GPSMapDatum, shot.datum),
     ];
+    if shot.writes_offset {
+        fields.push(ascii(Tag::OffsetTimeOriginal, &zone));
+    }
     let mut writer = Writer::new();
     for field in &fields {
         writer.push_field(field);
@@ -163,6 +204,8 @@ mod tests {
             lon: 108.52,
             lat: 25.93,
             datum: "WGS-84",
+            utc_offset_min: 480,
+            writes_offset: true,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let bytes = shoot(&shot, 640, 480, &mut rng).expect("shoot");
@@ -174,6 +217,35 @@ mod tests {
         assert!((seen.exif.lon.expect("lon") - 108.52).abs() < 1e-5);
         assert!((seen.exif.lat.expect("lat") - 25.93).abs() < 1e-5);
         assert_eq!(seen.exif.gps_datum.as_deref(), Some("WGS-84"));
+    }
+
+    #[test]
+    fn a_phone_set_to_utc_writes_utc_with_or_without_its_zone() {
+        let limits = gridpatrol_photo::Limits::default();
+        for writes_offset in [true, false] {
+            let shot = Shot {
+                at_ms: 1_795_413_909_000,
+                lon: 108.52,
+                lat: 25.93,
+                datum: "GCJ-02",
+                utc_offset_min: 0,
+                writes_offset,
+            };
+            let exposure = Exposure {
+                width: 320,
+                height: 240,
+                quality: 70,
+                scene: 5,
+                noise: 6,
+            };
+            let bytes = expose(&shot, &exposure).expect("expose");
+            assert_eq!(bytes, expose(&shot, &exposure).expect("again"), "seeded");
+            let seen =
+                gridpatrol_photo::inspect(&bytes, Some("image/jpeg"), &limits).expect("inspect");
+            assert_eq!(seen.exif.taken_at.as_deref(), Some("2026-11-23T06:05:09"));
+            let zone = seen.exif.offset.as_deref();
+            assert_eq!(zone, writes_offset.then_some("+00:00"));
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Simulated inspectors for demos, load tests and benchmarks.
 
 pub mod camera;
+pub mod corpus;
 pub mod track;

@@ -377,6 +377,8 @@ fn patrol(
                     track::Datum::Wgs84 => "WGS-84",
                     track::Datum::Gcj02 => "GCJ-02",
                 },
+                utc_offset_min: 480,
+                writes_offset: true,
             };
             let bytes = camera::shoot(&shot, 1280, 960, rng)?;
             let file = inspector.camera_dir.join(format!("IMG_{}.jpg", fix.at_ms));

@@ -24,6 +24,7 @@ import urllib.request
 sys.path.insert(0, os.environ["BINDINGS"])
 from gridpatrol_sdk import (  # noqa: E402  (the path above first)
     Datum,
+    DeviceClock,
     FixInput,
     GridPatrol,
     Method,
@@ -117,6 +118,19 @@ class Heard(PatrolObserver):
 
     def on_change(self, id):
         self.ids.append(id)
+
+
+class SetClock(DeviceClock):
+    """A phone clock the test sets: the SDK reads it from its own threads."""
+
+    def __init__(self, now_ms):
+        self.now = now_ms
+
+    def now_ms(self):
+        return self.now
+
+    def monotonic_ms(self):
+        return self.now
 
 
 class PatrolThroughTheBindings(unittest.TestCase):
@@ -221,6 +235,34 @@ class PatrolThroughTheBindings(unittest.TestCase):
         report = asyncio.run(phone.sync_async())
         self.assertEqual(report.durable, 1)
         self.assertTrue(phone.patrol(third).sync.is_durable())
+
+    def test_a_clock_set_by_the_app(self):
+        # A phone three hours slow: its stamps are the app's clock, and the sync measures it.
+        hours_slow = 3 * 3_600_000
+        clock = SetClock(int(time.time() * 1000) - hours_slow)
+        phone = GridPatrol.in_memory_with_clock(self.server.url, clock)
+        phone.enroll(self.server.enrollment_code("inspector-522632100002-1"), "荣耀 X50")
+        started = clock.now
+        patrol = phone.start_patrol("522632100002", Method.ROUTINE)
+        clock.now += 25 * 60_000
+        phone.submit(patrol)
+        listed = phone.patrol(patrol)
+        self.assertEqual((listed.started_at_ms, listed.ended_at_ms), (started, clock.now))
+        self.assertIsNone(phone.clock_skew_ms())
+        phone.sync()
+        # The server's clock against the app's, which stood still during the round trip.
+        skew = phone.clock_skew_ms() - (hours_slow - 25 * 60_000)
+        self.assertLess(abs(skew), 60_000, phone.clock_skew_ms())
+
+        with tempfile.TemporaryDirectory() as d:
+            stored = GridPatrol.open_with_clock(
+                os.path.join(d, "phone.sqlite3"), self.server.url, OpenOptions(), SetClock(42)
+            )
+            stored.enroll(self.server.enrollment_code("inspector-522632100003-1"), "vivo Y78")
+            self.assertEqual(
+                stored.patrol(stored.start_patrol("522632100003", Method.ROUTINE)).started_at_ms,
+                42,
+            )
 
 
 class OpeningChecksItsArguments(unittest.TestCase):
