@@ -264,7 +264,15 @@ struct Point2 {
     y: f64,
     accuracy_m: f64,
     mock: bool,
+    /// The phone said the fix is coarser than [`COARSE_M`] (a cell-tower or Wi-Fi position).
+    coarse: bool,
 }
+
+/// Beyond this claimed accuracy a fix says where the phone was only roughly: it counts for no
+/// more than this anywhere (a claim of kilometres must not explain a spoofer's jumps away), and it
+/// is left out of the teleport and speed checks, which it can only mislead (a tower fix 2 km off
+/// that honestly says so is no jump).
+const COARSE_M: f64 = 500.0;
 
 /// How far a phone lying still scatters its fixes, in its accuracies (median): the desk
 /// circle is at least this wide.
@@ -518,7 +526,8 @@ fn is_teleport(a: &Point2, b: &Point2, rules: &PatrolRules) -> bool {
 /// stretch of at least `sustained_speed_seconds` covered faster than `max_speed_kmh`). A single
 /// wild fix between good ones moves neither: a glitch hundreds of metres off and back is short
 /// and near, and over a minute its start and end are where the walk was.
-fn speed_flags(fixes: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
+fn speed_flags(all: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
+    let fixes: Vec<&Point2> = all.iter().filter(|f| !f.coarse).collect();
     let hard = |signal: Signal| rules.hard_signals.contains(&signal);
     let mut flags = Vec::new();
     let mut teleports = 0;
@@ -729,8 +738,9 @@ fn wgs84_track(track: &[Fix]) -> Vec<Point2> {
                 x: 0.0,
                 y: 0.0,
                 // A fix without an accuracy gets none in its favour.
-                accuracy_m: fix.accuracy_m.map_or(0.0, f64::from).clamp(0.0, 500.0),
+                accuracy_m: fix.accuracy_m.map_or(0.0, f64::from).clamp(0.0, COARSE_M),
                 mock: fix.mock,
+                coarse: fix.accuracy_m.is_some_and(|a| f64::from(a) > COARSE_M),
             })
         })
         .collect()
@@ -1089,6 +1099,22 @@ mod tests {
         let verdict = judged(&patrol(glitch, 1), &[photo(0)]);
         assert!(verdict.flags.is_empty(), "{verdict:?}");
         assert!(verdict.counted);
+        // A cell-tower fix 2.5 km off that honestly says it is good to 3 km (found by the
+        // labelled corpus, kind `gps_glitch`): no teleport. A spoofer cannot use the same claim
+        // for its jumps: a coarse fix counts for no more than 500 m anywhere else.
+        let mut tower = walk();
+        tower[20].lat += 0.0225;
+        tower[20].accuracy_m = Some(3_000.0);
+        let verdict = judged(&patrol(tower, 1), &[photo(0)]);
+        assert!(verdict.flags.is_empty(), "{verdict:?}");
+        assert!(verdict.counted);
+        // The same jump from a fix claiming 400 m: 2 km unexplained in a minute, and back.
+        let mut leak = walk();
+        leak[20].lat += 0.0225;
+        leak[20].accuracy_m = Some(400.0);
+        let verdict = judged(&patrol(leak, 1), &[photo(0)]);
+        assert_eq!(signals(&verdict), vec![(Signal::ImpossibleSpeed, true)]);
+        assert!(!verdict.counted);
     }
 
     /// Issue 23: teleports and sustained impossible speeds counted with a soft flag.
