@@ -57,6 +57,8 @@ pub struct AppState {
     pub fresh: crate::compliance::judging::FreshViews,
     /// What `/readyz` watches.
     pub readiness: Readiness,
+    /// Caps on one GeoJSON import.
+    pub import_limits: crate::grids::import::Limits,
 }
 
 /// What `/readyz` checks besides the database and the photo store: free space on the disks the
@@ -214,6 +216,7 @@ pub async fn build_state(
             min_free_bytes: serve.min_free_mb * 1024 * 1024,
         },
         photos,
+        import_limits: serve.import_limits(),
         wake_judging: tokio::sync::Notify::new(),
         fresh: Default::default(),
     }))

@@ -71,6 +71,23 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_MAX_GEOJSON_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_geojson_bytes: usize,
 
+    /// Most positions (vertices) in one GeoJSON import; more get 422 `too_many_vertices`.
+    #[arg(
+        long,
+        env = "GRIDPATROL_IMPORT_MAX_VERTICES",
+        default_value_t = 1_000_000
+    )]
+    pub import_max_vertices: usize,
+
+    /// Most positions in one ring of an imported grid; a feature with more is refused
+    /// (`too_many_vertices` in the import's problems).
+    #[arg(
+        long,
+        env = "GRIDPATROL_IMPORT_MAX_RING_VERTICES",
+        default_value_t = 250_000
+    )]
+    pub import_max_ring_vertices: usize,
+
     /// Largest accepted sync request, in bytes.
     #[arg(long, env = "GRIDPATROL_MAX_SYNC_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_sync_bytes: usize,
@@ -133,6 +150,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The caps on one GeoJSON import.
+    pub fn import_limits(&self) -> crate::grids::import::Limits {
+        crate::grids::import::Limits {
+            max_vertices: self.import_max_vertices,
+            max_ring_vertices: self.import_max_ring_vertices,
+        }
+    }
+
     /// [`ServeConfig::max_concurrent_syncs`], with its default.
     pub fn max_concurrent_syncs(&self) -> usize {
         self.max_concurrent_syncs.unwrap_or_else(|| {
@@ -215,6 +240,8 @@ impl Default for ServeConfig {
             max_json_bytes: 256 * 1024,
             max_geojson_bytes: 32 * 1024 * 1024,
             max_sync_bytes: 8 * 1024 * 1024,
+            import_max_vertices: 1_000_000,
+            import_max_ring_vertices: 250_000,
             workers: None,
             photo_store: None,
             s3_endpoint: None,
@@ -263,6 +290,8 @@ impl fmt::Debug for ServeConfig {
             .field("max_json_bytes", &self.max_json_bytes)
             .field("max_geojson_bytes", &self.max_geojson_bytes)
             .field("max_sync_bytes", &self.max_sync_bytes)
+            .field("import_max_vertices", &self.import_max_vertices)
+            .field("import_max_ring_vertices", &self.import_max_ring_vertices)
             .field("workers", &self.workers)
             .field("photo_store", &self.photo_store)
             .field("s3_endpoint", &self.s3_endpoint)
