@@ -59,6 +59,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Caps on one GeoJSON import.
     pub import_limits: crate::grids::import::Limits,
+    /// Sign-in limits and the password-check semaphore.
+    pub sign_in: crate::auth::throttle::SignInGuard,
 }
 
 /// What `/readyz` checks besides the database and the photo store: free space on the disks the
@@ -217,6 +219,7 @@ pub async fn build_state(
         },
         photos,
         import_limits: serve.import_limits(),
+        sign_in: crate::auth::throttle::SignInGuard::new(serve.sign_in_settings()),
         wake_judging: tokio::sync::Notify::new(),
         fresh: Default::default(),
     }))

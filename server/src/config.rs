@@ -143,6 +143,36 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_SYNC_QUEUE_MS", default_value_t = 2_000)]
     pub sync_queue_ms: u64,
 
+    /// Failed password sign-ins one client address may make per minute (429 beyond).
+    #[arg(
+        long,
+        env = "GRIDPATROL_SIGNIN_PER_CLIENT_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub signin_per_client_per_minute: u32,
+
+    /// Failed sign-ins to one account from one address in 15 minutes before that address is
+    /// refused for the rest of the window.
+    #[arg(long, env = "GRIDPATROL_SIGNIN_MAX_FAILURES", default_value_t = 5)]
+    pub signin_max_failures: i32,
+
+    /// Failed sign-ins to one account from all addresses in 15 minutes past which only addresses
+    /// the owner signed in from may try.
+    #[arg(
+        long,
+        env = "GRIDPATROL_SIGNIN_ACCOUNT_MAX_FAILURES",
+        default_value_t = 50
+    )]
+    pub signin_account_max_failures: i64,
+
+    /// Password checks (argon2) at once (default: one per core).
+    #[arg(long, env = "GRIDPATROL_PASSWORD_CONCURRENCY")]
+    pub password_concurrency: Option<usize>,
+
+    /// How long a sign-in waits for a password check before 503 `server_busy`.
+    #[arg(long, env = "GRIDPATROL_PASSWORD_QUEUE_MS", default_value_t = 1_000)]
+    pub password_queue_ms: u64,
+
     /// `/readyz` answers not ready when the disk of the SQLite file or of the photo directory has
     /// less than this many MiB free, so that a load balancer stops sending before writes fail.
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
@@ -155,6 +185,21 @@ impl ServeConfig {
         crate::grids::import::Limits {
             max_vertices: self.import_max_vertices,
             max_ring_vertices: self.import_max_ring_vertices,
+        }
+    }
+
+    /// The sign-in limits these settings describe.
+    pub fn sign_in_settings(&self) -> crate::auth::throttle::Settings {
+        let defaults = crate::auth::throttle::Settings::default();
+        crate::auth::throttle::Settings {
+            per_client_per_minute: self.signin_per_client_per_minute,
+            max_failures: self.signin_max_failures,
+            account_max_failures: self.signin_account_max_failures,
+            password_concurrency: self
+                .password_concurrency
+                .unwrap_or(defaults.password_concurrency),
+            password_queue: std::time::Duration::from_millis(self.password_queue_ms),
+            ..defaults
         }
     }
 
@@ -252,6 +297,11 @@ impl Default for ServeConfig {
             max_photo_pixels: 50_000_000,
             upload_ttl_hours: 24,
             min_free_mb: 256,
+            signin_per_client_per_minute: 20,
+            signin_max_failures: 5,
+            signin_account_max_failures: 50,
+            password_concurrency: None,
+            password_queue_ms: 1_000,
             max_concurrent_syncs: None,
             sync_queue_ms: 2_000,
         }
