@@ -235,6 +235,10 @@ pub fn launch(
     let data = web::Data::from(state.clone());
     let json_limit = serve.max_json_bytes;
     let geojson_limit = serve.max_geojson_bytes;
+    let deadline = crate::body_timeout::BodyDeadline {
+        grace: Duration::from_secs(serve.body_timeout_secs),
+        min_rate: serve.body_min_bytes_per_sec,
+    };
     let mut server = HttpServer::new(move || {
         let (app, _) = App::new()
             .into_utoipa_app()
@@ -245,6 +249,7 @@ pub fn launch(
                     .error_handler(|e, _| json_error(e).into()),
             )
             .app_data(web::PayloadConfig::new(geojson_limit))
+            .app_data(deadline)
             .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
             .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
             .configure(routes)
@@ -252,6 +257,7 @@ pub fn launch(
             .split_for_parts();
         // The console's pages are not part of the API (nor of its OpenAPI document).
         app.configure(crate::console::configure)
+            .wrap(from_fn(crate::body_timeout::enforce))
             .wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
             .wrap(from_fn(crate::metrics::record))
             // gzip or deflate as the client's Accept-Encoding asks (JSON, CSV, pages, the

@@ -173,6 +173,20 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_PASSWORD_QUEUE_MS", default_value_t = 1_000)]
     pub password_queue_ms: u64,
 
+    /// A request body must arrive within this many seconds plus one second per
+    /// `GRIDPATROL_BODY_MIN_BYTES_PER_SEC` bytes; a slower one gets 408 `request_timeout`.
+    #[arg(long, env = "GRIDPATROL_BODY_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_timeout_secs: u64,
+
+    /// The slowest a request body may arrive on average, after the first
+    /// `GRIDPATROL_BODY_TIMEOUT_SECS` (a phone on 2G sends 5 to 20 KB/s).
+    #[arg(
+        long,
+        env = "GRIDPATROL_BODY_MIN_BYTES_PER_SEC",
+        default_value_t = 1024
+    )]
+    pub body_min_bytes_per_sec: u64,
+
     /// `/readyz` answers not ready when the disk of the SQLite file or of the photo directory has
     /// less than this many MiB free, so that a load balancer stops sending before writes fail.
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
@@ -302,6 +316,8 @@ impl Default for ServeConfig {
             signin_account_max_failures: 50,
             password_concurrency: None,
             password_queue_ms: 1_000,
+            body_timeout_secs: 10,
+            body_min_bytes_per_sec: 1024,
             max_concurrent_syncs: None,
             sync_queue_ms: 2_000,
         }

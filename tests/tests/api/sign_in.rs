@@ -1,5 +1,5 @@
 //! Sign-in limits (issue 22, findings 3, 4 and 6): per client address, per account and address,
-//! account-wide; password checks bounded; sign-ins in the audit log.
+//! account-wide; password checks bounded; slow bodies cut off; sign-ins in the audit log.
 //!
 //! Clients at other addresses are real sockets bound to other loopback addresses (127.0.0.0/8
 //! is all local on Linux), so the server sees each as its own peer.
@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use gridpatrol_server::ServeConfig;
 use gridpatrol_tests::{Backend, PASSWORD, Resp, TestApp, both_backends, serve_config};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A client whose connections come from `ip`.
 fn from(ip: &str) -> reqwest::Client {
@@ -231,3 +232,48 @@ both_backends!(
     hammered_sign_ins_leave_other_routes_answering,
     past_the_account_wide_limit_only_the_owners_addresses_may_try
 );
+
+/// A body sent a byte at a time is cut off with 408 instead of holding the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
+    let serve = ServeConfig {
+        body_timeout_secs: 1,
+        ..serve_config()
+    };
+    let app = TestApp::start(gridpatrol_tests::fresh_database(Backend::Sqlite), serve).await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = tcp.into_split();
+    write
+        .write_all(
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: gridpatrol\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
+        .await
+        .expect("head");
+    // A byte every 300 ms, 60 of them: never the whole body.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..60 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if write.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        read.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers a trickle instead of waiting for it")
+    .expect("read");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    // An ordinary request is unaffected.
+    app.get("/healthz", None).await.assert_ok();
+}
