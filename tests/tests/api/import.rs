@@ -441,7 +441,53 @@ async fn a_large_import_does_not_hold_sign_ins(backend: Backend) {
     );
 }
 
+/// The API checks a file outside the write transaction; if another import changes the grids
+/// between the check and the write, the write checks again under the lock (here the file's new
+/// grid was created meanwhile, so it becomes an update instead of a clashing insert).
+async fn a_plan_made_stale_by_another_import_is_checked_again(backend: Backend) {
+    use gridpatrol_server::grids::api::import_error;
+    use gridpatrol_server::grids::import::{self, Importer, Limits};
+    let app = TestApp::with_demo(backend).await;
+    let limits = Limits::default();
+    let first = collection(vec![round_key_area(
+        "522632-K300",
+        108.52,
+        25.93,
+        0.004,
+        100,
+    )]);
+    let second = collection(vec![round_key_area(
+        "522632-K300",
+        108.52,
+        25.93,
+        0.005,
+        100,
+    )]);
+    let parsed = import::parse(&second, &limits).expect("parse");
+    let plan = app
+        .state
+        .db
+        .run(move |conn| import::plan(conn, parsed, &Importer::Operator).map_err(import_error))
+        .await
+        .expect("plan");
+    app.state
+        .db
+        .write(move |conn| {
+            import::import(conn, &first, &Importer::Operator, &limits).map_err(import_error)
+        })
+        .await
+        .expect("the other import");
+    let report = app
+        .state
+        .db
+        .write(move |conn| plan.write(conn).map_err(import_error))
+        .await
+        .expect("the stale plan is checked again and written");
+    assert_eq!((report.created, report.updated), (0, 1), "{report:?}");
+}
+
 both_backends!(
+    a_plan_made_stale_by_another_import_is_checked_again,
     import_creates_updates_and_leaves_unchanged,
     a_broken_file_is_reported_feature_by_feature_and_changes_nothing,
     an_import_over_the_vertex_caps_is_refused_and_changes_nothing,
