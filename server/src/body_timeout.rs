@@ -2,9 +2,10 @@
 //! byte a second held a connection, a worker's attention and a buffer for as long as it liked.
 //!
 //! actix bounds the time to read a request's head (`client_request_timeout`, 5 s) but not its
-//! body. Here every body must have arrived by `grace + received / min_rate` seconds after its
-//! head: a 2G phone's 8 MiB sync (10 KB/s) is far inside it, a trickle is
-//! cut off after `grace` (counted from when the request's head arrived). The request then gets 408 `request_timeout` and the connection is
+//! body. Here every body must have arrived by `grace + received / min_rate` seconds after the
+//! handler began to read it (a handler that first waits for its turn, as a sync does, does not
+//! use up the client's time): a 2G phone's 8 MiB sync (10 KB/s) is far inside it, a trickle is
+//! cut off after `grace`. The request then gets 408 `request_timeout` and the connection is
 //! closed (its body was not read to the end).
 
 use std::cell::Cell;
@@ -34,17 +35,18 @@ pub struct BodyDeadline {
 
 struct Deadline {
     inner: Payload,
-    start: Instant,
+    /// When the handler first asked for the body, and the timer from then: a handler that
+    /// waits for its turn first (a sync's admission) does not use up the client's time.
+    started: Option<(Instant, Pin<Box<Sleep>>)>,
     received: u64,
     settings: BodyDeadline,
-    sleep: Pin<Box<Sleep>>,
     expired: Rc<Cell<bool>>,
 }
 
 impl Deadline {
-    fn due(&self) -> Instant {
+    fn due(&self, start: Instant) -> Instant {
         let allowed = self.received as f64 / self.settings.min_rate.max(1) as f64;
-        self.start + self.settings.grace + Duration::from_secs_f64(allowed)
+        start + self.settings.grace + Duration::from_secs_f64(allowed)
     }
 }
 
@@ -53,16 +55,30 @@ impl Stream for Deadline {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let start = match &this.started {
+            Some((start, _)) => *start,
+            None => {
+                let now = Instant::now();
+                let timer = Box::pin(tokio::time::sleep_until(now + this.settings.grace));
+                this.started = Some((now, timer));
+                now
+            }
+        };
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
                 this.received += bytes.len() as u64;
-                let due = this.due();
-                this.sleep.as_mut().reset(due);
+                let due = this.due(start);
+                if let Some((_, timer)) = &mut this.started {
+                    timer.as_mut().reset(due);
+                }
                 Poll::Ready(Some(Ok(bytes)))
             }
             Poll::Ready(other) => Poll::Ready(other),
             Poll::Pending => {
-                if this.sleep.as_mut().poll(cx).is_ready() {
+                let Some((_, timer)) = &mut this.started else {
+                    return Poll::Pending;
+                };
+                if timer.as_mut().poll(cx).is_ready() {
                     this.expired.set(true);
                     return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -84,13 +100,11 @@ pub async fn enforce(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let expired = Rc::new(Cell::new(false));
-    let start = Instant::now();
     let stream = Deadline {
         inner: req.take_payload(),
-        start,
+        started: None,
         received: 0,
         settings,
-        sleep: Box::pin(tokio::time::sleep_until(start + settings.grace)),
         expired: expired.clone(),
     };
     let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(stream);
