@@ -104,8 +104,10 @@ struct Window {
     start: Instant,
 }
 
-/// Entries kept in memory before idle ones are dropped.
-const MAX_ENTRIES: usize = 10_000;
+/// Entries kept in memory before idle ones are dropped. Past it with none idle (an attack from
+/// more addresses than this), the map is emptied: the limits start again for everyone, and the
+/// password-check semaphore still bounds what the attempts cost. Memory stays bounded (a few MB).
+const MAX_ENTRIES: usize = 100_000;
 
 /// This process's share of the limits: the per-client buckets, the unknown names, the argon2
 /// semaphore. The per-account counts are in the database (`credentials::reserve`).
@@ -155,6 +157,9 @@ impl SignInGuard {
             // Idle buckets are full again: forgetting them changes nothing.
             buckets
                 .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < capacity);
+            if buckets.len() >= MAX_ENTRIES {
+                buckets.clear();
+            }
         }
         let bucket = buckets.entry(client.key).or_insert(Bucket {
             tokens: capacity,
@@ -194,7 +199,6 @@ impl SignInGuard {
         if unknown.len() >= MAX_ENTRIES {
             unknown.retain(|_, w| now.duration_since(w.start) < window);
             if unknown.len() >= MAX_ENTRIES {
-                // Still full: the per-client buckets bound what this costs.
                 unknown.clear();
             }
         }
@@ -277,6 +281,18 @@ mod tests {
         assert_ne!(a.address, b.address);
         let v4 = Client::from_ip("::ffff:10.0.0.7".parse().expect("ip"));
         assert_eq!(v4.address, "10.0.0.7");
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_more_addresses_than_it_keeps_attack() {
+        let guard = SignInGuard::new(Settings::default());
+        for i in 0..=MAX_ENTRIES as u32 {
+            guard
+                .take(&Client::from_ip(IpAddr::from(i.to_be_bytes())))
+                .expect("a new address has a full bucket");
+        }
+        let kept = guard.buckets.lock().map(|b| b.len()).unwrap_or(0);
+        assert!(kept <= 1, "{kept} buckets kept");
     }
 
     #[test]
