@@ -40,7 +40,12 @@ fn build_index() -> GridIndex {
     let db = Db::open(&format!("sqlite://{}/bench.sqlite3", dir.display()), 1).expect("db");
     db.migrate().expect("migrate");
     db.write_blocking(|conn| {
-        import::import(conn, gridpatrol_server::demo::GRIDS, &Importer::Operator)
+        import::import(
+            conn,
+            gridpatrol_server::demo::GRIDS,
+            &Importer::Operator,
+            &import::Limits::default(),
+        )
     })
     .expect("import");
     let index = db

@@ -64,6 +64,10 @@ pub struct AppState {
     pub metrics_token: Option<String>,
     /// Reverse proxies whose `X-Forwarded-Proto` is believed (`GRIDPATROL_TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Caps on one GeoJSON import.
+    pub import_limits: crate::grids::import::Limits,
+    /// Sign-in limits and the password-check semaphore.
+    pub sign_in: crate::auth::throttle::SignInGuard,
 }
 
 /// What `/readyz` checks besides the database and the photo store: free space on the disks the
@@ -343,6 +347,8 @@ pub async fn build_state(
             min_free_bytes: serve.min_free_mb * 1024 * 1024,
         },
         photos,
+        import_limits: serve.import_limits(),
+        sign_in: crate::auth::throttle::SignInGuard::new(serve.sign_in_settings()),
         wake_judging: tokio::sync::Notify::new(),
         fresh: Default::default(),
         metrics_token: serve.metrics_token.clone().filter(|t| !t.is_empty()),
@@ -360,6 +366,10 @@ pub fn launch(
     let data = web::Data::from(state.clone());
     let json_limit = serve.max_json_bytes;
     let geojson_limit = serve.max_geojson_bytes;
+    let deadline = crate::body_timeout::BodyDeadline {
+        grace: Duration::from_secs(serve.body_timeout_secs),
+        min_rate: serve.body_min_bytes_per_sec,
+    };
     let mut server = HttpServer::new(move || {
         let (app, _) = App::new()
             .into_utoipa_app()
@@ -370,6 +380,7 @@ pub fn launch(
                     .error_handler(|e, _| json_error(e).into()),
             )
             .app_data(web::PayloadConfig::new(geojson_limit))
+            .app_data(deadline)
             .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
             .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
             .configure(routes)
@@ -378,6 +389,7 @@ pub fn launch(
         // The console's pages are not part of the API (nor of its OpenAPI document).
         app.configure(crate::console::configure)
             .wrap(from_fn(undeclared_method))
+            .wrap(from_fn(crate::body_timeout::enforce))
             .wrap(ErrorHandlers::new().default_handler(json_for_bare_errors))
             .wrap(from_fn(crate::metrics::record))
             // gzip or deflate as the client's Accept-Encoding asks (JSON, CSV, pages, the

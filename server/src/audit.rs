@@ -1,5 +1,6 @@
 //! The security audit log: users created, roles granted and revoked, enrollment codes, devices
-//! enrolled and revoked. Each is a row of `security_events` (who did it, to whom, in which grid),
+//! enrolled and revoked, password sign-ins, failed sign-ins and lockouts (with the client's
+//! address). Each is a row of `security_events` (who did it, to whom, in which grid),
 //! written in the same
 //! transaction as what it records, and readable by admins through `GET /v1/security-events`
 //! (docs/SECURITY.md). Structured log lines go out beside them (`target: "security"`).
@@ -26,6 +27,9 @@ pub enum Kind {
     EnrollmentCodeCreated,
     DeviceEnrolled,
     DeviceRevoked,
+    SignedIn,
+    SignInFailed,
+    SignInLocked,
 }
 
 impl Kind {
@@ -37,6 +41,9 @@ impl Kind {
             Kind::EnrollmentCodeCreated => "enrollment_code_created",
             Kind::DeviceEnrolled => "device_enrolled",
             Kind::DeviceRevoked => "device_revoked",
+            Kind::SignedIn => "signed_in",
+            Kind::SignInFailed => "sign_in_failed",
+            Kind::SignInLocked => "sign_in_locked",
         }
     }
 }
@@ -47,6 +54,8 @@ pub struct Event {
     pub actor: Option<i64>,
     pub target: Option<i64>,
     pub grid: Option<i64>,
+    /// The client's address, for what a client did (sign-ins).
+    pub client: Option<String>,
     pub detail: serde_json::Value,
 }
 
@@ -57,6 +66,7 @@ impl Event {
             actor: None,
             target: None,
             grid: None,
+            client: None,
             detail: serde_json::Value::Object(Default::default()),
         }
     }
@@ -70,6 +80,10 @@ impl Event {
     }
     pub fn in_grid(mut self, grid: i64) -> Self {
         self.grid = Some(grid);
+        self
+    }
+    pub fn from_client(mut self, client: &str) -> Self {
+        self.client = Some(client.to_string());
         self
     }
     pub fn with(mut self, detail: serde_json::Value) -> Self {
@@ -87,6 +101,7 @@ pub fn record(conn: &mut DbConnection, event: Event) -> QueryResult<()> {
         actor = event.actor,
         target_user = event.target,
         grid = event.grid,
+        client = event.client.as_deref(),
         detail = %event.detail,
         "security event"
     );
@@ -97,6 +112,7 @@ pub fn record(conn: &mut DbConnection, event: Event) -> QueryResult<()> {
             security_events::actor_id.eq(event.actor),
             security_events::target_user_id.eq(event.target),
             security_events::grid_id.eq(event.grid),
+            security_events::client.eq(&event.client),
             security_events::detail.eq(event.detail.to_string()),
         ))
         .execute(conn)?;
@@ -114,15 +130,18 @@ pub struct SecurityEvent {
     /// UTC.
     pub at: chrono::DateTime<chrono::Utc>,
     /// `user_created`, `role_granted`, `role_revoked`, `enrollment_code_created`,
-    /// `device_enrolled`, `device_revoked`.
+    /// `device_enrolled`, `device_revoked`, `signed_in`, `sign_in_failed` (the target when the
+    /// name is an account; the name typed is never stored), `sign_in_locked` (the first refusal
+    /// of a window; `detail.scope` is `account` for one client, `account_wide` for all clients
+    /// the owner never signed in from).
     pub kind: String,
     /// Who did it (absent: anonymous, or the operator's command line).
     pub actor_id: Option<i64>,
     /// Whom it concerns.
     pub target_user_id: Option<i64>,
     pub grid_id: Option<i64>,
-    /// The client's address, for events that have one (none of the kinds recorded yet does:
-    /// it is for sign-ins, issue 22).
+    /// The client's address, for sign-in events: the connection's peer address (the server
+    /// believes no `X-Forwarded-For`).
     pub client: Option<String>,
     pub detail: serde_json::Value,
 }

@@ -71,6 +71,23 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_MAX_GEOJSON_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_geojson_bytes: usize,
 
+    /// Most positions (vertices) in one GeoJSON import; more get 422 `too_many_vertices`.
+    #[arg(
+        long,
+        env = "GRIDPATROL_IMPORT_MAX_VERTICES",
+        default_value_t = 1_000_000
+    )]
+    pub import_max_vertices: usize,
+
+    /// Most positions in one ring of an imported grid; a feature with more is refused
+    /// (`too_many_vertices` in the import's problems).
+    #[arg(
+        long,
+        env = "GRIDPATROL_IMPORT_MAX_RING_VERTICES",
+        default_value_t = 250_000
+    )]
+    pub import_max_ring_vertices: usize,
+
     /// Largest accepted sync request, in bytes.
     #[arg(long, env = "GRIDPATROL_MAX_SYNC_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_sync_bytes: usize,
@@ -126,6 +143,50 @@ pub struct ServeConfig {
     #[arg(long, env = "GRIDPATROL_SYNC_QUEUE_MS", default_value_t = 2_000)]
     pub sync_queue_ms: u64,
 
+    /// Failed password sign-ins one client address may make per minute (429 beyond).
+    #[arg(
+        long,
+        env = "GRIDPATROL_SIGNIN_PER_CLIENT_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub signin_per_client_per_minute: u32,
+
+    /// Failed sign-ins to one account from one address in 15 minutes before that address is
+    /// refused for the rest of the window.
+    #[arg(long, env = "GRIDPATROL_SIGNIN_MAX_FAILURES", default_value_t = 5)]
+    pub signin_max_failures: i32,
+
+    /// Failed sign-ins to one account from all addresses in 15 minutes past which only addresses
+    /// the owner signed in from may try.
+    #[arg(
+        long,
+        env = "GRIDPATROL_SIGNIN_ACCOUNT_MAX_FAILURES",
+        default_value_t = 50
+    )]
+    pub signin_account_max_failures: i64,
+
+    /// Password checks (argon2) at once (default: one per core).
+    #[arg(long, env = "GRIDPATROL_PASSWORD_CONCURRENCY")]
+    pub password_concurrency: Option<usize>,
+
+    /// How long a sign-in waits for a password check before 503 `server_busy`.
+    #[arg(long, env = "GRIDPATROL_PASSWORD_QUEUE_MS", default_value_t = 1_000)]
+    pub password_queue_ms: u64,
+
+    /// A request body must arrive within this many seconds plus one second per
+    /// `GRIDPATROL_BODY_MIN_BYTES_PER_SEC` bytes; a slower one gets 408 `request_timeout`.
+    #[arg(long, env = "GRIDPATROL_BODY_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_timeout_secs: u64,
+
+    /// The slowest a request body may arrive on average, after the first
+    /// `GRIDPATROL_BODY_TIMEOUT_SECS` (a phone on 2G sends 5 to 20 KB/s).
+    #[arg(
+        long,
+        env = "GRIDPATROL_BODY_MIN_BYTES_PER_SEC",
+        default_value_t = 1024
+    )]
+    pub body_min_bytes_per_sec: u64,
+
     /// `/readyz` answers not ready when the disk of the SQLite file or of the photo directory has
     /// less than this many MiB free, so that a load balancer stops sending before writes fail.
     #[arg(long, env = "GRIDPATROL_MIN_FREE_MB", default_value_t = 256)]
@@ -155,6 +216,29 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The caps on one GeoJSON import.
+    pub fn import_limits(&self) -> crate::grids::import::Limits {
+        crate::grids::import::Limits {
+            max_vertices: self.import_max_vertices,
+            max_ring_vertices: self.import_max_ring_vertices,
+        }
+    }
+
+    /// The sign-in limits these settings describe.
+    pub fn sign_in_settings(&self) -> crate::auth::throttle::Settings {
+        let defaults = crate::auth::throttle::Settings::default();
+        crate::auth::throttle::Settings {
+            per_client_per_minute: self.signin_per_client_per_minute,
+            max_failures: self.signin_max_failures,
+            account_max_failures: self.signin_account_max_failures,
+            password_concurrency: self
+                .password_concurrency
+                .unwrap_or(defaults.password_concurrency),
+            password_queue: std::time::Duration::from_millis(self.password_queue_ms),
+            ..defaults
+        }
+    }
+
     /// [`ServeConfig::max_concurrent_syncs`], with its default.
     pub fn max_concurrent_syncs(&self) -> usize {
         self.max_concurrent_syncs.unwrap_or_else(|| {
@@ -243,6 +327,8 @@ impl Default for ServeConfig {
             max_json_bytes: 256 * 1024,
             max_geojson_bytes: 32 * 1024 * 1024,
             max_sync_bytes: 8 * 1024 * 1024,
+            import_max_vertices: 1_000_000,
+            import_max_ring_vertices: 250_000,
             workers: None,
             photo_store: None,
             s3_endpoint: None,
@@ -253,6 +339,13 @@ impl Default for ServeConfig {
             max_photo_pixels: 50_000_000,
             upload_ttl_hours: 24,
             min_free_mb: 256,
+            signin_per_client_per_minute: 20,
+            signin_max_failures: 5,
+            signin_account_max_failures: 50,
+            password_concurrency: None,
+            password_queue_ms: 1_000,
+            body_timeout_secs: 10,
+            body_min_bytes_per_sec: 1024,
             max_concurrent_syncs: None,
             sync_queue_ms: 2_000,
             db_jobs: None,
@@ -296,6 +389,8 @@ impl fmt::Debug for ServeConfig {
             .field("max_json_bytes", &self.max_json_bytes)
             .field("max_geojson_bytes", &self.max_geojson_bytes)
             .field("max_sync_bytes", &self.max_sync_bytes)
+            .field("import_max_vertices", &self.import_max_vertices)
+            .field("import_max_ring_vertices", &self.import_max_ring_vertices)
             .field("workers", &self.workers)
             .field("photo_store", &self.photo_store)
             .field("s3_endpoint", &self.s3_endpoint)

@@ -51,7 +51,7 @@ pub fn load_if_empty(conn: &mut DbConnection) -> Result<Option<DemoSummary>, Api
     if count > 0 {
         return Ok(None);
     }
-    let report = import::import(conn, GRIDS, &Importer::Operator)
+    let report = import::import(conn, GRIDS, &Importer::Operator, &import::Limits::default())
         .map_err(crate::grids::api::import_error)?;
     // One hash for all demo accounts: hashing hundreds of passwords would slow the first start.
     let hash = credentials::hash_password(PASSWORD)?;

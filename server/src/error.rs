@@ -37,6 +37,8 @@ pub enum Kind {
     /// 460: tus's status for a body that does not match its `Upload-Checksum`.
     ChecksumMismatch,
     PayloadTooLarge,
+    /// 408: the request body arrived too slowly.
+    RequestTimeout,
     UnsupportedMediaType,
     Unprocessable,
     TooManyRequests {
@@ -134,6 +136,7 @@ impl ResponseError for ApiError {
             Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Kind::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

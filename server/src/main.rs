@@ -37,6 +37,9 @@ struct Cli {
     command: Command,
 }
 
+// `Serve` carries the whole server configuration; the command line is parsed once, so its size
+// does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (migrates SQLite on start).
@@ -174,8 +177,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let db = open(&config)?;
             db.migrate()?;
-            let result =
-                db.write_blocking(|conn| import::import(conn, &bytes, &Importer::Operator));
+            // The operator's own file: the default caps still apply (a bigger file is a mistake).
+            let limits = import::Limits::default();
+            let result = db
+                .write_blocking(|conn| import::import(conn, &bytes, &Importer::Operator, &limits));
             match result {
                 Ok(report) => {
                     println!(

@@ -104,10 +104,12 @@ diesel::table! {
 }
 
 diesel::table! {
-    login_failures (id) {
-        id -> BigInt,
-        username -> Text,
-        failed_at -> Timestamp,
+    sign_in_throttle (user_id, client) {
+        user_id -> BigInt,
+        client -> Text,
+        failures -> Integer,
+        window_start -> Timestamp,
+        last_success_at -> Nullable<Timestamp>,
     }
 }
 
@@ -115,6 +117,7 @@ diesel::joinable!(grid_roles -> users (user_id));
 diesel::joinable!(grid_roles -> grids (grid_id));
 diesel::joinable!(devices -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(sign_in_throttle -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -126,7 +129,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     sessions,
     refresh_tokens,
     signing_keys,
-    login_failures,
+    sign_in_throttle,
     sync_documents,
     sync_changes,
     patrols,

@@ -417,7 +417,9 @@ fn main() {
     let tree = grid_tree(&mut rng);
     state
         .db
-        .write_blocking(|conn| import::import(conn, &tree, &Importer::Operator))
+        .write_blocking(|conn| {
+            import::import(conn, &tree, &Importer::Operator, &import::Limits::default())
+        })
         .expect("import");
     runtime.block_on(state.refresh_index()).expect("index");
     let inspectors = state

@@ -31,25 +31,33 @@ pub struct LoginRequest {
 
 /// Sign in with a password (supervisors and admins).
 ///
-/// Five failures within 15 minutes lock the user name for the rest of that window (429).
+/// Limits (docs/SECURITY.md): 20 failed sign-ins a minute per client address; 5 failures to one
+/// account from one address within 15 minutes lock that address out of the account for the rest
+/// of the window (other addresses, the owner's among them, are not affected); past 50 failures to
+/// the account from all addresses, only addresses the owner signed in from in the last 30 days may
+/// try. Each refusal is 429 `too_many_attempts` with `Retry-After` and `details.scope`
+/// (`client`, `account`, `account_wide`).
 #[utoipa::path(
     tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 401, description = "`invalid_credentials`", body = ErrorBody),
-        (status = 429, description = "`too_many_attempts`", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`server_busy`: too many password checks at once (with `Retry-After`)", body = ErrorBody),
     )
 )]
 #[post("/v1/auth/login")]
 async fn login(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     body: Json<LoginRequest>,
 ) -> ApiResult<web::Json<TokenPair>> {
     let LoginRequest { username, password } = body.into_inner();
     let st = state.clone();
     let signed_in = credentials::sign_in(
-        &state.db,
+        &state,
+        super::throttle::Client::of(&req),
         username.trim().to_string(),
         password,
         move |conn, user_id| {

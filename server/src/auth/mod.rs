@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod credentials;
+pub mod throttle;
 pub mod tokens;
 
 use std::future::Future;

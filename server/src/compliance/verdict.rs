@@ -534,8 +534,8 @@ fn speed_flags(all: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
     let mut worst: Option<(usize, f64, f64)> = None;
     for (i, w) in fixes.windows(2).enumerate() {
         let seconds = (w[1].at_ms - w[0].at_ms) as f64 / 1000.0;
-        let moved = unexplained(&w[0], &w[1]);
-        if is_teleport(&w[0], &w[1], rules) {
+        let moved = unexplained(w[0], w[1]);
+        if is_teleport(w[0], w[1], rules) {
             teleports += 1;
             if worst.is_none_or(|(_, m, _)| moved > m) {
                 worst = Some((i, moved, seconds));
@@ -551,7 +551,7 @@ fn speed_flags(all: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
                 moved / 1000.0
             ),
             evidence: serde_json::json!({
-                "from": fix_json(&fixes[i]), "to": fix_json(&fixes[i + 1]),
+                "from": fix_json(fixes[i]), "to": fix_json(fixes[i + 1]),
                 "distance_m": moved, "seconds": seconds, "count": teleports,
             }),
         });
@@ -570,9 +570,9 @@ fn speed_flags(all: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
             break;
         }
         let seconds = (fixes[j].at_ms - fixes[i].at_ms) as f64 / 1000.0;
-        let kmh = unexplained(&fixes[i], &fixes[j]) / seconds * 3.6;
+        let kmh = unexplained(fixes[i], fixes[j]) / seconds * 3.6;
         // A teleport inside the stretch is its own signal, not a speed.
-        let leap = (i..j).any(|k| is_teleport(&fixes[k], &fixes[k + 1], rules));
+        let leap = (i..j).any(|k| is_teleport(fixes[k], fixes[k + 1], rules));
         if kmh > rules.max_speed_kmh && !leap && fastest.is_none_or(|(_, _, k)| kmh > k) {
             fastest = Some((i, j, kmh));
         }
@@ -587,7 +587,7 @@ fn speed_flags(all: &[Point2], rules: &PatrolRules) -> Vec<Flag> {
                 rules.max_speed_kmh
             ),
             evidence: serde_json::json!({
-                "from": fix_json(&fixes[i]), "to": fix_json(&fixes[j]),
+                "from": fix_json(fixes[i]), "to": fix_json(fixes[j]),
                 "kmh": kmh, "seconds": seconds,
             }),
         });

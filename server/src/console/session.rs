@@ -202,7 +202,8 @@ pub async fn login(
     let token = new_token();
     let token_hash = sha256_hex(&token);
     let signed_in = credentials::sign_in(
-        &state.db,
+        &state,
+        crate::auth::throttle::Client::of(&req),
         username.clone(),
         password,
         move |conn, user_id| -> Result<(), ApiError> {
@@ -229,7 +230,7 @@ pub async fn login(
     .await;
     let signed_in = match signed_in {
         Ok(signed_in) => signed_in.is_some(),
-        Err(error) if error.code == "too_many_attempts" => {
+        Err(error) if error.code == "too_many_attempts" || error.code == "server_busy" => {
             let message = format!("登录失败次数过多，请稍后再试（{}）", error.message);
             return Ok(login_page(&req, &next, Some(&message), &username));
         }

@@ -239,7 +239,7 @@ async fn detail(
         (status = 400, description = "`malformed_geojson`", body = ErrorBody),
         (status = 403, description = "`outside_subtree`, `role_required`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 422, description = "`invalid_grids`: `details.features` lists every problem", body = ErrorBody),
+        (status = 422, description = "`invalid_grids`: `details.features` lists every problem; `too_many_vertices`: more positions than `GRIDPATROL_IMPORT_MAX_VERTICES`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -261,9 +261,20 @@ async fn import_grids(
         }
         Importer::Admin(paths)
     };
+    // Parsing and every check run before the write transaction (issue 22, finding 2): the
+    // file's own checks on the blocking pool, those against the tree on a read connection.
+    let limits = state.import_limits;
+    let parsed = tokio::task::spawn_blocking(move || import::parse(&body, &limits))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(import_error)?;
+    let plan = state
+        .db
+        .run(move |conn| import::plan(conn, parsed, &importer).map_err(import_error))
+        .await?;
     let report = state
         .db
-        .write(move |conn| import::import(conn, &body, &importer).map_err(import_error))
+        .write(move |conn| plan.write(conn).map_err(import_error))
         .await?;
     state.refresh_index().await?;
     Ok(web::Json(report))
@@ -277,6 +288,14 @@ pub fn import_error(error: ImportError) -> ApiError {
             ApiError::unprocessable("invalid_grids", message)
                 .with_details(serde_json::json!({ "features": problems }))
         }
+        ImportError::TooManyVertices { found, limit } => ApiError::unprocessable(
+            "too_many_vertices",
+            format!(
+                "the file has {found} positions; at most {limit} are accepted in one import \
+                 (split the file or simplify the boundaries)"
+            ),
+        )
+        .with_details(serde_json::json!({ "vertices": found, "limit": limit })),
         ImportError::Forbidden(code) => ApiError::forbidden(
             "outside_subtree",
             format!("grid {code} would lie outside the grids you administer"),

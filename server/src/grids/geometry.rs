@@ -1,6 +1,6 @@
 //! Checking and converting grid geometry from GeoJSON (lon/lat degrees, WGS-84/CGCS2000).
 
-use geo::{Coord, LineString, MultiPolygon, Polygon, Validation};
+use geo::{Coord, LineString, MultiPolygon, Polygon};
 use geojson::{GeometryValue, PolygonType};
 
 /// Why a geometry was refused; `code` is stable, `message` is for people.
@@ -17,6 +17,32 @@ fn problem(code: &'static str, message: impl Into<String>) -> GeometryProblem {
     }
 }
 
+/// Positions in a GeoJSON geometry: (all of them, the most in one ring). Counted before anything
+/// else is done with a geometry, so that the caps apply before any work grows with it.
+pub fn vertex_counts(value: &GeometryValue) -> (usize, usize) {
+    let rings: Vec<usize> = match value {
+        GeometryValue::Polygon { coordinates } => coordinates.iter().map(Vec::len).collect(),
+        GeometryValue::MultiPolygon { coordinates } => {
+            coordinates.iter().flatten().map(Vec::len).collect()
+        }
+        GeometryValue::LineString { coordinates } | GeometryValue::MultiPoint { coordinates } => {
+            vec![coordinates.len()]
+        }
+        GeometryValue::MultiLineString { coordinates } => {
+            coordinates.iter().map(Vec::len).collect()
+        }
+        GeometryValue::Point { .. } => vec![1],
+        GeometryValue::GeometryCollection { geometries } => {
+            let counts: Vec<(usize, usize)> =
+                geometries.iter().map(|g| vertex_counts(&g.value)).collect();
+            let total = counts.iter().map(|c| c.0).sum();
+            let most = counts.iter().map(|c| c.1).max().unwrap_or(0);
+            return (total, most);
+        }
+    };
+    (rings.iter().sum(), rings.iter().copied().max().unwrap_or(0))
+}
+
 /// Default radius of a key point (重点监控点位) given as a GeoJSON Point.
 pub const DEFAULT_KEY_POINT_RADIUS_M: f64 = 100.0;
 
@@ -24,8 +50,8 @@ pub const DEFAULT_KEY_POINT_RADIUS_M: f64 = 100.0;
 ///
 /// Refused: geometry types other than Polygon/MultiPolygon (and Point where `point_radius_m` allows
 /// it), rings that are not closed or have fewer than four positions, non-finite coordinates,
-/// longitudes outside ±180 or latitudes outside ±90, and polygons `geo` finds invalid
-/// (self-intersecting rings, holes outside their shell, overlapping parts …).
+/// longitudes outside ±180 or latitudes outside ±90, and invalid polygons (self-intersecting
+/// rings, holes outside their shell, overlapping parts …: [`super::validity`]).
 pub fn check(
     value: &GeometryValue,
     point_radius_m: Option<f64>,
@@ -99,14 +125,8 @@ pub fn check(
         return Err(problems);
     }
     let shape = MultiPolygon(out);
-    let invalid: Vec<GeometryProblem> = shape
-        .validation_errors()
-        .into_iter()
-        .map(|e| problem("invalid_geometry", e.to_string()))
-        .collect();
-    if !invalid.is_empty() {
-        return Err(invalid);
-    }
+    // Not geo's `Validation`: it is quadratic in a ring's vertices (issue 22, finding 2).
+    super::validity::check(&shape).map_err(|e| vec![problem(e.code(), e.to_string())])?;
     Ok(shape)
 }
 

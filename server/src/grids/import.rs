@@ -51,12 +51,34 @@ pub enum ImportError {
     Malformed(String),
     #[error("{} feature(s) are invalid; nothing was imported", .0.len())]
     Invalid(Vec<FeatureProblem>),
+    #[error("the file has {found} positions; at most {limit} are accepted in one import")]
+    TooManyVertices { found: usize, limit: usize },
     #[error("you may import only below grids you administer: {0}")]
     Forbidden(String),
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]
     Pool(#[from] crate::db::DbError),
+}
+
+/// Caps on what one import may hold (`GRIDPATROL_IMPORT_MAX_VERTICES`,
+/// `GRIDPATROL_IMPORT_MAX_RING_VERTICES`). Checked by counting, before any geometry is converted
+/// or checked, so that work on a file grows only with what the caps allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Positions in the whole file.
+    pub max_vertices: usize,
+    /// Positions in one ring.
+    pub max_ring_vertices: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_vertices: 1_000_000,
+            max_ring_vertices: 250_000,
+        }
+    }
 }
 
 /// A feature after its own checks passed.
@@ -71,14 +93,33 @@ struct Candidate {
     properties: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Parses the file and checks every feature on its own (no database needed).
-fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportError> {
+/// A file parsed and each feature checked on its own: what [`plan`] checks against the database.
+pub struct Parsed {
+    candidates: Vec<Candidate>,
+    problems: Vec<FeatureProblem>,
+}
+
+/// Parses the file and checks every feature on its own. Needs no database, so the API runs it
+/// before it takes a connection, let alone a write transaction.
+pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Parsed, ImportError> {
     let collection: geojson::FeatureCollection =
         serde_json::from_slice(bytes).map_err(|e| ImportError::Malformed(e.to_string()))?;
     if collection.features.is_empty() {
         return Err(ImportError::Malformed(
             "the FeatureCollection has no features".into(),
         ));
+    }
+    let found: usize = collection
+        .features
+        .iter()
+        .filter_map(|f| f.geometry.as_ref())
+        .map(|g| geometry::vertex_counts(&g.value).0)
+        .sum();
+    if found > limits.max_vertices {
+        return Err(ImportError::TooManyVertices {
+            found,
+            limit: limits.max_vertices,
+        });
     }
     let mut problems = Vec::new();
     let mut candidates = Vec::new();
@@ -151,6 +192,17 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
                 );
                 None
             }
+            Some(g) if geometry::vertex_counts(&g.value).1 > limits.max_ring_vertices => {
+                report(
+                    "too_many_vertices",
+                    format!(
+                        "a ring has {} positions; at most {} are accepted (simplify the boundary)",
+                        geometry::vertex_counts(&g.value).1,
+                        limits.max_ring_vertices
+                    ),
+                );
+                None
+            }
             Some(g) => match geometry::check(&g.value, radius) {
                 Ok(shape) => Some(shape),
                 Err(found) => {
@@ -180,10 +232,14 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Candidate>, Vec<FeatureProblem>), ImportEr
             });
         }
     }
-    Ok((candidates, problems))
+    Ok(Parsed {
+        candidates,
+        problems,
+    })
 }
 
 /// Who is importing: the operator's command line, or a signed-in admin of some subtrees.
+#[derive(Debug, Clone)]
 pub enum Importer {
     Operator,
     /// Paths of the grids the user administers (`admin` role).
@@ -192,12 +248,84 @@ pub enum Importer {
 
 /// Checks the whole file against itself and the database, then writes it in the caller's
 /// transaction. Returns the problems instead when there are any; nothing is written then.
+/// (The command line and the demo; the API does the same in three steps, see [`Plan`].)
 pub fn import(
     conn: &mut DbConnection,
     bytes: &[u8],
     importer: &Importer,
+    limits: &Limits,
 ) -> Result<ImportReport, ImportError> {
-    let (candidates, mut problems) = parse(bytes)?;
+    let planned = plan(conn, parse(bytes, limits)?, importer)?;
+    planned.write(conn)
+}
+
+/// What the grids table looked like when a plan was checked against it. Grids are only added
+/// or updated (each update sets `updated_at`), so an equal fingerprint means the same table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    count: i64,
+    max_id: Option<i64>,
+    newest: Option<chrono::NaiveDateTime>,
+}
+
+fn fingerprint(conn: &mut DbConnection) -> QueryResult<Fingerprint> {
+    let (count, max_id, newest) = grids::table
+        .select((
+            diesel::dsl::count_star(),
+            diesel::dsl::max(grids::id),
+            diesel::dsl::max(grids::updated_at),
+        ))
+        .first(conn)?;
+    Ok(Fingerprint {
+        count,
+        max_id,
+        newest,
+    })
+}
+
+/// A file checked against the database as it stood: ready to write.
+///
+/// The API checks outside any write transaction (the parent-containment checks intersect
+/// polygons and take seconds on large files; inside `BEGIN IMMEDIATE` they held every other
+/// writer, sign-ins included, for as long: issue 22, finding 2). [`Plan::write`] then compares
+/// the table's fingerprint with the one checked against, and checks again, under the lock,
+/// only when another import changed the table in between.
+pub struct Plan {
+    candidates: Vec<Candidate>,
+    existing: Vec<GridRow>,
+    importer: Importer,
+    fingerprint: Fingerprint,
+}
+
+impl Plan {
+    /// Writes the plan in the caller's (write) transaction.
+    pub fn write(self, conn: &mut DbConnection) -> Result<ImportReport, ImportError> {
+        let plan = if fingerprint(conn)? == self.fingerprint {
+            self
+        } else {
+            let parsed = Parsed {
+                candidates: self.candidates,
+                problems: Vec::new(),
+            };
+            plan(conn, parsed, &self.importer)?
+        };
+        let by_code: HashMap<&str, &GridRow> =
+            plan.existing.iter().map(|g| (g.code.as_str(), g)).collect();
+        write(conn, &plan.candidates, &by_code, plan.existing.len())
+    }
+}
+
+/// Checks a parsed file against the database (the tree, parents, permissions); reads only.
+pub fn plan(
+    conn: &mut DbConnection,
+    parsed: Parsed,
+    importer: &Importer,
+) -> Result<Plan, ImportError> {
+    let Parsed {
+        candidates,
+        mut problems,
+    } = parsed;
+    let fingerprint = fingerprint(conn)?;
     let existing: Vec<GridRow> = grids::table.select(GridRow::as_select()).load(conn)?;
     let by_code: HashMap<&str, &GridRow> = existing.iter().map(|g| (g.code.as_str(), g)).collect();
     let code_of_id: HashMap<i64, &str> = existing.iter().map(|g| (g.id, g.code.as_str())).collect();
@@ -310,7 +438,12 @@ pub fn import(
         }
     }
 
-    write(conn, &candidates, &by_code, existing.len())
+    Ok(Plan {
+        candidates,
+        existing,
+        importer: importer.clone(),
+        fingerprint,
+    })
 }
 
 fn write(

@@ -6,6 +6,7 @@ pub mod geometry;
 pub mod import;
 pub mod index;
 pub mod prepared;
+pub mod validity;
 
 use std::sync::{Arc, RwLock};
 

@@ -1,5 +1,8 @@
 //! Importing grids over the API: all or nothing, feature-by-feature problems, updates in place.
 
+use std::time::{Duration, Instant};
+
+use gridpatrol_server::ServeConfig;
 use gridpatrol_tests::{Backend, TestApp, both_backends, fresh_database, serve_config};
 use serde_json::{Value, json};
 
@@ -298,9 +301,197 @@ async fn a_broken_file_is_reported_feature_by_feature_and_changes_nothing(backen
     );
 }
 
+/// A key area around the county seat: a circle of `vertices` positions, `radius` degrees wide.
+fn round_key_area(code: &str, lon: f64, lat: f64, radius: f64, vertices: usize) -> Value {
+    let mut ring: Vec<[f64; 2]> = (0..vertices - 1)
+        .map(|i| {
+            let a = std::f64::consts::TAU * i as f64 / (vertices - 1) as f64;
+            [lon + radius * a.cos(), lat + radius * a.sin()]
+        })
+        .collect();
+    ring.push(ring[0]);
+    feature(
+        code,
+        code,
+        "key_area",
+        Some("522632"),
+        "key_area",
+        json!({"type": "Polygon", "coordinates": [ring]}),
+    )
+}
+
+async fn an_import_over_the_vertex_caps_is_refused_and_changes_nothing(backend: Backend) {
+    let serve = ServeConfig {
+        import_max_vertices: 5_000,
+        import_max_ring_vertices: 2_000,
+        ..serve_config()
+    };
+    let app = TestApp::with_demo_serving(backend, serve).await;
+    let admin = app.token("admin-522632").await;
+    let geo = "application/geo+json";
+    let before = app.table_counts().await;
+
+    let three = collection(
+        (0..3)
+            .map(|i| {
+                round_key_area(
+                    &format!("522632-K10{i}"),
+                    108.52 + 0.01 * i as f64,
+                    25.93,
+                    0.004,
+                    1_800,
+                )
+            })
+            .collect(),
+    );
+    let refused = app
+        .post_raw("/v1/grids/import", Some(&admin), geo, three)
+        .await;
+    refused.assert_error(422, "too_many_vertices");
+    assert_eq!(
+        refused.body["details"]["vertices"], 5_400,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.body["details"]["limit"], 5_000);
+
+    let one_big_ring = collection(vec![round_key_area(
+        "522632-K100",
+        108.52,
+        25.93,
+        0.004,
+        2_500,
+    )]);
+    let refused = app
+        .post_raw("/v1/grids/import", Some(&admin), geo, one_big_ring)
+        .await;
+    refused.assert_error(422, "invalid_grids");
+    assert_eq!(
+        refused.body["details"]["features"][0]["reason"], "too_many_vertices",
+        "{}",
+        refused.text
+    );
+    assert_eq!(app.table_counts().await, before, "nothing was written");
+
+    let within = collection(vec![round_key_area(
+        "522632-K100",
+        108.52,
+        25.93,
+        0.004,
+        1_900,
+    )]);
+    let created = app
+        .post_raw("/v1/grids/import", Some(&admin), geo, within)
+        .await;
+    assert_eq!(created.assert_ok()["created"], 1, "{}", created.text);
+}
+
+/// A large import (4 key areas of 50,000 vertices each) is checked outside the write
+/// transaction: a sign-in made while it is being checked does not wait for it.
+///
+/// Compared by the import's own pace, not by a fixed time: a sign-in held behind the import's
+/// write lock ends just before the import does (measured: 3.6 s waiting, then 0.1 s before the
+/// import's answer); one that is not takes a fraction of the time the import still needs.
+async fn a_large_import_does_not_hold_sign_ins(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::with_demo(backend).await);
+    let admin = app.token("admin-522632").await;
+    let file = collection(
+        (0..4)
+            .map(|i| {
+                let lon = 108.515 + 0.01 * i as f64;
+                round_key_area(&format!("522632-K20{i}"), lon, 25.93, 0.004, 50_000)
+            })
+            .collect(),
+    );
+    let started = Instant::now();
+    let importing = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let resp = app
+                .post_raw(
+                    "/v1/grids/import",
+                    Some(&admin),
+                    "application/geo+json",
+                    file,
+                )
+                .await;
+            (resp, Instant::now())
+        })
+    };
+    // Long enough for the 8 MB body to be read and checking to begin (checking takes seconds in
+    // a debug build), so that the sign-in below falls inside it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!importing.is_finished(), "the import was too quick to test");
+    let sign_in_started = Instant::now();
+    app.login("leader-522632100", gridpatrol_tests::PASSWORD)
+        .await;
+    let signed_in = Instant::now();
+    let (imported, import_done) = importing.await.expect("import task");
+    assert_eq!(imported.assert_ok()["created"], 4, "{}", imported.text);
+    let took = signed_in - sign_in_started;
+    let import_went_on = import_done.saturating_duration_since(signed_in);
+    assert!(
+        import_went_on > took,
+        "the sign-in took {took:?} and the import ended {import_went_on:?} after it: it waited \
+         for the import"
+    );
+    eprintln!(
+        "imported 200,000 vertices in {:?}; a sign-in during it took {took:?}",
+        import_done - started
+    );
+}
+
+/// The API checks a file outside the write transaction; if another import changes the grids
+/// between the check and the write, the write checks again under the lock (here the file's new
+/// grid was created meanwhile, so it becomes an update instead of a clashing insert).
+async fn a_plan_made_stale_by_another_import_is_checked_again(backend: Backend) {
+    use gridpatrol_server::grids::api::import_error;
+    use gridpatrol_server::grids::import::{self, Importer, Limits};
+    let app = TestApp::with_demo(backend).await;
+    let limits = Limits::default();
+    let first = collection(vec![round_key_area(
+        "522632-K300",
+        108.52,
+        25.93,
+        0.004,
+        100,
+    )]);
+    let second = collection(vec![round_key_area(
+        "522632-K300",
+        108.52,
+        25.93,
+        0.005,
+        100,
+    )]);
+    let parsed = import::parse(&second, &limits).expect("parse");
+    let plan = app
+        .state
+        .db
+        .run(move |conn| import::plan(conn, parsed, &Importer::Operator).map_err(import_error))
+        .await
+        .expect("plan");
+    app.state
+        .db
+        .write(move |conn| {
+            import::import(conn, &first, &Importer::Operator, &limits).map_err(import_error)
+        })
+        .await
+        .expect("the other import");
+    let report = app
+        .state
+        .db
+        .write(move |conn| plan.write(conn).map_err(import_error))
+        .await
+        .expect("the stale plan is checked again and written");
+    assert_eq!((report.created, report.updated), (0, 1), "{report:?}");
+}
+
 both_backends!(
+    a_plan_made_stale_by_another_import_is_checked_again,
     import_creates_updates_and_leaves_unchanged,
-    a_broken_file_is_reported_feature_by_feature_and_changes_nothing
+    a_broken_file_is_reported_feature_by_feature_and_changes_nothing,
+    an_import_over_the_vertex_caps_is_refused_and_changes_nothing,
+    a_large_import_does_not_hold_sign_ins
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

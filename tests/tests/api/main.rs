@@ -12,4 +12,5 @@ mod people;
 pub mod photos;
 mod sdk;
 mod sdk_photos;
+mod sign_in;
 mod sync;

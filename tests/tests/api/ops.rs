@@ -288,6 +288,35 @@ async fn answers_are_hardened_and_metrics_need_the_scrape_token(backend: Backend
         .await;
     let cookie = login_cookie(&behind_proxy).await;
     assert!(cookie.contains("Secure"), "{cookie}");
+
+    // The same for the client address that sign-in limits and the audit log go by: a forged
+    // `X-Forwarded-For` is ignored; a trusted proxy's last hop is believed.
+    let wrong_password = |app: &TestApp| {
+        app.client
+            .post(format!("{}/v1/auth/login", app.base))
+            .header("x-forwarded-for", "198.51.100.9, 203.0.113.7")
+            .json(
+                &serde_json::json!({"username": "leader-522632100", "password": "wrong-password"}),
+            )
+            .send()
+    };
+    assert_eq!(wrong_password(&app).await.expect("login").status(), 401);
+    assert_eq!(
+        wrong_password(&behind_proxy).await.expect("login").status(),
+        401
+    );
+    let events = app
+        .get("/v1/security-events?kind=sign_in_failed", Some(&admin))
+        .await;
+    let mut clients: Vec<String> = events
+        .assert_ok()
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["client"].as_str().map(str::to_string))
+        .collect();
+    clients.sort();
+    assert_eq!(clients, vec!["127.0.0.1", "203.0.113.7"]);
 }
 
 /// Issue 22, finding 6: `rotate-signing-key --retire-previous` (after a key leaked) took effect
