@@ -420,8 +420,14 @@ impl Client {
             store,
             clock: options.clock,
             base_url: base_url.to_string(),
+            // No limit on a whole request: over 40 kbit/s the key points or a long answer take
+            // minutes and keep moving. Instead: 30 s to connect, and 60 s for the answer to
+            // begin after the request (what a request sends is kept under that: photo pieces
+            // of 20 s) and between any two pieces of it, so that a stalled link is given up on
+            // and one that trickles is not.
             http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .read_timeout(std::time::Duration::from_secs(60))
                 .tls_backend_preconfigured(tls)
                 .build()
                 .map_err(|e| SdkError::Tls {
