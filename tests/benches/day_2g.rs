@@ -208,33 +208,15 @@ async fn day(
 
 /// A one-time code for the inspector's phone, from the county admin over HTTP.
 async fn enrollment_code(base: &str) -> String {
+    use gridpatrol_tests::process::{demo_admin_token, enrollment_code, inspectors};
     let client = gridpatrol_tests::http_client();
-    let admin = gridpatrol_tests::process::demo_admin_token(base).await;
-    let users: Vec<serde_json::Value> = client
-        .get(format!("{base}/v1/users?role=inspector"))
-        .bearer_auth(&admin)
-        .send()
+    let admin = demo_admin_token(base).await;
+    let (_, id) = inspectors(&client, base, &admin)
         .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    let id = users
-        .iter()
-        .find(|u| u["username"] == INSPECTOR)
-        .and_then(|u| u["id"].as_i64())
+        .into_iter()
+        .find(|(name, _)| name == INSPECTOR)
         .expect("the inspector");
-    let code: serde_json::Value = client
-        .post(format!("{base}/v1/users/{id}/enrollment-codes"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("code")
-        .json()
-        .await
-        .expect("json");
-    code["code"].as_str().expect("code").to_string()
+    enrollment_code(&client, base, &admin, id).await
 }
 
 fn row(what: &str, seed: u64, day: &Day, rate: u64) {

@@ -14,11 +14,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use automerge::{AutoCommit, Automerge, Change};
+use automerge::{Automerge, Change};
 use gridpatrol_tests::phone::Phone;
 use gridpatrol_tests::{Backend, TestApp, serve_config};
 use sync_protocol::client::ClientState;
-use sync_protocol::schema::{self, DocKind, Fix, FixSource, Method, NewPatrol};
+use sync_protocol::schema::DocKind;
 use sync_protocol::wire::{self, SyncResponse};
 
 /// The allocator of the `gridpatrol` binary, so that the servers in this process behave like it.
@@ -36,52 +36,13 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn typical_patrol(phone: &Phone, village: &str, n: usize) -> (String, Vec<Vec<u8>>) {
-    let id = schema::new_id();
-    let started = T0 + n as i64 * 3_600_000;
-    let mut doc = AutoCommit::new().with_actor(phone.actor.clone());
-    schema::create_patrol(
-        &mut doc,
-        &NewPatrol {
-            id: id.clone(),
-            grid: village.into(),
-            inspector: phone.user_id,
-            device: phone.device_id,
-            method: Method::Routine,
-            started_at_ms: started,
-        },
+    gridpatrol_tests::phone::typical_patrol(
+        &phone.actor,
+        phone.user_id,
+        phone.device_id,
+        village,
+        T0 + n as i64 * 3_600_000,
     )
-    .expect("create");
-    let fixes: Vec<Fix> = (0..270)
-        .map(|i| Fix {
-            at_ms: started + 10_000 * i,
-            lon: 108.52 + 0.00015 * (i as f64 / 9.0).sin() + 0.00003 * i as f64,
-            lat: 25.93 + 0.0001 * (i as f64 / 7.0).cos(),
-            datum: schema::Datum::Gcj02,
-            accuracy_m: Some(3.0 + (i % 11) as f32),
-            source: FixSource::Fused,
-            mock: false,
-        })
-        .collect();
-    for minute in fixes.chunks(6) {
-        schema::add_fixes(&mut doc, minute).expect("fixes");
-    }
-    for k in 0..3 {
-        schema::add_note(
-            &mut doc,
-            &schema::Note {
-                at_ms: started + 600_000 * k,
-                text: "巡查河道两岸，未发现异常".into(),
-            },
-        )
-        .expect("note");
-    }
-    schema::submit(&mut doc, started + 2_700_000).expect("submit");
-    let changes = doc
-        .get_changes(&[])
-        .into_iter()
-        .map(|mut c| c.bytes().into_owned())
-        .collect();
-    (id, changes)
 }
 
 struct Workload {
@@ -394,23 +355,15 @@ use gridpatrol_tests::process::{
 
 /// Phones enrolled over HTTP only (no database access), for a server in another process.
 async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) {
+    use gridpatrol_tests::process::{enroll_device, enrollment_code, inspectors};
     let client = gridpatrol_tests::http_client();
     let admin = gridpatrol_tests::process::demo_admin_token(base).await;
-    let users: Vec<serde_json::Value> = client
-        .get(format!("{base}/v1/users?role=inspector"))
-        .bearer_auth(&admin)
-        .send()
+    let mut firsts: Vec<(String, i64)> = inspectors(&client, base, &admin)
         .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    let mut firsts: Vec<(String, i64)> = users
-        .iter()
-        .filter_map(|u| {
-            let name = u["username"].as_str()?;
+        .into_iter()
+        .filter_map(|(name, id)| {
             let village = name.strip_prefix("inspector-")?.strip_suffix("-1")?;
-            Some((village.to_string(), u["id"].as_i64()?))
+            Some((village.to_string(), id))
         })
         .collect();
     firsts.sort();
@@ -418,34 +371,14 @@ async fn enroll_over_http(base: &str, patrols: usize) -> (Vec<Phone>, Workload) 
     let mut phones = Vec::new();
     let mut villages = Vec::new();
     for (village, user_id) in firsts {
-        let code: serde_json::Value = client
-            .post(format!("{base}/v1/users/{user_id}/enrollment-codes"))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .expect("code")
-            .json()
-            .await
-            .expect("json");
+        let code = enrollment_code(&client, base, &admin, user_id).await;
         let actor = automerge::ActorId::random();
-        let pair: serde_json::Value = client
-            .post(format!("{base}/v1/devices/enroll"))
-            .json(
-                &serde_json::json!({"code": code["code"], "device_name": "bench",
-                                      "actor_id": actor.to_hex_string()}),
-            )
-            .send()
-            .await
-            .expect("enroll")
-            .json()
-            .await
-            .expect("json");
+        let (device_id, token) = enroll_device(&client, base, &code, &actor, "bench").await;
         phones.push(Phone {
             user_id,
-            device_id: pair["device_id"].as_i64().expect("device"),
+            device_id,
             actor: actor.clone(),
-            token: pair["access_token"].as_str().expect("token").to_string(),
+            token,
             state: ClientState {
                 actor: Some(actor),
                 ..ClientState::default()

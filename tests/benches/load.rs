@@ -1,9 +1,10 @@
 //! Load: a burst of phones syncing at once against the real `gridpatrol` binary in a process of
 //! its own, as at the end of a working day when a village's phones find a signal together.
 //!
-//! Every phone has one typical patrol (45 minutes, a fix every 10 s, a change a minute, three
-//! notes) to push in three syncs (a third of it each, the last with the submission), as a phone
-//! that syncs whenever it has a network does. All phones start at the same instant. A phone that
+//! Every phone has one typical patrol (`gridpatrol_tests::phone::typical_patrol`: 45 minutes, a
+//! fix every 10 s, a change a minute, three notes) to push in three syncs (a third of it each,
+//! the last with the notes and the submission), as a phone that syncs whenever it has a network
+//! does. All phones start at the same instant. A phone that
 //! gets `503 server_busy` waits what `Retry-After` says and sends again, as the SDK does; any
 //! other answer, or a connection error, is an error. Measured: syncs answered per second, the
 //! latency of each answered sync (sent to answer read, so it includes the server's queue),
@@ -29,10 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use automerge::{ActorId, AutoCommit, Automerge, Change};
+use automerge::{ActorId, Automerge, Change};
 use gridpatrol_tests::process::{ServerProcess, free_port, peak_rss_mib, server_binary};
 use serde_bytes::ByteBuf;
-use sync_protocol::schema::{self, DocKind, Fix, FixSource, Method, NewPatrol};
+use sync_protocol::schema::DocKind;
 use sync_protocol::wire::{self, DocPush, SyncRequest, SyncResponse};
 
 const T0: i64 = 1_795_000_000_000;
@@ -43,62 +44,6 @@ const SYNCS_PER_PHONE: usize = 3;
 struct Phone {
     token: String,
     requests: Vec<SyncRequest>,
-}
-
-/// One inspector's patrol as Automerge changes, in causal order.
-fn patrol_changes(
-    actor: &ActorId,
-    user_id: i64,
-    device_id: i64,
-    village: &str,
-    n: usize,
-) -> (String, Vec<Vec<u8>>) {
-    let id = schema::new_id();
-    let started = T0 + n as i64 * 60_000;
-    let mut doc = AutoCommit::new().with_actor(actor.clone());
-    schema::create_patrol(
-        &mut doc,
-        &NewPatrol {
-            id: id.clone(),
-            grid: village.into(),
-            inspector: user_id,
-            device: device_id,
-            method: Method::Routine,
-            started_at_ms: started,
-        },
-    )
-    .expect("create");
-    let fixes: Vec<Fix> = (0..270)
-        .map(|i| Fix {
-            at_ms: started + 10_000 * i,
-            lon: 108.52 + 0.00015 * (i as f64 / 9.0).sin() + 0.00003 * i as f64,
-            lat: 25.93 + 0.0001 * (i as f64 / 7.0).cos(),
-            datum: schema::Datum::Gcj02,
-            accuracy_m: Some(3.0 + (i % 11) as f32),
-            source: FixSource::Fused,
-            mock: false,
-        })
-        .collect();
-    for (k, minute) in fixes.chunks(6).enumerate() {
-        schema::add_fixes(&mut doc, minute).expect("fixes");
-        if k % 15 == 0 {
-            schema::add_note(
-                &mut doc,
-                &schema::Note {
-                    at_ms: started + 60_000 * k as i64,
-                    text: "巡查河道两岸，未发现异常".into(),
-                },
-            )
-            .expect("note");
-        }
-    }
-    schema::submit(&mut doc, started + 2_700_000).expect("submit");
-    let changes = doc
-        .get_changes(&[])
-        .into_iter()
-        .map(|c| c.raw_bytes().to_vec())
-        .collect();
-    (id, changes)
 }
 
 /// The three requests that push `changes` a third at a time, each naming the heads the server
@@ -140,24 +85,16 @@ fn requests_for(id: &str, changes: &[Vec<u8>]) -> Vec<SyncRequest> {
 /// Enrolls `count` phones over HTTP (the demo's inspectors in code order, a second phone each
 /// when there are more phones than inspectors), `servers[k % n]` for phone k.
 async fn enroll(servers: &[String], count: usize) -> Vec<Phone> {
+    use gridpatrol_tests::process::{enroll_device, enrollment_code, inspectors};
     let client = gridpatrol_tests::http_client();
     let base = &servers[0];
     let admin = gridpatrol_tests::process::demo_admin_token(base).await;
-    let users: Vec<serde_json::Value> = client
-        .get(format!("{base}/v1/users?role=inspector"))
-        .bearer_auth(&admin)
-        .send()
+    let mut inspectors: Vec<(String, i64)> = inspectors(&client, base, &admin)
         .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    let mut inspectors: Vec<(String, i64)> = users
-        .iter()
-        .filter_map(|u| {
-            let name = u["username"].as_str()?;
+        .into_iter()
+        .filter_map(|(name, id)| {
             let village = name.strip_prefix("inspector-")?.rsplit_once('-')?.0;
-            Some((village.to_string(), u["id"].as_i64()?))
+            Some((village.to_string(), id))
         })
         .collect();
     inspectors.sort();
@@ -176,34 +113,13 @@ async fn enroll(servers: &[String], count: usize) -> Vec<Phone> {
             let admin = admin.clone();
             let base = servers[k % servers.len()].clone();
             tasks.push(tokio::spawn(async move {
-                let code: serde_json::Value = client
-                    .post(format!("{base}/v1/users/{user_id}/enrollment-codes"))
-                    .bearer_auth(&admin)
-                    .json(&serde_json::json!({}))
-                    .send()
-                    .await
-                    .expect("code")
-                    .json()
-                    .await
-                    .expect("json");
+                let code = enrollment_code(&client, &base, &admin, user_id).await;
                 let actor = ActorId::random();
-                let pair: serde_json::Value = client
-                    .post(format!("{base}/v1/devices/enroll"))
-                    .json(
-                        &serde_json::json!({"code": code["code"], "device_name": "load",
-                                              "actor_id": actor.to_hex_string()}),
-                    )
-                    .send()
-                    .await
-                    .expect("enroll")
-                    .json()
-                    .await
-                    .expect("json");
-                let device_id = pair["device_id"]
-                    .as_i64()
-                    .unwrap_or_else(|| panic!("enrolled: {pair}"));
-                let token = pair["access_token"].as_str().expect("token").to_string();
-                let (id, changes) = patrol_changes(&actor, user_id, device_id, &village, k);
+                let (device_id, token) = enroll_device(&client, &base, &code, &actor, "load").await;
+                let started = T0 + k as i64 * 60_000;
+                let (id, changes) = gridpatrol_tests::phone::typical_patrol(
+                    &actor, user_id, device_id, &village, started,
+                );
                 Phone {
                     token,
                     requests: requests_for(&id, &changes),

@@ -106,31 +106,14 @@ async fn server(separate: bool) -> Server {
 
 /// An enrolled phone talking to `url` (the server or a link in front of it).
 async fn phone(server: &Server, url: &str, dir: &tempfile::TempDir) -> Client {
+    use gridpatrol_tests::process::{enrollment_code, inspectors};
     let client = gridpatrol_tests::http_client();
-    let users: Vec<serde_json::Value> = client
-        .get(format!("{}/v1/users?role=inspector", server.base))
-        .bearer_auth(&server.admin_token)
-        .send()
+    let (_, id) = inspectors(&client, &server.base, &server.admin_token)
         .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    let id = users
-        .iter()
-        .find(|u| u["username"] == INSPECTOR_ID_NAME)
-        .and_then(|u| u["id"].as_i64())
+        .into_iter()
+        .find(|(name, _)| name == INSPECTOR_ID_NAME)
         .expect("inspector");
-    let code: serde_json::Value = client
-        .post(format!("{}/v1/users/{id}/enrollment-codes", server.base))
-        .bearer_auth(&server.admin_token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("code")
-        .json()
-        .await
-        .expect("json");
+    let code = enrollment_code(&client, &server.base, &server.admin_token, id).await;
     let phone = Client::open_with(
         Arc::new(MemoryStore::new()),
         url,
@@ -144,10 +127,7 @@ async fn phone(server: &Server, url: &str, dir: &tempfile::TempDir) -> Client {
         },
     )
     .expect("open");
-    phone
-        .enroll(code["code"].as_str().expect("code"), "bench")
-        .await
-        .expect("enroll");
+    phone.enroll(&code, "bench").await.expect("enroll");
     phone
 }
 

@@ -154,3 +154,60 @@ impl Phone {
         }
     }
 }
+
+/// A typical patrol as Automerge change chunks in causal order (what the ingest and load benches
+/// push): 45 minutes, a fix every 10 s, a change a minute, three notes, submitted. Returns its
+/// id and the chunks.
+pub fn typical_patrol(
+    actor: &ActorId,
+    user_id: i64,
+    device_id: i64,
+    village: &str,
+    started_at_ms: i64,
+) -> (String, Vec<Vec<u8>>) {
+    let id = schema::new_id();
+    let mut doc = AutoCommit::new().with_actor(actor.clone());
+    schema::create_patrol(
+        &mut doc,
+        &NewPatrol {
+            id: id.clone(),
+            grid: village.into(),
+            inspector: user_id,
+            device: device_id,
+            method: Method::Routine,
+            started_at_ms,
+        },
+    )
+    .expect("create");
+    let fixes: Vec<Fix> = (0..270)
+        .map(|i| Fix {
+            at_ms: started_at_ms + 10_000 * i,
+            lon: 108.52 + 0.00015 * (i as f64 / 9.0).sin() + 0.00003 * i as f64,
+            lat: 25.93 + 0.0001 * (i as f64 / 7.0).cos(),
+            datum: schema::Datum::Gcj02,
+            accuracy_m: Some(3.0 + (i % 11) as f32),
+            source: FixSource::Fused,
+            mock: false,
+        })
+        .collect();
+    for minute in fixes.chunks(6) {
+        schema::add_fixes(&mut doc, minute).expect("fixes");
+    }
+    for k in 0..3 {
+        schema::add_note(
+            &mut doc,
+            &schema::Note {
+                at_ms: started_at_ms + 600_000 * k,
+                text: "巡查河道两岸，未发现异常".into(),
+            },
+        )
+        .expect("note");
+    }
+    schema::submit(&mut doc, started_at_ms + 2_700_000).expect("submit");
+    let changes = doc
+        .get_changes(&[])
+        .into_iter()
+        .map(|mut c| c.bytes().into_owned())
+        .collect();
+    (id, changes)
+}

@@ -223,3 +223,70 @@ pub async fn demo_admin_token(base: &str) -> String {
         .expect("json");
     body["access_token"].as_str().expect("token").to_string()
 }
+
+/// The demo's inspectors as (user name, user id), read over HTTP with the token `admin`.
+pub async fn inspectors(client: &reqwest::Client, base: &str, admin: &str) -> Vec<(String, i64)> {
+    let users: Vec<serde_json::Value> = client
+        .get(format!("{base}/v1/users?role=inspector"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    users
+        .iter()
+        .filter_map(|u| Some((u["username"].as_str()?.to_string(), u["id"].as_i64()?)))
+        .collect()
+}
+
+/// A one-time enrollment code for the person `user_id`, made over HTTP with the token `admin`.
+pub async fn enrollment_code(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    user_id: i64,
+) -> String {
+    let code: serde_json::Value = client
+        .post(format!("{base}/v1/users/{user_id}/enrollment-codes"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("code")
+        .json()
+        .await
+        .expect("json");
+    code["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an enrollment code: {code}"))
+        .to_string()
+}
+
+/// A device enrolled over HTTP with `code` for the Automerge `actor`: its id and access token.
+pub async fn enroll_device(
+    client: &reqwest::Client,
+    base: &str,
+    code: &str,
+    actor: &automerge::ActorId,
+    device_name: &str,
+) -> (i64, String) {
+    let pair: serde_json::Value = client
+        .post(format!("{base}/v1/devices/enroll"))
+        .json(
+            &serde_json::json!({"code": code, "device_name": device_name,
+                                  "actor_id": actor.to_hex_string()}),
+        )
+        .send()
+        .await
+        .expect("enroll")
+        .json()
+        .await
+        .expect("json");
+    let device_id = pair["device_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("enrolled: {pair}"));
+    let token = pair["access_token"].as_str().expect("token").to_string();
+    (device_id, token)
+}
