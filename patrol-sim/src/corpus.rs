@@ -872,18 +872,6 @@ async fn json(
     Ok((status, body))
 }
 
-async fn sign_in(http: &reqwest::Client, server: &Server) -> Result<String, String> {
-    let (_, body) = json(
-        http.post(format!("{}/v1/auth/login", server.url))
-            .json(&serde_json::json!({"username": server.admin, "password": server.password})),
-    )
-    .await?;
-    body["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("sign-in as {} failed: {body}", server.admin))
-}
-
 async fn phones(
     http: &reqwest::Client,
     server: &Server,
@@ -906,15 +894,7 @@ async fn phones(
             .find(|u| u["username"] == username)
             .and_then(|u| u["id"].as_i64())
             .ok_or_else(|| format!("no inspector {username} on the server (run serve --demo)"))?;
-        let (_, code) = json(
-            http.post(format!("{}/v1/users/{id}/enrollment-codes", server.url))
-                .bearer_auth(token)
-                .json(&serde_json::json!({})),
-        )
-        .await?;
-        let code = code["code"]
-            .as_str()
-            .ok_or_else(|| format!("no enrollment code for {username}: {code}"))?;
+        let code = crate::api::enrollment_code(http, &server.url, token, id).await?;
         let clock = Arc::new(SetClock(AtomicI64::new(0)));
         let camera = dir.join("camera").join(&username);
         std::fs::create_dir_all(&camera).map_err(|e| e.to_string())?;
@@ -932,7 +912,7 @@ async fn phones(
         )
         .map_err(|e| e.to_string())?;
         client
-            .enroll(code, &format!("{username} 的手机"))
+            .enroll(&code, &format!("{username} 的手机"))
             .await
             .map_err(|e| format!("{username}: {e}"))?;
         phones.push(Phone {
@@ -1087,7 +1067,7 @@ pub async fn run(
 ) -> Result<Vec<Judged>, String> {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let token = sign_in(&http, server).await?;
+    let token = crate::api::sign_in(&http, &server.url, &server.admin, &server.password).await?;
     let dir = std::env::temp_dir().join(format!(
         "patrol-corpus-{}-{}",
         std::process::id(),

@@ -1,5 +1,6 @@
 //! Simulated inspectors for demos, load tests and benchmarks.
 
+pub mod api;
 pub mod camera;
 pub mod corpus;
 pub mod track;

@@ -19,6 +19,7 @@ use gridpatrol_sdk::store::{MemoryStore, SqliteStore, Store};
 use gridpatrol_sdk::{
     Client, Datum, FixInput, Method, NewProblemInput, Options, PhotoOptions, ProblemDisposition,
 };
+use patrol_sim::api;
 use patrol_sim::camera::{self, Shot};
 use patrol_sim::track::{self, TrackOptions};
 use rand::rngs::StdRng;
@@ -118,43 +119,6 @@ const CATEGORIES: [(&str, &str); 3] = [
     ("水污染", "养殖废水直排沟渠"),
 ];
 
-async fn admin_token(http: &reqwest::Client, args: &Args) -> Result<String, String> {
-    let response = http
-        .post(format!("{}/v1/auth/login", args.server))
-        .json(&serde_json::json!({"username": args.admin, "password": args.password}))
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.server))?;
-    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    body["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("sign-in as {} failed: {body}", args.admin))
-}
-
-async fn enrollment_code(
-    http: &reqwest::Client,
-    args: &Args,
-    token: &str,
-    user_id: i64,
-) -> Result<String, String> {
-    let response = http
-        .post(format!(
-            "{}/v1/users/{user_id}/enrollment-codes",
-            args.server
-        ))
-        .bearer_auth(token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    body["code"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("no enrollment code for user {user_id}: {body}"))
-}
-
 /// Tries `attempt` up to eight times, waiting 0.5 s, 1 s, 2 s … (at most 4 s) between tries: the
 /// simulator's own calls (the admin's sign-in, enrollment codes) cross the same bad links as the
 /// phones' syncs do.
@@ -187,7 +151,7 @@ struct Admin {
 
 async fn admin(http: &reqwest::Client, args: &Args) -> Result<Admin, String> {
     retrying(|| async {
-        let token = admin_token(http, args).await?;
+        let token = api::sign_in(http, &args.server, &args.admin, &args.password).await?;
         let users: serde_json::Value = http
             .get(format!("{}/v1/users?role=inspector", args.server))
             .bearer_auth(&token)
@@ -281,7 +245,7 @@ async fn phones(args: &Args, start_ms: i64, rng: &mut StdRng) -> Result<Vec<Insp
                         .await
                         .map_err(|e| format!("{username}: {e}"));
                 }
-                let code = enrollment_code(&http, args, &session.token, id).await?;
+                let code = api::enrollment_code(&http, &args.server, &session.token, id).await?;
                 phone
                     .enroll(&code, &format!("{username} 的手机"))
                     .await
