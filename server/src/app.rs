@@ -133,6 +133,18 @@ impl Modify for BearerAuth {
     }
 }
 
+/// When `req` came from a reverse proxy listed in `GRIDPATROL_TRUSTED_PROXIES`: that list (what
+/// the proxy forwards in `X-Forwarded-*` may then be believed). `None` for anyone else, whose
+/// forwarding headers are only their own word.
+pub fn from_trusted_proxy(req: &HttpRequest) -> Option<&[std::net::IpAddr]> {
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let peer = req.peer_addr()?.ip();
+    state
+        .trusted_proxies
+        .contains(&peer)
+        .then_some(state.trusted_proxies.as_slice())
+}
+
 /// Registers every route; the one place that knows them all.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(healthz)

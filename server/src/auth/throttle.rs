@@ -41,12 +41,9 @@ impl Client {
             .peer_addr()
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let trusted: &[IpAddr] = req
-            .app_data::<actix_web::web::Data<crate::app::AppState>>()
-            .map_or(&[], |state| state.trusted_proxies.as_slice());
-        if !trusted.contains(&peer) {
+        let Some(trusted) = crate::app::from_trusted_proxy(req) else {
             return Client::from_ip(peer);
-        }
+        };
         let forwarded = req
             .headers()
             .get_all("x-forwarded-for")

@@ -59,11 +59,7 @@ fn cookie<'a>(
 /// proxy's word for it (`X-Forwarded-Proto`, `Forwarded`). A client's own claim is not
 /// believed: anyone can send the header.
 fn came_over_https(req: &HttpRequest) -> bool {
-    let trusted = req.app_data::<web::Data<AppState>>().is_some_and(|state| {
-        req.peer_addr()
-            .is_some_and(|peer| state.trusted_proxies.contains(&peer.ip()))
-    });
-    if trusted {
+    if crate::app::from_trusted_proxy(req).is_some() {
         req.connection_info().scheme() == "https"
     } else {
         req.app_config().secure()
