@@ -430,17 +430,7 @@ async fn a_week_on_2g_with_servers_killed_loses_and_duplicates_nothing_postgres(
     let database = gridpatrol_tests::fresh_database(gridpatrol_tests::Backend::Postgres);
     let shared = tempfile::tempdir().expect("tmp");
     let photos = shared.path().join("photos");
-    let migrated = Command::new(&bin)
-        .arg("migrate")
-        .env("GRIDPATROL_DATABASE_URL", &database.url)
-        .env("GRIDPATROL_DATA_DIR", shared.path())
-        .output()
-        .expect("migrate");
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    gridpatrol_tests::process::migrate(&bin, &database.url, shared.path());
     let env = vec![
         ("GRIDPATROL_DATABASE_URL".to_string(), database.url.clone()),
         (

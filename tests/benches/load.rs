@@ -378,17 +378,7 @@ async fn postgres_servers(
 ) -> (gridpatrol_tests::TestDb, Vec<ServerProcess>) {
     let database = gridpatrol_tests::fresh_database(gridpatrol_tests::Backend::Postgres);
     let photos = dir.join("photos").display().to_string();
-    let migrated = std::process::Command::new(bin)
-        .arg("migrate")
-        .env("GRIDPATROL_DATABASE_URL", &database.url)
-        .env("GRIDPATROL_DATA_DIR", dir)
-        .output()
-        .expect("migrate");
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    gridpatrol_tests::process::migrate(bin, &database.url, dir);
     let mut processes = Vec::new();
     for k in 0..2 {
         let own = dir.join(format!("server-{k}"));

@@ -290,3 +290,19 @@ pub async fn enroll_device(
     let token = pair["access_token"].as_str().expect("token").to_string();
     (device_id, token)
 }
+
+/// Runs `bin migrate` on `database_url` (a shared PostgreSQL that `serve` processes do not
+/// migrate themselves), with `data_dir` as its data directory; panics with its stderr if it fails.
+pub fn migrate(bin: &std::path::Path, database_url: &str, data_dir: &std::path::Path) {
+    let migrated = std::process::Command::new(bin)
+        .arg("migrate")
+        .env("GRIDPATROL_DATABASE_URL", database_url)
+        .env("GRIDPATROL_DATA_DIR", data_dir)
+        .output()
+        .expect("migrate");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+}

@@ -658,15 +658,9 @@ async fn a_busy_server_turns_phones_away_and_they_come_back(backend: Backend) {
         started.elapsed()
     );
     let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .bearer_auth(gridpatrol_tests::METRICS_TOKEN)
-        .send()
+        .get("/metrics", Some(gridpatrol_tests::METRICS_TOKEN))
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+        .text;
     assert!(
         metrics.contains("gridpatrol_syncs_turned_away_total 2"),
         "{metrics}"
